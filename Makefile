@@ -1,0 +1,16 @@
+# The two commands of the README. Both create/refresh .venv first (idempotent).
+.PHONY: demo test env zoo clean-zoo
+
+env:
+	@scripts/setup-env.sh
+
+# Build the demo zoo if missing, then open the wizard on it.
+demo: env
+	.venv/bin/llmc-wizard demo
+
+# Run the whole test suite.
+test: env
+	.venv/bin/python -m pytest -q
+
+zoo: env
+	.venv/bin/llmc-wizard demo build

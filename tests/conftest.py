@@ -1,0 +1,45 @@
+"""Shared fixtures: the demo zoo built once per session into a temporary cache."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Never reach a hub: everything the tests use is built locally.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory):
+    from wizard.demo import zoo as zoo_mod
+
+    return zoo_mod.build(tmp_path_factory.mktemp("cache"), log=lambda m: None)
+
+
+@pytest.fixture(scope="session")
+def tiny_vila_installed(zoo, tmp_path_factory):
+    """tiny-vila's code cloned at its pinned commit and pip-installed into a private target."""
+    import git
+
+    entry = zoo.models["tiny-vila"]
+    src = tmp_path_factory.mktemp("vila-code") / "tiny-vila-code"
+    repo = git.Repo.clone_from(entry["code_repo"], src)
+    repo.git.checkout(entry["code_commit"])
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--disable-pip-version-check", "--target", str(target), str(src)],
+        check=True, capture_output=True,
+    )
+    sys.path.insert(0, str(target))
+    yield target
+    sys.path.remove(str(target))

@@ -1,0 +1,360 @@
+"""Train the demo zoo's two tiny VLMs on the synthetic shapes task (CPU, fixed seed).
+
+    python -m wizard.demo.train tiny-llava --out wizard/demo/assets/tiny-llava
+    python -m wizard.demo.train tiny-vila  --out wizard/demo/assets/tiny-vila
+
+Both runs are deterministic for a given torch build and thread count. The trained weights are
+committed; this module is how they were made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import shapes
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+VILA_CODE = ASSETS / "tiny-vila-code"
+PROMPT = "USER: <image>\n{question} ASSISTANT:"
+CAPTION_QUESTION = "Describe the image."
+IMAGE_TOKEN = "<image>"
+SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN]
+
+
+def corpus_lines(n: int = 3000) -> list[str]:
+    """Every kind of text the models see: prompts, questions, answers, captions."""
+    lines = []
+    for i in range(n):
+        sc = shapes.scene_at(shapes.TRAIN_SEED, i)
+        for q, a in sc.questions:
+            lines.append(PROMPT.replace(IMAGE_TOKEN, "").format(question=q) + f" {a}")
+        lines.append(PROMPT.replace(IMAGE_TOKEN, "").format(question=CAPTION_QUESTION) + " " + sc.caption())
+    return lines
+
+
+def build_tokenizer(vocab_size: int = 400):
+    """A byte-level BPE tokenizer trained offline on the task's text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus_lines(), trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        padding_side="left",
+        model_max_length=256,
+    )
+    fast.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}USER: "
+        "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+        "{% if c['type'] == 'image' %}<image>\n{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
+        "{% endfor %}{% endif %} {% else %}ASSISTANT: {{ m['content'] }}</s>{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+    )
+    return fast
+
+
+# --------------------------------------------------------------------------------------------
+# model builders
+
+
+def build_tiny_llava(tokenizer):
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    vision = CLIPVisionConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+        image_size=shapes.IMAGE_SIZE, patch_size=16, projection_dim=64,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    )
+    cfg = LlavaConfig(
+        vision_config=vision, text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        vision_feature_layer=-2, vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
+    model = LlavaForConditionalGeneration(cfg)
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": shapes.IMAGE_SIZE},
+        crop_size={"height": shapes.IMAGE_SIZE, "width": shapes.IMAGE_SIZE},
+        image_mean=IMAGE_MEAN, image_std=IMAGE_STD,
+    )
+    _informative_init(model.model.vision_tower)
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=16,
+        vision_feature_select_strategy="default", chat_template=tokenizer.chat_template,
+        num_additional_image_tokens=1,
+    )
+    _set_generation(model, tokenizer)
+    return model, processor
+
+
+def _import_tiny_vila():
+    if str(VILA_CODE) not in sys.path:
+        sys.path.insert(0, str(VILA_CODE))
+    import tiny_vila.model as tvm  # noqa: PLC0415
+
+    return tvm
+
+
+def build_tiny_vila(tokenizer):
+    from transformers import SiglipImageProcessor
+
+    tvm = _import_tiny_vila()
+    config = tvm.TinyVilaConfig(
+        llm_cfg=dict(
+            vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+        ),
+        vision_tower_cfg=dict(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+            image_size=shapes.IMAGE_SIZE, patch_size=8, vision_use_head=False,
+        ),
+        mm_vision_select_layer=-2,
+    )
+    image_processor = SiglipImageProcessor(
+        size={"height": shapes.IMAGE_SIZE, "width": shapes.IMAGE_SIZE}, image_mean=IMAGE_MEAN, image_std=IMAGE_STD)
+    model = tvm.TinyVilaForCausalLM(config, image_processor=image_processor)
+    _informative_init(model.get_vision_tower())
+    _set_generation(model.llm, tokenizer)
+    return model, image_processor
+
+
+# Normalise around the light background, so empty patches are near zero and shapes stand out,
+# and start position embeddings large enough that patch position is visible after the tower's
+# normalisation (both only change the starting point; the task stays the same).
+IMAGE_MEAN = [0.94, 0.94, 0.94]
+IMAGE_STD = [0.3, 0.3, 0.3]
+
+
+def _informative_init(vision_tower: torch.nn.Module, std: float = 0.5) -> None:
+    (pos,) = [m for n, m in vision_tower.named_modules() if n.endswith("embeddings.position_embedding")]
+    with torch.no_grad():
+        pos.weight.normal_(0.0, std)
+
+
+def _set_generation(model, tokenizer):
+    gc = model.generation_config
+    gc.bos_token_id = tokenizer.bos_token_id
+    gc.eos_token_id = tokenizer.eos_token_id
+    gc.pad_token_id = tokenizer.pad_token_id
+    gc.do_sample = False
+    gc.max_new_tokens = 8
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+class Pool:
+    """Pre-rendered training scenes with their pixel tensors."""
+
+    def __init__(self, pixel_fn, n: int, seed: int = shapes.TRAIN_SEED):
+        self.scenes = [shapes.scene_at(seed, i) for i in range(n)]
+        chunks = []
+        for s in range(0, n, 500):
+            chunks.append(pixel_fn([sc.render() for sc in self.scenes[s:s + 500]]))
+        self.pixels = torch.cat(chunks)
+
+
+def sample_rows(rng: random.Random, pool: Pool, batch: int, caption_frac: float = 0.25):
+    idx, prompts, targets = [], [], []
+    for _ in range(batch):
+        i = rng.randrange(len(pool.scenes))
+        sc = pool.scenes[i]
+        if rng.random() < caption_frac:
+            q, a = CAPTION_QUESTION, sc.caption()
+        else:
+            q, a = rng.choice(sc.questions)
+        idx.append(i)
+        prompts.append(PROMPT.format(question=q))
+        targets.append(" " + a)
+    return torch.tensor(idx), prompts, targets
+
+
+def encode_rows(tokenizer, prompts, targets, image_expand: int, image_id: int):
+    """Token ids and labels (answer + eos only); ``<image>`` becomes ``image_expand`` ids."""
+    seqs, labs = [], []
+    for p, t in zip(prompts, targets):
+        pre, post = p.split(IMAGE_TOKEN)
+        p_ids = (
+            [tokenizer.bos_token_id]
+            + tokenizer(pre, add_special_tokens=False).input_ids
+            + [image_id] * image_expand
+            + tokenizer(post, add_special_tokens=False).input_ids
+        )
+        t_ids = tokenizer(t, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        seqs.append(p_ids + t_ids)
+        labs.append([-100] * len(p_ids) + t_ids)
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
+    labels = torch.full((len(seqs), width), -100)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for b, (s, lab) in enumerate(zip(seqs, labs)):
+        ids[b, : len(s)] = torch.tensor(s)
+        labels[b, : len(s)] = torch.tensor(lab)
+        mask[b, : len(s)] = 1
+    return ids, labels, mask
+
+
+# --------------------------------------------------------------------------------------------
+# quick in-training evaluation: MME formula on next-token Yes/No
+
+
+def quick_mme(answer_fn, scenes) -> dict[str, float]:
+    """``answer_fn(list[(scene, question)]) -> list[str]`` of "Yes"/"No"; MME score per category."""
+    pairs = [(sc, q) for sc in scenes for q, _ in sc.questions]
+    preds = []
+    for s in range(0, len(pairs), 64):
+        preds.extend(answer_fn(pairs[s:s + 64]))
+    scores: dict[str, list[float]] = {}
+    for k, sc in enumerate(scenes):
+        ok = [preds[2 * k + j] == sc.questions[j][1] for j in range(2)]
+        scores.setdefault(sc.category, []).append(50.0 * sum(ok) + 100.0 * all(ok))
+    return {c: sum(v) / len(v) for c, v in scores.items()}
+
+
+def train(name: str, out: Path, steps: int, batch: int, lr: float, pool_size: int, seed: int = 0,
+          log_every: int = 250) -> dict[str, float]:
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    torch.set_num_threads(2)
+    tokenizer = build_tokenizer()
+    yes_id = tokenizer(" Yes", add_special_tokens=False).input_ids[0]
+    no_id = tokenizer(" No", add_special_tokens=False).input_ids[0]
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+
+    if name == "tiny-llava":
+        model, processor = build_tiny_llava(tokenizer)
+        pixel_fn = lambda imgs: processor.image_processor(imgs, return_tensors="pt")["pixel_values"]  # noqa: E731
+        expand = (shapes.IMAGE_SIZE // 16) ** 2
+
+        def loss_fn(ids, labels, mask, px):
+            return model(input_ids=ids, pixel_values=px, attention_mask=mask, labels=labels).loss
+
+        def logits_fn(ids, mask, px):
+            return model(input_ids=ids, pixel_values=px, attention_mask=mask).logits[:, -1]
+    elif name == "tiny-vila":
+        model, image_processor = build_tiny_vila(tokenizer)
+        pixel_fn = lambda imgs: image_processor(imgs, return_tensors="pt")["pixel_values"]  # noqa: E731
+        expand, image_id = 1, -200
+
+        def loss_fn(ids, labels, mask, px):
+            return model(ids, images=px, attention_mask=mask, labels=labels).loss
+
+        def logits_fn(ids, mask, px):
+            return model(ids, images=px, attention_mask=mask).logits[:, -1]
+    else:
+        raise SystemExit(f"unknown demo model {name!r}; expected tiny-llava or tiny-vila")
+
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"[{name}] {n_params / 1e3:.0f}k parameters; building a pool of {pool_size} scenes", flush=True)
+    pool = Pool(pixel_fn, pool_size)
+    eval_scenes = [shapes.scene_at(shapes.EVAL_SEED, i) for i in range(200)]
+    eval_px = pixel_fn([sc.render() for sc in eval_scenes])
+    eval_index = {id(sc): k for k, sc in enumerate(eval_scenes)}
+
+    def answer(pairs):
+        prompts = [PROMPT.format(question=q) for _, q in pairs]
+        ids, _, mask = encode_rows(tokenizer, prompts, [""] * len(prompts), expand, image_id)
+        # drop the target (eos) column of each row: encode_rows appended it
+        lengths = mask.sum(1) - 1
+        left = torch.full((len(pairs), int(lengths.max())), tokenizer.pad_token_id)
+        lmask = torch.zeros_like(left)
+        for b, n in enumerate(lengths.tolist()):
+            left[b, -n:] = ids[b, :n]
+            lmask[b, -n:] = 1
+        px = eval_px[[eval_index[id(sc)] for sc, _ in pairs]]
+        with torch.no_grad():
+            lg = logits_fn(left, lmask, px)
+        return ["Yes" if y > n else "No" for y, n in zip(lg[:, yes_id], lg[:, no_id])]
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    )
+    model.train()
+    t0 = time.time()
+    running = 0.0
+    for step in range(1, steps + 1):
+        idx, prompts, targets = sample_rows(rng, pool, batch)
+        ids, labels, mask = encode_rows(tokenizer, prompts, targets, expand, image_id)
+        loss = loss_fn(ids, labels, mask, pool.pixels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        running += loss.item()
+        if step % log_every == 0 or step == steps:
+            model.eval()
+            sc = quick_mme(answer, eval_scenes)
+            model.train()
+            print(f"[{name}] step {step}/{steps} loss {running / log_every:.3f} "
+                  f"mme {sum(sc.values()):.0f} {({k: round(v) for k, v in sc.items()})} "
+                  f"{time.time() - t0:.0f}s", flush=True)
+            running = 0.0
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    if name == "tiny-llava":
+        model.save_pretrained(out)
+        processor.save_pretrained(out)
+    else:
+        model.save_pretrained(out, tokenizer=tokenizer)
+    print(f"[{name}] saved to {out} after {time.time() - t0:.0f}s", flush=True)
+    return quick_mme(answer, eval_scenes)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", choices=["tiny-llava", "tiny-vila"])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--pool", type=int, default=6000)
+    ap.add_argument("--log-every", type=int, default=250)
+    args = ap.parse_args(argv)
+    train(args.model, args.out, args.steps, args.batch, args.lr, args.pool, log_every=args.log_every)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
