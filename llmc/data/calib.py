@@ -1,0 +1,126 @@
+"""Calibration sets: ``custom_mm`` (images + questions), ``custom_txt`` and llmc's text sets.
+
+``custom_mm``: a folder with ``samples.json`` — a list of ``{"image": <relative path or list>,
+"question": ..., "answer": ...}`` — and the images. Text sets (``custom_txt``, ``pileval``,
+``wikitext2``, ``c4``) load from a local ``path`` in their usual formats: a ``.txt`` file, a
+``.json``/``.jsonl`` (``.gz``) file of records with a ``text`` field (or a JSON list of strings),
+parquet files, or a ``datasets.save_to_disk`` folder. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+from ..models.base import Sample
+
+TEXT_SETS = ("custom_txt", "pileval", "wikitext2", "c4")
+
+
+def load_custom_mm(path: Path, n_samples: int | None, seed: int = 0) -> list[Sample]:
+    from PIL import Image
+
+    path = Path(path)
+    meta = path / "samples.json" if path.is_dir() else path
+    if not meta.exists():
+        raise FileNotFoundError(f"calib.path: {meta} not found; a custom_mm set is a folder with samples.json and images")
+    root = meta.parent
+    rows = json.loads(meta.read_text())
+    if not isinstance(rows, list) or not rows:
+        raise ValueError(f"calib.path: {meta} must hold a non-empty JSON list of samples")
+    if n_samples and n_samples < len(rows):
+        rows = rows[:n_samples]
+    out = []
+    for k, r in enumerate(rows):
+        img = r.get("image")
+        if isinstance(img, list):
+            img = img[0] if img else None
+        pil = None
+        if img:
+            f = root / img
+            if not f.exists():
+                raise FileNotFoundError(f"calib sample {k}: image {f} not found")
+            pil = Image.open(f).convert("RGB")
+        q = r.get("question") or r.get("text") or ""
+        out.append(Sample(question=q, image=pil, answer=r.get("answer"), meta={"image_path": str(img) if img else None}))
+    return out
+
+
+def _read_records(path: Path) -> list[str]:
+    suffixes = "".join(path.suffixes[-2:])
+    opener = gzip.open if path.suffix == ".gz" else open
+    if path.suffix == ".txt":
+        return [path.read_text()]
+    if ".jsonl" in suffixes:
+        with opener(path, "rt") as f:
+            return [json.loads(line)["text"] for line in f if line.strip()]
+    if ".json" in suffixes:
+        with opener(path, "rt") as f:
+            data = json.load(f)
+        if isinstance(data, dict):
+            data = data.get("data") or data.get("text") or []
+        return [d if isinstance(d, str) else d["text"] for d in data]
+    if path.suffix == ".parquet":
+        import datasets
+
+        return list(datasets.load_dataset("parquet", data_files=str(path), split="train")["text"])
+    raise ValueError(f"unsupported text file {path}: use .txt, .json, .jsonl(.gz) or .parquet")
+
+
+def load_text_corpus(path: Path) -> list[str]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"text data not found: {path}")
+    if path.is_dir():
+        if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists():
+            import datasets
+
+            ds = datasets.load_from_disk(str(path))
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[next(iter(ds))]
+            return list(ds["text"])
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".json", ".jsonl", ".gz", ".parquet"))
+        if not files:
+            raise ValueError(f"{path}: no .txt/.json/.jsonl/.parquet files inside")
+        return [t for f in files for t in _read_records(f)]
+    return _read_records(path)
+
+
+def text_windows(texts: list[str], tokenizer, n_samples: int, seq_len: int, seed: int = 0, name: str = "custom_txt"):
+    """Token windows: random ``seq_len`` windows of the joined corpus (GPTQ-style) for
+    wikitext2/c4/pileval; one sample per record (truncated) for custom_txt."""
+    import torch
+
+    rng = random.Random(seed)
+    if name == "custom_txt":
+        out = []
+        for t in texts[: n_samples or None]:
+            ids = tokenizer(t, return_tensors="pt").input_ids[:, :seq_len]
+            out.append({"input_ids": ids})
+        return out
+    joined = "\n\n".join(texts)
+    ids = tokenizer(joined, return_tensors="pt").input_ids
+    if ids.shape[1] <= seq_len:
+        return [{"input_ids": ids}]
+    out = []
+    for _ in range(n_samples):
+        s = rng.randint(0, ids.shape[1] - seq_len - 1)
+        out.append({"input_ids": ids[:, s:s + seq_len]})
+    return out if out else [{"input_ids": torch.as_tensor(ids[:, :seq_len])}]
+
+
+def load_calib(cfg, adapter) -> list[dict]:
+    """Calibration batches (model inputs) for ``adapter`` from the ``calib`` config section."""
+    name = cfg.name
+    if name == "custom_mm":
+        samples = load_custom_mm(Path(cfg.path), cfg.n_samples, cfg.seed)
+        # One sample per forward pass (``calib.bs`` is accepted but not needed): no padding
+        # tokens ever enter the activation statistics.
+        return [adapter.batch_process([s], add_answer=bool(cfg.add_answer)) for s in samples]
+    if name in TEXT_SETS:
+        texts = load_text_corpus(Path(cfg.path))
+        batches = text_windows(texts, adapter.tokenizer, cfg.n_samples or 128, cfg.seq_len or 512, cfg.seed, name)
+        return [{k: v.to(adapter.device) for k, v in b.items()} for b in batches]
+    raise ValueError(f"calib.name: unknown calibration set {name!r}; use custom_mm, {', '.join(TEXT_SETS)}")

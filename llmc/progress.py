@@ -1,0 +1,70 @@
+"""Structured progress: JSON-lines events beside a human log.
+
+Each event is one JSON object per line: ``{"t": <unix time>, "event": <kind>, ...}``. Kinds:
+``start``, ``config``, ``phase`` (name, state: start|end, seconds), ``block`` (i, n, seconds,
+block_error), ``layer_error`` (block, layer, error), ``eval_progress`` (pos, done, total),
+``scores`` (pos, scores), ``saved`` (kind, path), ``done`` (seconds, results), ``error``
+(message), ``cancelled``. Readers (the wizard) consume events and never parse the log.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+
+class Progress:
+    def __init__(self, run_dir: Path | None = None, echo: IO | None = sys.stderr):
+        self.run_dir = Path(run_dir) if run_dir else None
+        self._events = self._log = None
+        if self.run_dir:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._events = open(self.run_dir / "events.jsonl", "a", buffering=1)
+            self._log = open(self.run_dir / "run.log", "a", buffering=1)
+        self.echo = echo
+        self.t0 = time.time()
+
+    def event(self, event: str, /, **fields) -> None:
+        rec = {"t": round(time.time(), 3), "event": event, **fields}
+        if self._events:
+            self._events.write(json.dumps(rec, default=str) + "\n")
+
+    def log(self, message: str) -> None:
+        line = f"[{time.time() - self.t0:7.1f}s] {message}"
+        if self._log:
+            self._log.write(line + "\n")
+        if self.echo:
+            print(line, file=self.echo, flush=True)
+
+    @contextmanager
+    def phase(self, name: str, **fields):
+        t = time.time()
+        self.event("phase", name=name, state="start", **fields)
+        self.log(f"{name}: start")
+        yield
+        dt = time.time() - t
+        self.event("phase", name=name, state="end", seconds=round(dt, 3), **fields)
+        self.log(f"{name}: done in {dt:.1f}s")
+
+    def close(self) -> None:
+        for f in (self._events, self._log):
+            if f:
+                f.close()
+
+
+def read_events(path: Path) -> list[dict]:
+    """All complete events of an events file (a partly written last line is skipped)."""
+    out = []
+    p = Path(path)
+    if not p.exists():
+        return out
+    for line in p.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out

@@ -1,0 +1,230 @@
+"""Block-by-block quantization: capture the first block's inputs, then one block at a time.
+
+1. *Capture*: the whole (V)LM runs on the calibration samples (images + text) with its first
+   decoder block replaced by a catcher that records the block's inputs and stops the forward.
+2. For each block, on the compute device:
+   - float outputs of the block (the reference);
+   - the method's float *transform* (e.g. AWQ scales folded into the preceding op);
+   - for each subset in order (q/k/v, o, gate/up, down): a forward pass with hooks collects
+     the subset's inputs under the block as it is now (earlier subsets already quantized),
+     then the method quantizes the subset's layers;
+   - per-layer output error of quantized vs float layer on those inputs, block output error;
+   - the block's (quantized, when ``quant_out``) outputs become the next block's inputs.
+
+Blocks can be kept on the CPU and moved to the compute device one at a time (``offload``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..models.base import BaseModel
+from ..models.structure import Subset
+from .quantizer import WeightQuantConfig, check_group_size
+
+
+class _Stop(Exception):
+    pass
+
+
+@dataclass
+class BlockInput:
+    hidden: torch.Tensor
+    args: tuple
+    kwargs: dict
+
+
+def _to(obj, device):
+    if torch.is_tensor(obj):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_to(o, device) for o in obj)
+    if isinstance(obj, list):
+        return [_to(o, device) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+@torch.no_grad()
+def capture_first_block_inputs(adapter: BaseModel, batches: list[dict]) -> list[BlockInput]:
+    blocks = adapter.get_blocks()
+    first = blocks[0]
+    store: list[BlockInput] = []
+
+    class Catcher(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            # decoder loops may read attributes of their layers (e.g. attention_type)
+            for attr in ("attention_type", "layer_idx", "is_sliding"):
+                if hasattr(inner, attr):
+                    setattr(self, attr, getattr(inner, attr))
+
+        def forward(self, hidden_states, *args, **kwargs):
+            kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value")}
+            kwargs["use_cache"] = False
+            store.append(BlockInput(hidden_states.detach(), args, kwargs))
+            raise _Stop
+
+    blocks[0] = Catcher(first)
+    try:
+        for inputs in batches:
+            try:
+                adapter.forward_calib(inputs)
+            except _Stop:
+                pass
+    finally:
+        blocks[0] = first
+    if len(store) != len(batches):
+        raise RuntimeError("the first decoder block was not reached for every calibration batch")
+    return store
+
+
+def _block_out(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@torch.no_grad()
+def run_block(block: nn.Module, inputs: list[BlockInput], device) -> list[torch.Tensor]:
+    outs = []
+    for bi in inputs:
+        o = _block_out(block(bi.hidden.to(device), *_to(bi.args, device), **_to(bi.kwargs, device)))
+        outs.append(o.to(bi.hidden.device))
+    return outs
+
+
+@dataclass
+class LayerStats:
+    x: torch.Tensor  # sampled input rows (n, in), float32
+    extra: dict = field(default_factory=dict)  # method-specific accumulators (e.g. GPTQ)
+
+
+@torch.no_grad()
+def collect_inputs(block: nn.Module, inputs: list[BlockInput], layers: dict[str, nn.Linear], device,
+                   max_rows: int = 4096, seed: int = 0,
+                   on_batch: Callable[[str, torch.Tensor], None] | None = None) -> dict[str, LayerStats]:
+    """Forward the block over ``inputs``; sample each layer's input rows (and stream them to
+    ``on_batch`` in full, e.g. for a Hessian)."""
+    per_batch = max(1, max_rows // max(1, len(inputs)))
+    rows: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+    gen = torch.Generator().manual_seed(seed)
+
+    def hook(name):
+        def fn(mod, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1])
+            if on_batch:
+                on_batch(name, x)
+            if x.shape[0] > per_batch:
+                idx = torch.randperm(x.shape[0], generator=gen)[:per_batch].to(x.device)
+                x = x[idx]
+            rows[name].append(x.float().cpu())
+
+        return fn
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
+    try:
+        run_block(block, inputs, device)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: LayerStats(torch.cat(r)) for n, r in rows.items()}
+
+
+def relative_error(x: torch.Tensor, w_ref: torch.Tensor, w_new: torch.Tensor) -> float:
+    x = x.to(w_ref.device, torch.float32)
+    ref = x @ w_ref.float().t()
+    new = x @ w_new.float().t()
+    return float((new - ref).norm() / ref.norm().clamp_min(1e-12))
+
+
+class Method:
+    """A blockwise weight quantization method."""
+
+    name = "base"
+
+    def __init__(self, wcfg: WeightQuantConfig, special: dict | None = None):
+        self.wcfg = wcfg
+        self.special = dict(special or {})
+
+    def transform_block(self, ctx: BlockContext) -> None:
+        """Float equivalence transforms of the block (default: none)."""
+
+    def stream(self, layers: dict[str, nn.Linear]):
+        """Optional ``on_batch`` accumulator for :func:`collect_inputs` and its state."""
+        return None, None
+
+    def quantize_subset(self, ctx: BlockContext, subset: Subset, stats: dict[str, LayerStats], state) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class BlockContext:
+    index: int
+    name: str
+    block: nn.Module
+    inputs: list[BlockInput]
+    subsets: list[Subset]
+    device: torch.device
+
+
+@dataclass
+class BlockReport:
+    index: int
+    seconds: float
+    block_error: float
+    layer_errors: dict[str, float]
+
+
+def check_layers(adapter: BaseModel, wcfg: WeightQuantConfig) -> None:
+    for i, block in enumerate(adapter.get_blocks()):
+        for n, m in adapter.named_linears(block).items():
+            check_group_size(m.in_features, wcfg, f"{adapter.block_name(i)}.{n}")
+
+
+def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], *, device=None,
+                       quant_out: bool = True, offload: bool = False,
+                       on_block: Callable[[BlockReport, int], None] | None = None,
+                       stash: Callable[[int, nn.Module], None] | None = None,
+                       cancelled: Callable[[], bool] | None = None) -> list[BlockReport]:
+    """Quantize every decoder block of ``adapter`` in place (fake-quant weights)."""
+    device = torch.device(device or adapter.device)
+    check_layers(adapter, method.wcfg)
+    inputs = capture_first_block_inputs(adapter, batches)
+    blocks = adapter.get_blocks()
+    reports = []
+    for i, block in enumerate(blocks):
+        if cancelled and cancelled():
+            raise KeyboardInterrupt("cancelled")
+        t0 = time.time()
+        if offload:
+            block.to(device)
+        fp_out = run_block(block, inputs, device)
+        ctx = BlockContext(i, adapter.block_name(i), block, inputs, adapter.get_subsets_in_block(block), device)
+        method.transform_block(ctx)
+        if stash:
+            stash(i, block)
+        errors: dict[str, float] = {}
+        for subset in ctx.subsets:
+            on_batch, state = method.stream(subset.layers)
+            stats = collect_inputs(block, inputs, subset.layers, device, on_batch=on_batch, seed=i)
+            before = {n: m.weight.detach().clone() for n, m in subset.layers.items()}
+            method.quantize_subset(ctx, subset, stats, state)
+            for n, m in subset.layers.items():
+                errors[n] = relative_error(stats[n].x, before[n], m.weight.detach())
+        q_out = run_block(block, inputs, device)
+        num = sum(float((q - f).float().norm() ** 2) for q, f in zip(q_out, fp_out))
+        den = sum(float(f.float().norm() ** 2) for f in fp_out)
+        rep = BlockReport(i, time.time() - t0, (num / max(den, 1e-24)) ** 0.5, errors)
+        reports.append(rep)
+        if offload:
+            block.to("cpu")
+        inputs = [BlockInput(o, bi.args, bi.kwargs) for o, bi in zip(q_out if quant_out else fp_out, inputs)]
+        if on_block:
+            on_block(rep, len(blocks))
+    return reports

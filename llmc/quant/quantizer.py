@@ -1,0 +1,207 @@
+"""Uniform integer quantizer for 2-D weights (out_features, in_features).
+
+Two granularities are supported:
+
+* ``per_channel``: one (scale, zero) pair per output row;
+* ``per_group``: one pair per run of ``group_size`` consecutive input columns of each row.
+
+Parameters always have shape ``(out, n_groups)`` (``n_groups == 1`` for per-channel).
+Asymmetric quantization maps ``[min, max]`` (widened to include 0, so that 0 is exactly
+representable) onto ``[0, 2**bit - 1]`` with an integer zero point; symmetric quantization maps
+``[-absmax, absmax]`` onto ``[-2**(bit-1), 2**(bit-1) - 1]`` with zero point 0.
+
+Every computation runs in float32; :meth:`IntQuantizer.fake` returns the input's dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+GRANULARITIES = ("per_channel", "per_group")
+MIN_BIT, MAX_BIT = 2, 8
+# Smallest scale a group may get (an all-zero group would otherwise divide by zero).
+MIN_SCALE = 1e-8
+# Group sizes worth suggesting when a configured one does not fit a layer.
+_COMMON_GROUP_SIZES = (32, 64, 128, 256)
+
+
+@dataclass
+class WeightQuantConfig:
+    """How weights are quantized.
+
+    Attributes:
+        bit: integer width, 2..8.
+        symmetric: signed grid with zero point 0 (else unsigned grid with a zero point).
+        granularity: ``"per_channel"`` or ``"per_group"``.
+        group_size: input columns per group (per_group only; ignored for per_channel).
+    """
+
+    bit: int = 4
+    symmetric: bool = False
+    granularity: str = "per_group"
+    group_size: int | None = 128
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for a bit width, granularity or group size that cannot work."""
+        if isinstance(self.bit, bool) or not isinstance(self.bit, int) or not MIN_BIT <= self.bit <= MAX_BIT:
+            raise ValueError(f"bit must be an integer in {MIN_BIT}..{MAX_BIT}, got {self.bit!r}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}")
+        if self.granularity == "per_group":
+            gs = self.group_size
+            if isinstance(gs, bool) or not isinstance(gs, int) or gs <= 0:
+                raise ValueError(f"per_group quantization needs a positive integer group_size, got {gs!r}")
+
+    def n_groups(self, in_features: int) -> int:
+        """Number of groups per output row for a layer of this input width."""
+        if self.granularity == "per_channel":
+            return 1
+        return in_features // self.group_size
+
+    def group_width(self, in_features: int) -> int:
+        """Input columns covered by one group."""
+        return in_features if self.granularity == "per_channel" else self.group_size
+
+
+def _suggest_group_sizes(in_features: int, group_size: int) -> list[int]:
+    """Up to three group sizes that divide ``in_features``: common ones first, else the nearest."""
+    common = [d for d in _COMMON_GROUP_SIZES if d < in_features and in_features % d == 0]
+    if common:
+        # Prefer the common sizes closest to what the user asked for.
+        common.sort(key=lambda d: (abs(d - group_size), d))
+        return sorted(common[:3])
+    divisors = [d for d in range(2, in_features + 1) if in_features % d == 0]
+    divisors.sort(key=lambda d: (abs(d - group_size), d))
+    return sorted(divisors[:3])
+
+
+def _human_list(items: list[int]) -> str:
+    if len(items) == 1:
+        return str(items[0])
+    return ", ".join(str(i) for i in items[:-1]) + f" or {items[-1]}"
+
+
+def check_group_size(in_features: int, cfg: WeightQuantConfig, layer_name: str) -> None:
+    """Check that ``cfg`` can quantize a layer of input width ``in_features``.
+
+    Raises ``ValueError`` with one line naming the layer, its width and fitting group sizes
+    when a per-group ``group_size`` does not divide the width; also re-validates the bit width.
+    """
+    cfg.validate()
+    if cfg.granularity != "per_group":
+        return
+    gs = cfg.group_size
+    if in_features % gs == 0:
+        return
+    suggestions = _suggest_group_sizes(in_features, gs)
+    raise ValueError(
+        f"layer {layer_name}: group_size {gs} does not divide its input width {in_features}; "
+        f"choose a divisor of {in_features} such as {_human_list(suggestions)}"
+    )
+
+
+class IntQuantizer:
+    """Quantize / dequantize 2-D weights according to a :class:`WeightQuantConfig`."""
+
+    def __init__(self, cfg: WeightQuantConfig):
+        cfg.validate()
+        self.cfg = cfg
+
+    # ------------------------------------------------------------------ grid
+    def qrange(self) -> tuple[int, int]:
+        """Smallest and largest integer code."""
+        bit = self.cfg.bit
+        if self.cfg.symmetric:
+            return -(2 ** (bit - 1)), 2 ** (bit - 1) - 1
+        return 0, 2**bit - 1
+
+    # ------------------------------------------------------------ parameters
+    def _grouped(self, w: Tensor) -> Tensor:
+        """``w`` (out, in) as float32 (out, n_groups, group_width); checks the group size."""
+        if w.dim() != 2:
+            raise ValueError(f"expected a 2-D weight (out, in), got shape {tuple(w.shape)}")
+        out, in_features = w.shape
+        check_group_size(in_features, self.cfg, "<weight>")
+        gw = self.cfg.group_width(in_features)
+        return w.float().reshape(out, in_features // gw, gw)
+
+    def params_from_range(self, wmax: Tensor, wmin: Tensor) -> tuple[Tensor, Tensor]:
+        """(scale, zero) for groups whose values span ``[wmin, wmax]`` (any matching shapes)."""
+        qmin, qmax = self.qrange()
+        wmax, wmin = wmax.float(), wmin.float()
+        if self.cfg.symmetric:
+            absmax = torch.maximum(wmax.abs(), wmin.abs())
+            scale = (absmax / qmax).clamp(min=MIN_SCALE)
+            zero = torch.zeros_like(scale)
+        else:
+            # Widen the range to contain 0 so that zero weights stay exactly zero.
+            wmax = wmax.clamp(min=0)
+            wmin = wmin.clamp(max=0)
+            scale = ((wmax - wmin) / (qmax - qmin)).clamp(min=MIN_SCALE)
+            zero = torch.round(-wmin / scale).clamp(qmin, qmax)
+        return scale, zero
+
+    def params(self, w: Tensor, clip: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Scale and zero point of each group of ``w``, both of shape (out, n_groups).
+
+        ``clip`` (out, n_groups), values in (0, 1], shrinks each group's max and min (or its
+        absolute maximum) before the parameters are derived, trading clipping error on the
+        extreme values for finer resolution of the others.
+        """
+        wg = self._grouped(w)
+        wmax, wmin = wg.amax(dim=-1), wg.amin(dim=-1)
+        if clip is not None:
+            clip = clip.to(device=wmax.device, dtype=torch.float32)
+            if clip.shape != wmax.shape:
+                raise ValueError(f"clip must have shape {tuple(wmax.shape)}, got {tuple(clip.shape)}")
+            wmax, wmin = wmax * clip, wmin * clip
+        return self.params_from_range(wmax, wmin)
+
+    def row_params(self, w: Tensor) -> tuple[Tensor, Tensor]:
+        """One (scale, zero) per row over *all* columns of ``w``: shapes (out, 1).
+
+        Used by GPTQ to compute a group's parameters from the group's columns alone.
+        """
+        w = w.float()
+        return self.params_from_range(w.amax(dim=1, keepdim=True), w.amin(dim=1, keepdim=True))
+
+    # ------------------------------------------------------ (de)quantization
+    @staticmethod
+    def _by_group(t: Tensor, groups: int) -> Tensor:
+        """View an (out, in) tensor as float32 (out, groups, in // groups)."""
+        if t.dim() != 2:
+            raise ValueError(f"expected a 2-D tensor (out, in), got shape {tuple(t.shape)}")
+        out, in_features = t.shape
+        if in_features % groups != 0:
+            raise ValueError(f"{groups} groups do not tile {in_features} columns")
+        return t.float().reshape(out, groups, in_features // groups)
+
+    def quant(self, w: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
+        """Integer codes (int32, in ``qrange()``) of ``w`` (out, in) under (out, G) parameters."""
+        qmin, qmax = self.qrange()
+        wg = self._by_group(w, scale.shape[-1])
+        q = torch.round(wg / scale.float().unsqueeze(-1)) + zero.float().unsqueeze(-1)
+        return q.clamp(qmin, qmax).to(torch.int32).reshape(w.shape)
+
+    def dequant(self, q: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
+        """Float32 values of integer codes ``q`` (out, in) under (out, G) parameters."""
+        qg = self._by_group(q, scale.shape[-1])
+        return ((qg - zero.float().unsqueeze(-1)) * scale.float().unsqueeze(-1)).reshape(q.shape)
+
+    def fake_with(self, w: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
+        """Quantize-dequantize ``w`` with given parameters; float32 result."""
+        return self.dequant(self.quant(w, scale, zero), scale, zero)
+
+    def fake(self, w: Tensor, clip: Tensor | None = None) -> Tensor:
+        """Quantize-dequantize ``w`` with its own (optionally clipped) parameters.
+
+        Returns a tensor of ``w``'s shape and dtype.
+        """
+        scale, zero = self.params(w, clip)
+        return self.fake_with(w, scale, zero).to(w.dtype)

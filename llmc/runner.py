@@ -1,0 +1,278 @@
+"""Run a config end to end: load → evaluate original → calibrate → quantize → evaluate → save.
+
+Writes into the run directory: ``config.yml`` (effective), ``run.log``, ``events.jsonl``,
+``results.json`` and the saved models (``trans/``, ``fake/``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .config import Config
+from .eval.mme import MMEScores, load_dataset
+from .progress import Progress
+from .quant.blockwise import quantize_blockwise
+from .quant.methods import make_method
+
+POSITIONS = ("pretrain", "transformed", "fake_quant")
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("LLMC_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("LLMC_WIZARD_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "llmc-wizard")
+    return Path(base) / "eval-cache"
+
+
+def _digest_files(root: Path, h) -> None:
+    root = Path(root)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file() and ".git" not in p.parts)
+    for p in files:
+        size = p.stat().st_size
+        h.update(f"{p.relative_to(root) if root.is_dir() else p.name}:{size}".encode())
+        with open(p, "rb") as f:
+            if size <= 64 << 20:
+                h.update(f.read())
+            else:  # large weights: size + head + tail
+                h.update(f.read(1 << 20))
+                f.seek(-(1 << 20), 2)
+                h.update(f.read())
+
+
+def eval_cache_key(cfg: Config, ev, device: str) -> str:
+    h = hashlib.sha256(f"llmc-{__version__}|{cfg.model.type}|{cfg.model.torch_dtype}|{device}".encode())
+    _digest_files(Path(cfg.model.path), h)
+    if ev.path:
+        _digest_files(Path(ev.path), h)
+    h.update(json.dumps({"type": ev.type, "name": ev.name, "n": ev.num_samples, "seq": ev.seq_len}).encode())
+    return h.hexdigest()[:24]
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def evaluate(adapter, ev, progress: Progress, pos: str) -> dict:
+    """Scores of one eval section on the model as it is now."""
+    def prog(done, total):
+        progress.event("eval_progress", pos=pos, name=ev.name, done=done, total=total)
+
+    if ev.type == "vqa":
+        from .eval.vqa import evaluate_mme
+
+        res = evaluate_mme(adapter.answer, Path(ev.path), batch_size=ev.bs, limit=ev.num_samples, progress=prog)
+        return {"kind": "mme", **res.scores.to_dict(), "lmms_eval_total": res.lmms_total}
+    from .eval.ppl import perplexity
+
+    return {"kind": "ppl", **perplexity(adapter, Path(ev.path), ev.seq_len, ev.bs, ev.num_samples, progress=prog)}
+
+
+def check_overlap(cfg: Config, progress: Progress) -> int:
+    """Warn loudly when calibration images also appear in a VQA evaluation set."""
+    if cfg.calib is None or cfg.calib.name != "custom_mm" or not cfg.calib.path:
+        return 0
+    from PIL import Image
+
+    calib_dir = Path(cfg.calib.path)
+    meta = calib_dir / "samples.json" if calib_dir.is_dir() else calib_dir
+    calib = set()
+    for r in json.loads(meta.read_text()):
+        img = r.get("image")
+        img = img[0] if isinstance(img, list) else img
+        if img:
+            calib.add(hashlib.sha256(Image.open(meta.parent / img).convert("RGB").tobytes()).hexdigest())
+    overlap = 0
+    for ev in cfg.evals:
+        if ev.type != "vqa" or not ev.path:
+            continue
+        ds = load_dataset(Path(ev.path))
+        seen = set()
+        for row in ds:
+            d = hashlib.sha256(row["image"].convert("RGB").tobytes()).hexdigest()
+            if d in calib and d not in seen:
+                seen.add(d)
+        overlap += len(seen)
+    if overlap:
+        msg = (f"WARNING: {overlap} calibration image(s) also appear in the evaluation set: "
+               "scores after quantization are optimistic; calibrate on a disjoint split")
+        progress.log("!" * 78)
+        progress.log(msg)
+        progress.log("!" * 78)
+        progress.event("warning", message=msg, overlap=overlap)
+    return overlap
+
+
+def format_table(results: dict, label: str) -> str:
+    """The seed's score table: original vs quantized, per category, totals and deltas."""
+    lines = []
+    for name, per_pos in results["evals"].items():
+        orig = per_pos.get("pretrain")
+        quant = per_pos.get("fake_quant")
+        cols = [("original", orig), (label, quant)]
+        cols = [(c, s) for c, s in cols if s]
+        if not cols:
+            continue
+        kind = cols[0][1]["kind"]
+        header = f"| {name} | " + " | ".join(c for c, _ in cols) + (" | delta |" if len(cols) == 2 else " |")
+        lines += [header, "|" + "---|" * (len(cols) + 1 + (len(cols) == 2))]
+        if kind == "mme":
+            keys = list(cols[0][1]["categories"]) + ["perception", "cognition", "total"]
+            for k in keys:
+                vals = [s["categories"].get(k) if k in s["categories"] else s.get(k) for _, s in cols]
+                row = f"| {k} | " + " | ".join(f"{v:.2f}" for v in vals)
+                if len(vals) == 2:
+                    row += f" | {vals[1] - vals[0]:+.2f}"
+                lines.append(row + " |")
+        else:
+            vals = [s["ppl"] for _, s in cols]
+            row = "| perplexity | " + " | ".join(f"{v:.3f}" for v in vals)
+            if len(vals) == 2:
+                row += f" | {vals[1] - vals[0]:+.3f}"
+            lines.append(row + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def quant_label(cfg: Config) -> str:
+    w = cfg.quant.weight
+    return f"W{w.bit}A16 {cfg.quant.method}" + (f" g{w.group_size}" if w.granularity == "per_group" else "")
+
+
+def run(cfg: Config, run_dir: Path, *, device: str | None = None, progress: Progress | None = None,
+        cancelled=None) -> dict:
+    from .models import get_model_class
+
+    device = device or default_device()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    progress = progress or Progress(run_dir)
+    (run_dir / "config.yml").write_text(cfg.effective_yaml())
+    t_start = time.time()
+    progress.event("start", run_dir=str(run_dir), device=device, pid=os.getpid())
+    progress.log(f"effective config:\n{cfg.effective_yaml()}")
+    _seed(cfg.base.seed)
+    results: dict = {"label": quant_label(cfg), "device": device, "evals": {}, "timings": {}, "blocks": []}
+
+    cls = get_model_class(cfg.model.type)
+    with progress.phase("load_model"):
+        t = time.time()
+        adapter = cls(cfg.model.path, cfg.model.torch_dtype, device)
+        results["timings"]["load_model"] = time.time() - t
+
+    def run_evals(pos: str) -> None:
+        for ev in cfg.evals:
+            if pos not in ev.eval_pos:
+                continue
+            key = eval_cache_key(cfg, ev, device) if (pos == "pretrain" and ev.cache) else None
+            cached = cache_dir() / f"{key}.json" if key else None
+            t = time.time()
+            with progress.phase(f"eval_{pos}", eval=ev.name):
+                if cached and cached.exists():
+                    scores = json.loads(cached.read_text())
+                    progress.log(f"{ev.name} ({pos}): original scores from cache {cached.name}")
+                    progress.event("cache_hit", pos=pos, name=ev.name, key=key)
+                else:
+                    scores = evaluate(adapter, ev, progress, pos)
+                    if cached:
+                        cached.parent.mkdir(parents=True, exist_ok=True)
+                        cached.write_text(json.dumps(scores))
+            results["timings"][f"eval_{pos}_{ev.name}"] = time.time() - t
+            results["evals"].setdefault(ev.name, {})[pos] = scores
+            progress.event("scores", pos=pos, name=ev.name, scores=scores)
+            summary = f"total {scores['total']:.2f}" if scores["kind"] == "mme" else f"ppl {scores['ppl']:.3f}"
+            progress.log(f"{ev.name} ({pos}): {summary}")
+
+    run_evals("pretrain")
+    if cancelled and cancelled():
+        raise KeyboardInterrupt("cancelled")
+
+    if cfg.calib is None:
+        raise ValueError("calib: a calibration section is required to quantize")
+    check_overlap(cfg, progress)
+    with progress.phase("calibration_data"):
+        from .data import load_calib
+
+        batches = load_calib(cfg.calib, adapter)
+        progress.log(f"{len(batches)} calibration batch(es) from {cfg.calib.name}")
+
+    method = make_method(cfg.quant)
+    trans_state: dict[int, dict] = {}
+    need_trans = cfg.save is not None and cfg.save.save_trans or any("transformed" in ev.eval_pos for ev in cfg.evals)
+
+    def stash(i, block):
+        if need_trans:
+            trans_state[i] = {k: v.detach().to("cpu", copy=True) for k, v in block.state_dict().items()}
+
+    def on_block(rep, n):
+        progress.event("block", i=rep.index, n=n, seconds=round(rep.seconds, 3), block_error=rep.block_error)
+        for layer, err in rep.layer_errors.items():
+            progress.event("layer_error", block=rep.index, layer=layer, error=err)
+        worst = max(rep.layer_errors.items(), key=lambda kv: kv[1])
+        progress.log(f"block {rep.index + 1}/{n}: {rep.seconds:.2f}s, output error {rep.block_error:.4f}, "
+                     f"worst layer {worst[0]} {worst[1]:.4f}")
+        results["blocks"].append({"i": rep.index, "seconds": rep.seconds, "block_error": rep.block_error,
+                                  "layer_errors": rep.layer_errors})
+
+    with progress.phase("quantize", method=cfg.quant.method, n_blocks=len(adapter.get_blocks())):
+        t = time.time()
+        quantize_blockwise(adapter, method, batches, device=device, quant_out=cfg.quant.quant_out,
+                           on_block=on_block, stash=stash, cancelled=cancelled)
+        if not cfg.quant.skip_layers:
+            from .quant.rtn import rtn_
+
+            for head in adapter.get_head_layers():
+                rtn_(head, method.wcfg)
+        results["timings"]["quantize"] = time.time() - t
+
+    blocks = adapter.get_blocks()
+
+    def swap_in_trans():
+        fake = {i: {k: v.detach().clone() for k, v in blocks[i].state_dict().items()} for i in trans_state}
+        for i, sd in trans_state.items():
+            blocks[i].load_state_dict(sd)
+        return fake
+
+    if trans_state:
+        fake_state = swap_in_trans()
+        run_evals("transformed")
+        if cfg.save and cfg.save.save_trans:
+            with progress.phase("save_trans"):
+                out = run_dir / "trans" if not cfg.save.save_path else Path(cfg.save.save_path) / "trans"
+                adapter.save_pretrained(out)
+                progress.event("saved", kind="trans", path=str(out))
+                results["saved_trans"] = str(out)
+        for i, sd in fake_state.items():
+            blocks[i].load_state_dict(sd)
+
+    run_evals("fake_quant")
+    if cfg.save and cfg.save.save_fake:
+        with progress.phase("save_fake"):
+            out = run_dir / "fake" if not cfg.save.save_path else Path(cfg.save.save_path) / "fake"
+            adapter.save_pretrained(out)
+            progress.event("saved", kind="fake", path=str(out))
+            results["saved_fake"] = str(out)
+
+    results["timings"]["total"] = time.time() - t_start
+    table = format_table(results, results["label"])
+    results["table"] = table
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    progress.log("results:\n" + table)
+    progress.event("done", seconds=round(results["timings"]["total"], 3), results=str(run_dir / "results.json"))
+    return results
+
+
+__all__ = ["run", "evaluate", "format_table", "MMEScores", "POSITIONS"]

@@ -1,0 +1,293 @@
+"""The llmc engine on the demo models: adapters, subsets, blockwise methods, full runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from llmc.models import BaseModel, get_model_class
+from llmc.models.structure import derive_subsets
+
+pytestmark = pytest.mark.slow
+ASSETS = Path(__file__).resolve().parents[1] / "wizard" / "demo" / "assets"
+
+
+@pytest.fixture(scope="module")
+def llava():
+    return get_model_class("Llava")(ASSETS / "tiny-llava", "float32", "cpu")
+
+
+@pytest.fixture(scope="module")
+def vila(tiny_vila_installed):
+    return get_model_class("Vila")(ASSETS / "tiny-vila", "float32", "cpu")
+
+
+def _requests(n=4):
+    from llmc.eval.vqa import VQARequest
+    from wizard.demo import shapes
+
+    out = []
+    for i in range(n):
+        sc = shapes.scene_at(shapes.EVAL_SEED, i)
+        out += [VQARequest(q, [sc.render()], {"max_new_tokens": 4}) for q, _ in sc.questions]
+    return out
+
+
+def test_missing_hook_fails_when_the_class_is_defined():
+    with pytest.raises(TypeError, match="does not implement hook.*answer.*batch_process"):
+        class Broken(BaseModel):  # noqa: F841
+            def build_model(self):
+                pass
+
+            def get_extra_rot_module_besides_embed_layers(self):
+                return []
+
+            def save_pretrained(self, path):
+                pass
+
+
+def test_unknown_model_type_suggests_the_registered_one():
+    with pytest.raises(ValueError, match=r"model.type: unknown model type 'Lava'; did you mean 'Llava'\?"):
+        get_model_class("Lava")
+    assert get_model_class("llava").name == "Llava"
+
+
+@pytest.mark.parametrize("which", ["llava", "vila"])
+def test_structure_discovery(which, request):
+    m = request.getfixturevalue(which)
+    blocks = m.get_blocks()
+    assert len(blocks) == m.model_config.num_hidden_layers == 2
+    hidden = m.model_config.hidden_size
+    assert m.get_embed_layers()[0].embedding_dim == hidden
+    assert m.get_head_layers()[0].in_features == hidden
+    assert m.get_pre_head_layernorm_layers()[0].weight.shape == (hidden,)
+    (last,) = m.get_extra_rot_module_besides_embed_layers()
+    assert isinstance(last, nn.Linear) and last.out_features == hidden
+    if which == "vila":
+        assert last is m.mm_projector.layers[-1]  # the seed's manual pick, found by structure
+    else:
+        assert last is m.mm_projector.linear_2
+
+
+@pytest.mark.parametrize("which", ["llava", "vila"])
+def test_subsets_cover_every_linear_once_with_their_producers(which, request):
+    m = request.getfixturevalue(which)
+    block = m.get_blocks()[0]
+    subsets = derive_subsets(block)
+    names = [n for s in subsets for n in s.layers]
+    linears = [n for n, x in block.named_modules() if isinstance(x, nn.Linear)]
+    assert sorted(names) == sorted(linears) and len(names) == len(set(names))
+    by = {s.name: s for s in subsets}
+    assert sorted(by["attn_in"].layers) == ["self_attn.k_proj", "self_attn.q_proj", "self_attn.v_proj"]
+    assert by["attn_in"].prev_op is block.input_layernorm
+    assert by["mlp_in"].prev_op is block.post_attention_layernorm
+    assert by["mlp_out"].prev_op is block.mlp.up_proj
+    v, o = block.self_attn.v_proj, block.self_attn.o_proj
+    # GQA (tiny-vila: 2 KV heads of 4) makes v narrower than o's input: no v->o folding there
+    assert (by["attn_out"].prev_op is v) == (v.out_features == o.in_features)
+
+
+def test_unknown_block_layout_names_the_layer():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.self_attn = nn.Module()
+            for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                setattr(self.self_attn, n, nn.Linear(8, 8))
+            self.mlp = nn.Module()
+            self.mlp.mystery = nn.Linear(8, 8)
+
+    with pytest.raises(ValueError, match="mlp.mystery match no role"):
+        derive_subsets(Odd())
+
+
+def _calib(adapter, zoo, n=8):
+    from llmc.data.calib import load_custom_mm
+
+    return [adapter.batch_process([s]) for s in load_custom_mm(zoo.calib_set, n)]
+
+
+def test_blockwise_rtn_equals_layer_rtn(zoo):
+    from llmc.quant.blockwise import quantize_blockwise
+    from llmc.quant.methods import RTN
+    from llmc.quant.quantizer import IntQuantizer, WeightQuantConfig
+
+    m = get_model_class("Llava")(ASSETS / "tiny-llava", "float32", "cpu")
+    cfg = WeightQuantConfig(bit=4, group_size=32)
+    before = {n: p.detach().clone() for n, p in m.get_blocks().named_parameters()}
+    reports = quantize_blockwise(m, RTN(cfg), _calib(m, zoo, 4))
+    assert len(reports) == 2 and all(r.block_error > 0 for r in reports)
+    q = IntQuantizer(cfg)
+    for n, p in m.get_blocks().named_parameters():
+        if n.endswith("proj.weight"):
+            assert torch.equal(p, q.fake(before[n])), n
+        else:
+            assert torch.equal(p, before[n]), n  # norms untouched
+
+
+@pytest.mark.parametrize("which", ["Llava", "Vila"])
+def test_awq_transform_keeps_the_float_model_equivalent(which, zoo, tiny_vila_installed):
+    from llmc.quant.blockwise import BlockContext, capture_first_block_inputs, run_block
+    from llmc.quant.methods import Awq
+    from llmc.quant.quantizer import WeightQuantConfig
+
+    m = get_model_class(which)(ASSETS / ("tiny-llava" if which == "Llava" else "tiny-vila"), "float32", "cpu")
+    reqs = _requests(2)
+    ref = m.answer_logits(reqs)
+    batches = _calib(m, zoo, 4)
+    inputs = capture_first_block_inputs(m, batches)
+    method = Awq(WeightQuantConfig(bit=3, group_size=32), {"n_grid": 10})
+    from llmc.quant.blockwise import BlockInput
+
+    for i, block in enumerate(m.get_blocks()):
+        ctx = BlockContext(i, m.block_name(i), block, inputs, m.get_subsets_in_block(block), torch.device("cpu"))
+        norm_before = block.input_layernorm.weight.detach().clone()
+        method.transform_block(ctx)
+        assert not torch.equal(norm_before, block.input_layernorm.weight)  # scales were folded
+        inputs = [BlockInput(o, b.args, b.kwargs) for o, b in zip(run_block(block, inputs, "cpu"), inputs)]
+    torch.testing.assert_close(m.answer_logits(reqs), ref, rtol=1e-4, atol=1e-4)
+
+
+def _config(tmp_path, zoo, model, path, method="Awq", bit=4, extra=None, n_eval=24):
+    cfg = {
+        "base": {"seed": 0},
+        "model": {"type": model, "path": str(path), "torch_dtype": "float32"},
+        "calib": {"name": "custom_mm", "path": str(zoo.calib_set), "n_samples": 8, "bs": 1},
+        "eval": {"eval_pos": ["pretrain", "fake_quant"], "type": "vqa", "name": "mme",
+                 "path": str(zoo.eval_set / "data"), "bs": 32, "num_samples": n_eval},
+        "quant": {"method": method, "weight": {"bit": bit, "symmetric": False, "granularity": "per_group",
+                                               "group_size": 32}},
+        "save": {"save_path": str(tmp_path / "out"), "save_trans": True, "save_fake": True},
+    }
+    if method == "Awq":
+        cfg["quant"]["special"] = {"trans": True, "weight_clip": True, "n_grid": 10}
+    for k, v in (extra or {}).items():
+        cfg[k].update(v)
+    p = tmp_path / "cfg.yml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def _llmc(*args, env_cache=None):
+    import os
+
+    env = {**os.environ, "LLMC_CACHE": str(env_cache)} if env_cache else None
+    return subprocess.run([sys.executable, "-m", "llmc", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def _events(run_dir):
+    from llmc.progress import read_events
+
+    return read_events(run_dir / "events.jsonl")
+
+
+@pytest.mark.parametrize("model,weights,method", [("Llava", "tiny-llava", "Awq"), ("Vila", "tiny-vila", "GPTQ")])
+def test_full_run_then_reload_answers_identically(model, weights, method, zoo, tmp_path, tiny_vila_installed):
+    import os
+
+    from llmc.config import load_config
+    from llmc.runner import run
+
+    os.environ["LLMC_CACHE"] = str(tmp_path / "cache")
+    cfg = load_config(_config(tmp_path, zoo, model, ASSETS / weights, method=method))
+    res = run(cfg, tmp_path / "out")
+    out = tmp_path / "out"
+    saved = json.loads((out / "results.json").read_text())
+    mme = saved["evals"]["mme"]
+    assert set(mme) == {"pretrain", "fake_quant"}
+    assert mme["pretrain"]["total"] > 200 and mme["fake_quant"]["total"] > 200
+    assert sum(mme["pretrain"]["n_images"].values()) == 24
+    assert "| mme | original | W4A16" in res["table"] and "| total |" in res["table"]
+    kinds = [e["event"] for e in _events(out)]
+    for k in ("start", "phase", "block", "layer_error", "scores", "saved", "done"):
+        assert k in kinds, k
+    errs = [e["error"] for e in _events(out) if e["event"] == "layer_error"]
+    assert len(errs) == 2 * 7 and all(0 < x < 0.5 for x in errs)
+    # the saved fake-quant model, reloaded through the model's own loader, answers like the in-memory one
+    cls = get_model_class(model)
+    live = get_model_class(model)(ASSETS / weights, "float32", "cpu")
+    reloaded = cls(out / "fake", "float32", "cpu")
+    reqs = _requests(3)
+    trans = cls(out / "trans", "float32", "cpu")
+    torch.testing.assert_close(trans.answer_logits(reqs), live.answer_logits(reqs), rtol=1e-4, atol=1e-4)
+    assert reloaded.answer(reqs) == _inmemory_answers(cfg, model, weights, zoo, reqs)
+
+
+def _inmemory_answers(cfg, model, weights, zoo, reqs):
+    """Quantize again in memory (deterministic) and answer."""
+    from llmc.data import load_calib
+    from llmc.quant.blockwise import quantize_blockwise
+    from llmc.quant.methods import make_method
+
+    m = get_model_class(model)(ASSETS / weights, "float32", "cpu")
+    torch.manual_seed(cfg.base.seed)
+    quantize_blockwise(m, make_method(cfg.quant), load_calib(cfg.calib, m))
+    return m.answer(reqs)
+
+
+def test_original_scores_are_cached(zoo, tmp_path):
+    p = _config(tmp_path, zoo, "Llava", ASSETS / "tiny-llava", method="RTN", n_eval=8,
+                extra={"save": {"save_trans": False, "save_fake": False}})
+    cache = tmp_path / "cache"
+    for run_no in (1, 2):
+        r = _llmc("run", str(p), "--run-dir", str(tmp_path / f"r{run_no}"), env_cache=cache)
+        assert r.returncode == 0, r.stderr
+    hits = [e for e in _events(tmp_path / "r2") if e["event"] == "cache_hit"]
+    assert len(hits) == 1 and not [e for e in _events(tmp_path / "r1") if e["event"] == "cache_hit"]
+    a = json.loads((tmp_path / "r1" / "results.json").read_text())["evals"]["mme"]["pretrain"]
+    b = json.loads((tmp_path / "r2" / "results.json").read_text())["evals"]["mme"]["pretrain"]
+    assert a == b
+
+
+def test_calibrating_on_evaluation_images_warns_loudly(zoo, tmp_path):
+    from llmc.eval.mme import load_dataset
+
+    calib = tmp_path / "leaky"
+    (calib / "images").mkdir(parents=True)
+    rows = []
+    for i, r in enumerate(load_dataset(zoo.eval_set / "data").select(range(4))):
+        r["image"].save(calib / "images" / f"{i}.png")
+        rows.append({"image": f"images/{i}.png", "question": r["question"], "answer": r["answer"]})
+    (calib / "samples.json").write_text(json.dumps(rows))
+    p = _config(tmp_path, zoo, "Llava", ASSETS / "tiny-llava", method="RTN", n_eval=4,
+                extra={"calib": {"path": str(calib)}, "save": {"save_trans": False, "save_fake": False}})
+    r = _llmc("run", str(p), "--run-dir", str(tmp_path / "r"), env_cache=tmp_path / "c")
+    assert r.returncode == 0, r.stderr
+    assert "calibration image(s) also appear in the evaluation set" in r.stderr
+    warn = [e for e in _events(tmp_path / "r") if e["event"] == "warning"]
+    assert warn and warn[0]["overlap"] == 2  # 4 rows = 2 images
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda c: c["quant"]["weight"].update(bits=4), "quant.weight.bits: unknown key; did you mean 'bit'?"),
+    (lambda c: c["model"].update(path="/nonexistent/model"), "model.path: /nonexistent/model does not exist"),
+    (lambda c: c["quant"]["weight"].update(group_size=48), "quant.weight.group_size: 48 does not divide the input width 512 of language_model.model.layers.0.mlp.down_proj.weight (14 layer(s) in all); choose a common divisor of 128, 512 such as 32, 64, 128"),
+    (lambda c: c["quant"]["weight"].update(bit=9), "quant.weight.bit: 9 is out of range; use 2..8"),
+    (lambda c: c["model"].update(type="Lava"), "did you mean 'Llava'?"),
+    (lambda c: c["quant"].update(method="Aqw"), "quant.method: unknown method 'Aqw'; did you mean 'Awq'?"),
+])
+def test_bad_configs_fail_check_with_one_clear_line(edit, message, zoo, tmp_path):
+    p = _config(tmp_path, zoo, "Llava", ASSETS / "tiny-llava")
+    cfg = yaml.safe_load(p.read_text())
+    edit(cfg)
+    p.write_text(yaml.safe_dump(cfg))
+    for args in (["check", str(p)], ["--config_path", str(p)]):
+        r = _llmc(*args)
+        assert r.returncode == 1
+        errors = [line for line in r.stderr.splitlines() if line.startswith("llmc: error:")]
+        assert errors and message in errors[0], r.stderr
+        assert "Traceback" not in r.stderr
+
+
+def test_check_accepts_a_good_config_and_prints_it(zoo, tmp_path):
+    r = _llmc("check", str(_config(tmp_path, zoo, "Llava", ASSETS / "tiny-llava")))
+    assert r.returncode == 0, r.stderr
+    assert "method: Awq" in r.stdout and "config OK" in r.stderr
