@@ -57,6 +57,8 @@ def cmd_run(args) -> int:
         for p in problems:
             print(f"llmc: error: {p}", file=sys.stderr)
         return 1
+    if getattr(args, "save_path", None) and cfg.save is not None:
+        cfg.save.save_path = str(args.save_path)
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
     progress = Progress(run_dir)
     try:
@@ -89,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("config")
     r.add_argument("--run-dir")
     r.add_argument("--device", default=None)
+    r.add_argument("--save-path", default=None, help="override save.save_path (e.g. to keep outputs in the run dir)")
     r.set_defaults(func=cmd_run)
     c = sub.add_parser("check", help="validate a config without loading weights")
     c.add_argument("config")
@@ -103,6 +106,7 @@ def main(argv=None) -> int:
         if not args.config_path:
             ap.print_help(sys.stderr)
             return 2
-        args = argparse.Namespace(config=args.config_path, run_dir=args.run_dir_top, device=args.device_top)
+        args = argparse.Namespace(config=args.config_path, run_dir=args.run_dir_top, device=args.device_top,
+                                  save_path=None)
         return cmd_run(args)
     return args.func(args)

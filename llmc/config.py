@@ -565,6 +565,8 @@ class AwqSpecial(_Special):
     weight_clip: Bool = True
     clip_sym: Bool | None = Field(None, description="defaults to quant.weight.symmetric")
     n_grid: Int = 20
+    search: Literal["block", "layer"] = Field(
+        "block", description="scale-search loss: the block's output (default) or the layers' outputs")
 
     @field_validator("n_grid")
     @classmethod

@@ -94,14 +94,14 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix and name else (prefix or name)
 
 
-def _raw_params(m: nn.Module) -> Iterable[tuple[str, nn.Parameter]]:
+def raw_params(m: nn.Module) -> Iterable[tuple[str, nn.Parameter]]:
     """Direct parameters of a module that is not a Linear/Conv/Embedding/norm."""
     if isinstance(m, SHAPED_TYPES) or is_norm(m):
         return ()
     return m.named_parameters(recurse=False)
 
 
-def find_injection_layers(projector: nn.Module, hidden_size: int) -> InjectionReport:
+def find_injection_layers(projector: nn.Module, hidden_size: int, prefix: str = "") -> InjectionReport:
     """The projector's injection points: hidden-width writers whose output no later layer reads.
 
     Writers are Linear/Conv layers with output width ``hidden_size`` and raw 2-D Parameters with a
@@ -110,9 +110,14 @@ def find_injection_layers(projector: nn.Module, hidden_size: int) -> InjectionRe
     hidden width first); the unconsumed writers are the injection points. Hidden-width norms
     registered after the last injection point are reported in ``norms``: they transform the
     injected features, so a rotation must go through them.
+
+    ``prefix`` (the projector's path in the model) qualifies the names quoted in the flags; the
+    returned names stay relative to ``projector``.
     """
-    order: list[tuple[int, str, nn.Module]] = list(
-        (i, n, m) for i, (n, m) in enumerate(projector.named_modules()))
+    def q(name: str) -> str:
+        return _join(prefix, name) or "<projector>"
+
+    order = [(i, n, m) for i, (n, m) in enumerate(projector.named_modules())]
     writers: list[tuple[int, str, object, str]] = []  # (position, name, layer or param, kind)
     readers: list[int] = []  # positions of layers reading the hidden width
     norms: list[tuple[int, str, nn.Module]] = []
@@ -124,7 +129,7 @@ def find_injection_layers(projector: nn.Module, hidden_size: int) -> InjectionRe
                 readers.append(i)
         elif norm_width(m) == hidden_size:
             norms.append((i, n, m))
-        for pn, p in _raw_params(m):
+        for pn, p in raw_params(m):
             if p.dim() == 2 and hidden_size in p.shape:
                 writers.append((i, _join(n, pn), p, "param"))
                 readers.append(i)
@@ -143,15 +148,15 @@ def find_injection_layers(projector: nn.Module, hidden_size: int) -> InjectionRe
     last_pos = max(i for i, *_ in chosen)
     after = [(n, m) for i, n, m in norms if i > last_pos]
     for n, w in params:
-        flags.append(f"projector writes the hidden width through a raw weight Parameter ({n or '<projector>'}, "
+        flags.append(f"projector writes the hidden width through a raw weight Parameter ({q(n)}, "
                      f"shape {'x'.join(map(str, w.shape))}), not a Linear: rotate it along its "
                      f"{hidden_size}-wide dimension")
     if len(chosen) > 1:
         flags.append(f"{len(chosen)} parallel layers write the language model width {hidden_size} "
-                     f"({', '.join(n or '<projector>' for _, n, _, _ in chosen)}): each is an injection "
+                     f"({', '.join(q(n) for _, n, _, _ in chosen)}): each is an injection "
                      "point; rotate every one of them")
     if after:
-        flags.append(f"{FLAG_NORM_AFTER} ({', '.join(n for n, _ in after)})")
+        flags.append(f"{FLAG_NORM_AFTER} ({', '.join(q(n) for n, _ in after)})")
     return InjectionReport(layers, candidates, flags, params, after, param_cands)
 
 
@@ -258,7 +263,7 @@ def _has_writer(m: nn.Module, hidden: int) -> bool:
     for x in m.modules():
         if linear_out(x) == hidden:
             return True
-        if any(p.dim() == 2 and hidden in p.shape for _, p in _raw_params(x)):
+        if any(p.dim() == 2 and hidden in p.shape for _, p in raw_params(x)):
             return True
     return False
 
@@ -344,7 +349,7 @@ def locate_mm_parts(model: nn.Module) -> MMParts:
     for n, m in model.named_modules():
         if _inside(n, lm_path) or _inside(n, vision) or (proj_path and _inside(n, proj_path)):
             continue
-        for pn, p in _raw_params(m):
+        for pn, p in raw_params(m):
             if p.dim() == 1 and p.shape[0] == hidden:
                 vectors.append(_join(n, pn))
     for v in vectors:

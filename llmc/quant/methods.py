@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import torch
+
 from . import awq
-from .blockwise import BlockContext, LayerStats, Method, collect_inputs
+from .blockwise import BlockContext, LayerStats, Method, collect_inputs, run_block
 from .gptq import GPTQ
-from .quantizer import WeightQuantConfig
+from .quantizer import IntQuantizer, WeightQuantConfig
 from .rtn import rtn_
 
 
@@ -18,9 +20,17 @@ class RTN(Method):
 
 
 class Awq(Method):
-    """Activation-aware scales folded into the preceding op, then clip search and RTN."""
+    """Activation-aware scales folded into the preceding op, then clip search and RTN.
+
+    The scale of each subset is searched on the *block output*: for every candidate ratio the
+    subset's weights are replaced by ``Q(W * s) / s`` (what folding ``1/s`` into the preceding op
+    and quantizing gives) and the block's output error on calibration inputs is measured, so
+    attention and the MLP's non-linearity count, as they do for the model. ``search: layer``
+    uses the layers' own outputs instead (the cheaper classic loss).
+    """
 
     name = "Awq"
+    search_inputs = 16  # calibration inputs used by the block-output search
 
     def transform_block(self, ctx: BlockContext) -> None:
         if not self.special.get("trans", True):
@@ -32,8 +42,35 @@ class Awq(Method):
             stats = collect_inputs(ctx.block, ctx.inputs, subset.layers, ctx.device, seed=ctx.index)
             x = next(iter(stats.values())).x  # all layers of a subset read the same input
             layers = list(subset.layers.values())
-            scales, _, _ = awq.search_scales(x.to(ctx.device), layers, self.wcfg, n_grid=n_grid)
+            if self.special.get("search", "block") == "layer":
+                scales, _, _ = awq.search_scales(x.to(ctx.device), layers, self.wcfg, n_grid=n_grid)
+            else:
+                scales = self._search_on_block(ctx, layers, x.abs().mean(0), n_grid)
             awq.apply_scales_(subset.prev_op, layers, scales.to(layers[0].weight.device))
+
+    @torch.no_grad()
+    def _search_on_block(self, ctx: BlockContext, layers, x_mean: torch.Tensor, n_grid: int) -> torch.Tensor:
+        step = max(1, len(ctx.inputs) // self.search_inputs)
+        inputs = ctx.inputs[::step][: self.search_inputs]
+        ref = run_block(ctx.block, inputs, ctx.device)
+        q = IntQuantizer(self.wcfg)
+        orig = [fc.weight.data.clone() for fc in layers]
+        x_mean = x_mean.to(orig[0].device, torch.float32)
+        best, best_loss = None, float("inf")
+        try:
+            for i in range(n_grid):
+                s = x_mean.pow(i / n_grid).clamp(min=1e-4)
+                s = s / (s.max() * s.min()).sqrt()
+                for fc, w in zip(layers, orig):
+                    fc.weight.data = (q.fake(w.float() * s) / s).to(w.dtype)
+                out = run_block(ctx.block, inputs, ctx.device)
+                loss = sum(_token_relative_mse(o, r) for o, r in zip(out, ref))
+                if loss < best_loss:
+                    best, best_loss = s.clone(), loss
+        finally:
+            for fc, w in zip(layers, orig):
+                fc.weight.data = w
+        return best
 
     def quantize_subset(self, ctx, subset, stats: dict[str, LayerStats], state) -> None:
         clip_cfg = self.wcfg
@@ -65,6 +102,13 @@ class Gptq(Method):
                         percdamp=float(self.special.get("percdamp", 0.01)),
                         actorder=bool(self.special.get("actorder", False)),
                         static_groups=bool(self.special.get("static_groups", False)))
+
+
+def _token_relative_mse(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Mean over tokens of the squared error relative to the token's reference norm, so the few
+    tokens with massive activations (e.g. the first one) do not decide the search alone."""
+    err = (out - ref).float().pow(2).sum(-1)
+    return float((err / ref.float().pow(2).sum(-1).clamp_min(1e-12)).mean())
 
 
 METHODS = {"RTN": RTN, "Awq": Awq, "GPTQ": Gptq}

@@ -1,0 +1,232 @@
+"""Rendering adapters and configs: escaping, safe writes, registration, smoke test."""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from wizard.services import render
+from wizard.services.errors import WizardError
+from wizard.services.register import MARKER, import_adapter, register_adapter, unregister_adapter
+
+ASSETS = Path(__file__).resolve().parents[1] / "wizard" / "demo" / "assets"
+HOSTILE = [
+    "my-vlm",
+    "'; import os; os.system('echo pwned') #",
+    '"""\nimport os\n"""',
+    "class",
+    "__init__",
+    "1st model",
+    "Llava",
+    "ViLA-ü∂-模型",
+    "",
+    "a" * 200,
+    "\\x00\\n{{ 7*7 }}{% raw %}",
+]
+
+
+def _answers(name, kind="transformers", last=("model.multi_modal_projector.linear_2",), weights=None):
+    from wizard.services.answers import Answers
+
+    a = Answers()
+    a.source.weights_url = weights or str(ASSETS / "tiny-llava")
+    a.source.weights_dir = weights or str(ASSETS / "tiny-llava")
+    a.inspect.model_kind = kind
+    a.inspect.architecture = "LlavaForConditionalGeneration" if kind == "transformers" else "TinyVilaForCausalLM"
+    a.inspect.projector_last_layers = list(last)
+    a.generate.name = name
+    a.generate.calib_path = "/data/calib"
+    a.generate.eval_path = "/data/mme"
+    return a
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+@pytest.mark.parametrize("kind", ["transformers", "custom-code"])
+def test_generated_python_always_parses(name, kind, tmp_path):
+    a = _answers(name or "x", kind, last=[f"mm.{name}'\"\n"], weights=f"/w/{name}\n'\"")
+    a.generate.name = name or "x"
+    p = render.plan(a, tmp_path / "models", tmp_path / "configs")
+    tree = ast.parse(p.adapter_text)
+    classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
+    assert classes == [p.class_name, p.class_name + "Eval"]
+    assert p.class_name.isidentifier() and p.module.isidentifier()
+    consts = {t.targets[0].id: ast.literal_eval(t.value) for t in tree.body
+              if isinstance(t, ast.Assign) and isinstance(t.targets[0], ast.Name)}
+    assert consts["PROJECTOR_LAST_LAYERS"] == [f"mm.{name}'\"\n"]  # hostile text survives as data
+    import yaml
+
+    cfg = yaml.safe_load(p.config_text)
+    assert cfg["model"]["path"] == f"/w/{name}\n'\""
+    assert cfg["model"]["type"] == p.model_type
+
+
+def test_names_are_sanitised():
+    assert render.module_name("My VLM-1.5b") == "my_vlm_1_5b"
+    assert render.module_name("class") == "class_model"
+    assert render.module_name("llava") == "llava_model"  # never shadows a built-in adapter
+    assert render.class_name("my vlm") == "MyVlm"
+    assert render.class_name("llava") == "LlavaModel"
+
+
+def test_plan_requires_a_projector_pick(tmp_path):
+    a = _answers("m", last=())
+    with pytest.raises(WizardError, match="no projector last layer chosen"):
+        render.plan(a, tmp_path, tmp_path)
+
+
+def test_safe_write_keeps_hand_edits(tmp_path):
+    p = tmp_path / "m.py"
+    v1 = render.render_text("adapter_hf.py.j2", _ctx("one"))
+    assert render.safe_write(p, v1).action == "created"
+    assert render.safe_write(p, v1).action == "unchanged"
+    v2 = render.render_text("adapter_hf.py.j2", _ctx("two"))
+    r = render.safe_write(p, v2)
+    assert r.action == "updated" and r.backup is None and "-MODEL_TYPE = 'one'" in r.diff
+    edited = p.read_text() + "\n# my own fix\n"
+    p.write_text(edited)
+    assert render.is_hand_edited(edited)
+    r = render.safe_write(p, v1)
+    assert r.action == "replaced-edited"
+    assert r.backup.read_text() == edited
+    assert "-# my own fix" in r.diff
+    assert p.read_text() == v1
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    p = tmp_path / "x.py"
+    p.write_text("original")
+
+    def boom(*a):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(render.os, "replace", boom)
+    with pytest.raises(OSError):
+        render.atomic_write(p, "new")
+    assert p.read_text() == "original"
+    assert [f.name for f in tmp_path.iterdir()] == ["x.py"]
+
+
+def _ctx(model_type):
+    return dict(display_name="d", weights="/w", model_type=model_type, class_name="M", architecture="A",
+                code_package=None, last_layers=["x"], skip_layers=["lm_head"])
+
+
+def test_register_is_idempotent(tmp_path):
+    pkg = tmp_path / "models"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(f"def _register_generated(m):\n    pass\n\n{MARKER}:\n")
+    (pkg / "my_vlm.py").write_text("X = 1\n")
+    assert register_adapter("my_vlm", pkg) is True
+    assert register_adapter("my_vlm", pkg) is False
+    text = (pkg / "__init__.py").read_text()
+    assert text.count('_register_generated("my_vlm")') == 1
+    assert unregister_adapter("my_vlm", pkg) is True
+    assert '_register_generated("my_vlm")' not in (pkg / "__init__.py").read_text()
+    with pytest.raises(WizardError, match="does not exist"):
+        register_adapter("missing", pkg)
+    with pytest.raises(WizardError, match="not a valid adapter module name"):
+        register_adapter("../evil", pkg)
+
+
+def test_generated_adapter_registers_builds_and_answers(tmp_path, zoo):
+    from llmc.models import MODEL_REGISTRY
+    from wizard.services.smoke import smoke_test
+
+    a = _answers("Smoke LLaVA")
+    a.generate.calib_path = str(zoo.calib_set)
+    a.generate.eval_path = str(zoo.eval_set / "data")
+    p = render.plan(a, tmp_path / "adapters", tmp_path / "configs")
+    results = render.write(p, a)
+    assert [r.action for r in results] == ["created", "created"]
+    assert p.answers_path.exists() and "template_version: '1'" in p.answers_path.read_text()
+    mod = import_adapter(p.module, tmp_path / "adapters")
+    assert MODEL_REGISTRY[p.model_type] is getattr(mod, p.class_name)
+    rep = smoke_test(p.module, p.model_type, ASSETS / "tiny-llava", zoo.calib_set, zoo.eval_set / "data",
+                     models_dir=tmp_path / "adapters")
+    assert rep.ok and rep.answer in ("Yes", "No")
+    assert [s[0] for s in rep.steps] == ["import adapter", "registered", "build model", "calibration sample",
+                                         "eval sample"]
+    adapter = MODEL_REGISTRY[p.model_type](ASSETS / "tiny-llava", "float32", "cpu")
+    (last,) = adapter.get_extra_rot_module_besides_embed_layers()
+    assert last is adapter.mm_model.model.multi_modal_projector.linear_2
+
+
+def test_smoke_test_names_the_failing_step(tmp_path, zoo):
+    from wizard.services.smoke import smoke_test
+
+    a = _answers("Broken Pick", last=["model.no_such_layer"])
+    p = render.plan(a, tmp_path / "adapters", tmp_path / "configs")
+    render.write(p, a)
+    rep = smoke_test(p.module, p.model_type, ASSETS / "tiny-llava", None, None, models_dir=tmp_path / "adapters")
+    assert rep.ok  # building does not touch the pick
+    from llmc.models import MODEL_REGISTRY
+
+    adapter = MODEL_REGISTRY[p.model_type](ASSETS / "tiny-llava", "float32", "cpu")
+    with pytest.raises(AttributeError, match="no_such_layer"):
+        adapter.get_extra_rot_module_besides_embed_layers()
+    with pytest.raises(WizardError, match="smoke test failed at 'build model'"):
+        smoke_test(p.module, p.model_type, tmp_path / "nowhere", None, None, models_dir=tmp_path / "adapters")
+
+
+def test_runner_streams_events_and_cancel_stops_the_process_tree(tmp_path, zoo):
+    import time
+
+    from wizard.services import runner
+
+    cfg = {
+        "model": {"type": "Llava", "path": str(ASSETS / "tiny-llava"), "torch_dtype": "float32"},
+        "calib": {"name": "custom_mm", "path": str(zoo.calib_set), "n_samples": 128},
+        "eval": {"eval_pos": ["pretrain", "fake_quant"], "type": "vqa", "name": "mme",
+                 "path": str(zoo.eval_set / "data"), "bs": 8, "cache": False},
+        "quant": {"method": "GPTQ", "weight": {"bit": 4, "group_size": 32}},
+    }
+    import yaml
+
+    (tmp_path / "c.yml").write_text(yaml.safe_dump(cfg))
+    h = runner.launch(tmp_path / "c.yml", tmp_path / "run", device="cpu")
+    seen = []
+    t0 = time.time()
+    while time.time() - t0 < 120:
+        seen += h.events.poll()
+        if any(e["event"] == "eval_progress" for e in seen):
+            break
+        time.sleep(0.2)
+    assert any(e["event"] == "start" for e in seen), (tmp_path / "run" / "process.log").read_text()
+    assert h.poll() is None
+    past = runner.list_runs(tmp_path)
+    assert [r.state for r in past] == ["running"]
+    again = runner.reattach(tmp_path / "run")
+    assert again.pid == h.pid and again.poll() is None
+    h.cancel()
+    assert h.poll() is not None
+    assert not runner.pid_alive(h.pid)
+    assert [r.state for r in runner.list_runs(tmp_path)] == ["cancelled"]
+    with pytest.raises(WizardError, match="already holds a run"):
+        runner.launch(tmp_path / "c.yml", tmp_path / "run")
+
+
+def test_launch_needs_a_config(tmp_path):
+    from wizard.services import runner
+
+    with pytest.raises(WizardError, match="does not exist"):
+        runner.launch(tmp_path / "nope.yml", tmp_path / "r")
+
+
+def test_event_tail_reads_only_complete_lines(tmp_path):
+    from wizard.services.runner import EventTail
+
+    f = tmp_path / "events.jsonl"
+    f.write_text(json.dumps({"event": "a"}) + "\n" + '{"event": "b"')
+    t = EventTail(f)
+    assert [e["event"] for e in t.poll()] == ["a"]
+    with open(f, "a") as fh:
+        fh.write("}\n")
+    assert [e["event"] for e in t.poll()] == ["b"]
+    assert t.poll() == []
+
+
+del sys

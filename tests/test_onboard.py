@@ -1,0 +1,64 @@
+"""Headless onboarding of both demo models from their local git repositories, end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from wizard.services.answers import Answers, load_answers, save_answers
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-vila"])
+def test_onboard_demo_model_headless(name, zoo, tmp_path):
+    entry = zoo.models[name]
+    a = Answers()
+    a.source.weights_url = entry["weights_repo"]
+    if entry["code_repo"]:
+        a.source.code_url = entry["code_repo"]
+        a.source.code_commit = "v0.1.0"  # pinned by tag; resolved to the release commit
+        a.install.no_deps = True  # its dependencies (torch, transformers) are already here
+    a.generate.name = f"{name} onboarded"
+    a.generate.method = "GPTQ"
+    a.generate.calib_path = str(zoo.calib_set)
+    a.generate.eval_path = str(zoo.eval_set / "data")
+    a.generate.n_calib = 16
+    a.generate.eval_samples = 24
+    answers = tmp_path / "answers.yml"
+    save_answers(a, answers)
+    cmd = [sys.executable, "-m", "wizard.cli", "onboard", "--answers", str(answers), "--models-dir",
+           str(tmp_path / "adapters"), "--install-target", str(tmp_path / "site"), "--yes", "--device", "cpu"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for step in ("fetch", "install", "inspect", "generate", "register", "smoke", "run"):
+        assert f"== {step}" in r.stderr
+    done = load_answers(answers)
+    if name == "tiny-vila":
+        assert done.source.code_commit == entry["code_commit"]
+        assert "install: done" in r.stderr and done.inspect.model_kind == "custom-code"
+        assert done.inspect.projector_last_layers == ["mm_projector.layers.4"]
+    else:
+        assert "install: skipped" in r.stderr and done.inspect.model_kind == "transformers"
+        assert done.inspect.projector_last_layers == ["model.multi_modal_projector.linear_2"]
+    # the generated adapter imports (in a fresh interpreter) and registers its model type
+    adapters = sorted((tmp_path / "adapters").glob("*.py"))
+    assert len(adapters) == 1
+    check = subprocess.run([sys.executable, "-c", "import llmc.models as m; print(sorted(m.MODEL_REGISTRY))"],
+                           capture_output=True, text=True, env={"LLMC_ADAPTERS": str(tmp_path / "adapters"),
+                                                                "PATH": "/usr/bin:/bin"})
+    assert check.returncode == 0, check.stderr
+    model_type = done.generate.name and __import__("wizard.services.render", fromlist=["x"]).class_name(done.generate.name)
+    assert model_type in check.stdout
+    # the run's score table exists and matches the engine's JSON
+    run_dir = tmp_path / done.run.run_dir if not done.run.run_dir.startswith("/") else __import__("pathlib").Path(done.run.run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    mme = results["evals"]["mme"]
+    assert sum(mme["pretrain"]["n_images"].values()) == 24
+    table = results["table"]
+    assert f"| total | {mme['pretrain']['total']:.2f} | {mme['fake_quant']['total']:.2f} |" in table
+    assert table in r.stderr
+    assert (run_dir / "fake" / "config.json").exists()

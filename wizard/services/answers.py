@@ -1,0 +1,317 @@
+"""The wizard's whole state as a typed answers file (YAML).
+
+Every screen of the TUI and every headless step reads and updates one :class:`Answers` object;
+:func:`save_answers` writes it atomically and :func:`load_answers` reads it back with errors that
+name the bad key or value and suggest a fix. Credentials never reach the file: URL userinfo
+(``https://user:TOKEN@host``) is stripped and tokens are masked on save (see :meth:`Answers.redacted`).
+
+:func:`redact` is the general-purpose scrubber used for anything shown to the user (progress
+messages, errors, logs): it masks URL userinfo, Hugging Face tokens and the values of token
+environment variables wherever they appear in a text.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+from urllib.parse import quote
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import WizardError
+
+ANSWERS_VERSION = 1
+
+#: environment variables whose values are secrets; masked by :func:`redact` wherever they appear
+TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GITHUB_TOKEN", "GH_TOKEN")
+MASK = "***"
+
+# scheme://userinfo@ — userinfo cannot contain '/', '@', '?', '#' or whitespace (RFC 3986)
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s/@?#]+)@")
+_HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{10,}")
+_MIN_SECRET_LEN = 6  # shorter env values would mask ordinary words
+
+
+def _env_secrets() -> list[str]:
+    values = []
+    for var in TOKEN_ENV_VARS:
+        v = os.environ.get(var, "").strip()
+        if len(v) >= _MIN_SECRET_LEN:
+            values.append(v)
+            if quote(v, safe="") != v:
+                values.append(quote(v, safe=""))
+    # longest first, so a secret containing another one is masked whole
+    return sorted(set(values), key=len, reverse=True)
+
+
+def redact(text: Any) -> str:
+    """``text`` with credentials masked: URL userinfo (``https://***@host``), Hugging Face tokens
+    (``hf_***``) and the values of ``HF_TOKEN``/``GITHUB_TOKEN`` (and their aliases in
+    :data:`TOKEN_ENV_VARS`) wherever they occur. Safe to call on any object (it is ``str()``-ed)."""
+    s = "" if text is None else str(text)
+    for secret in _env_secrets():
+        s = s.replace(secret, MASK)
+    s = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", s)
+    return _HF_TOKEN.sub(f"hf_{MASK}", s)
+
+
+def strip_userinfo(text: str) -> str:
+    """Remove the ``user:password@`` part of every URL in ``text`` (``https://u:t@h/x`` -> ``https://h/x``)."""
+    return _URL_USERINFO.sub(lambda m: m["scheme"], text)
+
+
+def scrub(text: str) -> str:
+    """What may be saved: URL userinfo removed, remaining tokens masked."""
+    return redact(strip_userinfo(text))
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
+
+
+class _Section(BaseModel):
+    # unknown keys are errors (typos would otherwise be silently ignored)
+    model_config = ConfigDict(extra="forbid")
+
+
+class Source(_Section):
+    """Where the weights (and, for custom-code models, the code) come from, and where they went."""
+
+    weights_url: str = ""  #: URL or local path of the weights repository
+    weights_dir: str | None = None  #: local clone of the weights
+    code_url: str | None = None  #: URL or local path of the model's code repository
+    code_commit: str | None = None  #: commit/tag/branch to pin the code at (the full sha once fetched)
+    code_dir: str | None = None  #: local clone of the code
+    lfs: bool | None = None  #: use git-lfs (None: when the repository has LFS files)
+
+
+class Install(_Section):
+    """pip-installing the model's code."""
+
+    needed: bool | None = None  #: None: detect from the weights' config.json
+    editable: bool = True
+    no_deps: bool = False
+    extra_packages: list[str] = Field(default_factory=list)
+    confirmed: bool = False  #: the user reviewed and accepted the install command
+
+
+class Inspect(_Section):
+    """What inspecting the model found (and the user's picks)."""
+
+    model_kind: Literal["transformers", "custom-code"] | None = None
+    architecture: str | None = None
+    projector_last_layers: list[str] = Field(default_factory=list)
+    hidden_size: int | None = None
+    num_blocks: int | None = None
+
+
+class Generate(_Section):
+    """The adapter and the llmc config to generate."""
+
+    name: str | None = None  #: adapter / model type name
+    class_name: str | None = None
+    out_dir: str | None = None
+    method: Literal["RTN", "Awq", "GPTQ"] = "Awq"
+    bit: int = Field(4, ge=1, le=16)
+    group_size: int = Field(32, ge=0)  #: 0: per-channel (no groups)
+    calib_path: str | None = None
+    eval_path: str | None = None
+    n_calib: int = Field(64, ge=1)
+    eval_samples: int | None = Field(None, ge=1)
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_case(cls, v: Any) -> Any:
+        # accept "awq", "gptq", "rtn": the canonical spelling is what llmc's registry uses
+        if isinstance(v, str):
+            for canon in _literal_choices(cls.model_fields["method"].annotation):
+                if v.strip().lower() == canon.lower():
+                    return canon
+        return v
+
+
+class Run(_Section):
+    device: str | None = None
+    run_dir: str | None = None
+
+
+class Answers(_Section):
+    """The wizard's whole state. Sections mirror the wizard's steps."""
+
+    version: int = ANSWERS_VERSION
+    template_version: str | None = None  #: version of the templates the generated files came from
+    source: Source = Field(default_factory=Source)
+    install: Install = Field(default_factory=Install)
+    inspect: Inspect = Field(default_factory=Inspect)
+    generate: Generate = Field(default_factory=Generate)
+    run: Run = Field(default_factory=Run)
+
+    def redacted(self) -> Answers:
+        """A deep copy safe to show or save: userinfo stripped from every URL, tokens masked."""
+        # copy + assign (not re-validate): redacting must work even on a half-filled state
+        copy = self.model_copy(deep=True)
+        _scrub_model(copy)
+        return copy
+
+
+def _scrub_model(model: BaseModel) -> None:
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            _scrub_model(value)
+        else:
+            setattr(model, name, _map_strings(value, scrub))
+
+
+def _map_strings(obj: Any, fn) -> Any:
+    if isinstance(obj, str):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: _map_strings(v, fn) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_map_strings(v, fn) for v in obj]
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# load / save
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that holds the key at ``loc`` (e.g. ``("generate", "methd")`` -> Generate)."""
+    model: type[BaseModel] = Answers
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        if get_origin(ann) is not None:
+            ann = next((a for a in get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def _literal_choices(ann: Any) -> list[str]:
+    """The string values of a ``Literal[...]`` annotation, also inside ``Optional``/unions."""
+    out: list[str] = []
+    for a in get_args(ann):
+        out += [a] if isinstance(a, str) else _literal_choices(a)
+    return out
+
+
+def _explain(err: dict, path: Path) -> WizardError:
+    loc = tuple(err["loc"])
+    dotted = ".".join(str(p) for p in loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        model = _model_at(loc)
+        valid = list(model.model_fields) if model else []
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
+        where = ".".join(str(p) for p in loc[:-1]) or "the top level"
+        fix = (f"did you mean '{close[0]}'?" if close else
+               f"remove it; valid keys in {where}: {', '.join(valid)}" if valid else "remove it")
+        return WizardError(f"{path}: unknown key '{dotted}'", fix)
+    value = err.get("input")
+    fix = "correct the value in the answers file"
+    if err["type"] == "literal_error" and isinstance(value, str):
+        model = _model_at(loc)
+        field = model.model_fields.get(str(loc[-1])) if model else None
+        choices = _literal_choices(field.annotation) if field else []
+        close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
+        if close:
+            fix = f"did you mean '{close[0]}'?"
+    if err["type"] in ("model_type", "dict_type"):
+        return WizardError(f"{path}: '{dotted}' must be a mapping of keys, not {value!r}",
+                           "indent its keys under it (see a saved answers file for the layout)")
+    return WizardError(f"{path}: {dotted} = {redact(repr(value))}: {err['msg']}", fix)
+
+
+def load_answers(path: str | os.PathLike) -> Answers:
+    """Read an answers file. Raises :class:`WizardError` for a missing/unreadable file, invalid
+    YAML, unknown keys (with a did-you-mean) and bad values (naming the key)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise WizardError(f"answers file {path} does not exist",
+                          "check the path, or start the wizard without --answers to create one") from None
+    except IsADirectoryError:
+        raise WizardError(f"answers file {path} is a directory", "pass the YAML file inside it") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise WizardError(f"cannot read answers file {path}: {e}",
+                          "check the file's permissions and encoding") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise WizardError(f"{path}: invalid YAML{where}: {problem}",
+                          "fix the syntax (indentation, a missing ':' or an unclosed quote)") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise WizardError(f"{path}: expected a mapping of sections (source, install, ...), got {type(data).__name__}",
+                          "see a saved answers file for the layout")
+    version = data.get("version", ANSWERS_VERSION)
+    if isinstance(version, int) and version > ANSWERS_VERSION:
+        raise WizardError(f"{path}: answers version {version} is newer than this wizard supports ({ANSWERS_VERSION})",
+                          "upgrade llmc-wizard")
+    try:
+        return Answers.model_validate(data)
+    except ValidationError as e:
+        errors = e.errors()
+        err = _explain(errors[0], path)
+        if len(errors) > 1:
+            err.message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+        raise err from None
+
+
+HEADER = (f"# llmc-wizard answers (version {ANSWERS_VERSION}). Edit freely; credentials are never saved here:\n"
+          "# put tokens in HF_TOKEN / GITHUB_TOKEN instead.\n")
+
+
+def dump_answers(answers: Answers) -> str:
+    """The YAML text :func:`save_answers` writes (credentials removed)."""
+    data = answers.redacted().model_dump(mode="json")
+    return HEADER + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False)
+
+
+def save_answers(answers: Answers, path: str | os.PathLike) -> Path:
+    """Write ``answers`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``):
+    readers see the old file or the new one, never a half-written one. Returns the path."""
+    path = Path(path)
+    text = dump_answers(answers)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            mode = path.stat().st_mode & 0o777
+        except FileNotFoundError:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as e:
+        raise WizardError(f"cannot write answers file {path}: {e.strerror or e}",
+                          "check that the folder exists and is writable") from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    return path

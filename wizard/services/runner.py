@@ -1,0 +1,179 @@
+"""Launch the engine (``python -m llmc run``) as a subprocess; follow its events; cancel; reattach.
+
+A run directory holds ``config.yml``, ``run.log`` and ``events.jsonl`` (written by the engine),
+``process.log`` (the subprocess's stdout/stderr) and ``results.json`` at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmc.progress import read_events
+
+from .errors import WizardError
+
+
+def engine_command(config: Path, run_dir: Path, device: str | None = None, python: str = sys.executable) -> list[str]:
+    cmd = [python, "-m", "llmc", "run", str(config), "--run-dir", str(run_dir), "--save-path", str(run_dir)]
+    if device:
+        cmd += ["--device", device]
+    return cmd
+
+
+class EventTail:
+    """Incremental reader of a growing events.jsonl (only complete lines)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.offset = 0
+        self._partial = b""
+
+    def poll(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        self.offset += len(data)
+        data = self._partial + data
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        out = []
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+
+@dataclass
+class RunHandle:
+    run_dir: Path
+    pid: int
+    proc: subprocess.Popen | None = None  # None when reattached
+    events: EventTail = field(init=False)
+
+    def __post_init__(self):
+        self.events = EventTail(self.run_dir / "events.jsonl")
+
+    def poll(self) -> int | None:
+        """Exit code, or None while running."""
+        if self.proc is not None:
+            return self.proc.poll()
+        return None if pid_alive(self.pid) else _exit_from_events(self.run_dir)
+
+    def cancel(self, grace: float = 3.0) -> None:
+        """Stop the whole process tree (its process group)."""
+        try:
+            os.killpg(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.time() + grace
+        while time.time() < deadline and self.poll() is None:
+            time.sleep(0.05)
+        if self.poll() is None:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            if self.proc is not None:
+                self.proc.wait(timeout=5)
+        with open(self.run_dir / "events.jsonl", "a") as f:
+            f.write(json.dumps({"t": round(time.time(), 3), "event": "cancelled"}) + "\n")
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        t0 = time.time()
+        while (rc := self.poll()) is None:
+            if timeout is not None and time.time() - t0 > timeout:
+                return None
+            time.sleep(0.1)
+        return rc
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child counts as finished
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _exit_from_events(run_dir: Path) -> int:
+    kinds = [e["event"] for e in read_events(run_dir / "events.jsonl")]
+    return 0 if "done" in kinds else (130 if "cancelled" in kinds else 1)
+
+
+def launch(config: Path, run_dir: Path, device: str | None = None, env: dict | None = None) -> RunHandle:
+    config = Path(config)
+    if not config.exists():
+        raise WizardError(f"config {config} does not exist", "run the Generate step first")
+    run_dir = Path(run_dir)
+    if (run_dir / "events.jsonl").exists():
+        raise WizardError(f"run directory {run_dir} already holds a run", "choose a new run directory")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(config, run_dir / "source-config.yml")
+    log = open(run_dir / "process.log", "ab")
+    cmd = engine_command(config, run_dir, device)
+    (run_dir / "command.txt").write_text(" ".join(cmd) + "\n")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    log.close()
+    return RunHandle(run_dir, proc.pid, proc)
+
+
+@dataclass
+class PastRun:
+    run_dir: Path
+    state: str  # running, done, failed, cancelled
+    started: float | None
+    label: str
+
+
+def list_runs(root: Path) -> list[PastRun]:
+    out = []
+    root = Path(root)
+    if not root.exists():
+        return out
+    for d in sorted(root.iterdir()):
+        ev = read_events(d / "events.jsonl") if d.is_dir() else []
+        if not ev:
+            continue
+        kinds = [e["event"] for e in ev]
+        start = next((e for e in ev if e["event"] == "start"), {})
+        if "done" in kinds:
+            state = "done"
+        elif "cancelled" in kinds:
+            state = "cancelled"
+        elif "error" in kinds:
+            state = "failed"
+        elif start.get("pid") and pid_alive(int(start["pid"])):
+            state = "running"
+        else:
+            state = "failed"
+        label = (d / "command.txt").read_text().strip() if (d / "command.txt").exists() else d.name
+        out.append(PastRun(d, state, start.get("t"), label))
+    return out
+
+
+def reattach(run_dir: Path) -> RunHandle:
+    run_dir = Path(run_dir)
+    start = next((e for e in read_events(run_dir / "events.jsonl") if e["event"] == "start"), None)
+    if start is None:
+        raise WizardError(f"{run_dir} has no started run", "pick a run from the list of past runs")
+    return RunHandle(run_dir, int(start["pid"]), None)
