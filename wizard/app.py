@@ -1,0 +1,159 @@
+"""The llmc-wizard Textual app: a thin shell over ``wizard.services``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from .demo.facts import ModelFacts, all_facts
+from .services.answers import Answers, load_answers, save_answers
+
+INTRO = (
+    "[b]llmc-wizard[/b] takes a new (vision-)language model from a repository to a quantized, "
+    "evaluated, exported model: fetch weights and code, install, inspect the model, generate its "
+    "adapter and config, then quantize and evaluate (original vs quantized)."
+)
+CATEGORIES = ("existence", "count", "color", "position")
+
+
+def _fmt_params(n: int) -> str:
+    return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.0f} k"
+
+
+def facts_rows(facts: list[ModelFacts]) -> list[tuple[str, ...]]:
+    rows = []
+    for f in facts:
+        cats = f.scores.get("categories", {})
+        rows.append((
+            f.name,
+            "transformers" if f.kind == "transformers" else "custom code",
+            _fmt_params(f.parameters),
+            f"{f.llm_layers} × {f.llm_hidden} (MLP {f.llm_intermediate})",
+            str(f.image_tokens),
+            *(f"{cats[c]:.1f}" if c in cats else "-" for c in CATEGORIES),
+            f"{f.total:.1f}" if f.total is not None else "-",
+        ))
+    return rows
+
+
+def demo_answers(zoo, name: str) -> Answers:
+    """Answers pre-filled for a demo model of the zoo (its local git repositories and data)."""
+    entry = zoo.models[name]
+    a = Answers()
+    a.source.weights_url = entry["weights_repo"]
+    if entry.get("code_repo"):
+        a.source.code_url = entry["code_repo"]
+        a.source.code_commit = entry["code_commit"]
+    a.generate.name = name
+    a.generate.calib_path = str(zoo.calib_set)
+    a.generate.eval_path = str(zoo.eval_set / "data")
+    return a
+
+
+class WelcomeScreen(Screen):
+    BINDINGS = [Binding("q", "app.quit", "Quit"), Binding("enter", "start", "Onboard the selected demo model"),
+                Binding("n", "new", "New model")]
+
+    def __init__(self, zoo_root: Path | None = None):
+        super().__init__()
+        self.zoo_root = zoo_root
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False)
+        yield Static(INTRO, id="intro")
+        yield DataTable(id="models", cursor_type="row", zebra_stripes=True)
+        status = (f"Demo zoo: {self.zoo_root} (local git repositories of weights and code, "
+                  "MME-format evaluation set, calibration set)" if self.zoo_root else
+                  "Demo zoo not built: run `llmc-wizard demo build`.")
+        yield Static(status, id="zoo-status")
+        yield Static("enter: onboard the selected demo model · n: start with an empty answers file",
+                     id="welcome-help")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#models", DataTable)
+        table.add_columns("model", "code", "params", "language model", "image tokens",
+                          *CATEGORIES, "MME total (float)")
+        for row in facts_rows(all_facts()):
+            table.add_row(*row, key=row[0])
+        table.focus()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_start()
+
+    def action_start(self) -> None:
+        table = self.query_one("#models", DataTable)
+        if self.zoo_root is None:
+            self.notify("build the demo zoo first: llmc-wizard demo build", severity="error")
+            return
+        from .demo.zoo import Zoo
+
+        name = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+        self.app.answers = demo_answers(Zoo.load(self.zoo_root), name)
+        self.app.goto("Source")
+
+    def action_new(self) -> None:
+        self.app.goto("Source")
+
+
+class WizardApp(App):
+    TITLE = "llmc-wizard"
+    SUB_TITLE = "onboard, quantize and evaluate a VLM"
+    CSS_PATH = "app.tcss"
+    ENABLE_COMMAND_PALETTE = False
+
+    def __init__(self, zoo_root: Path | None = None, answers_path: Path | None = None, workdir: Path | None = None,
+                 models_dir: Path | None = None, device: str | None = None, install_target: Path | None = None):
+        super().__init__()
+        self.zoo_root = zoo_root
+        self.answers_path = Path(answers_path) if answers_path else None
+        self.answers = load_answers(self.answers_path) if self.answers_path and self.answers_path.exists() else Answers()
+        base = self.answers_path.resolve().parent if self.answers_path else Path.cwd() / "llmc-wizard-work"
+        self.workdir = Path(workdir) if workdir else base
+        self.models_dir = Path(models_dir) if models_dir else None
+        self.device = device
+        self.install_target = install_target
+
+    def on_mount(self) -> None:
+        from .screens import STEP_SCREENS
+
+        for name, cls in STEP_SCREENS.items():
+            self.install_screen(cls(), name=name)
+        self.push_screen(WelcomeScreen(self.zoo_root))
+
+    def goto(self, step: str) -> None:
+        if isinstance(self.screen, WelcomeScreen):
+            self.push_screen(step)
+        else:
+            self.switch_screen(step)
+
+    def goto_step(self, current: str, delta: int) -> None:
+        from .screens import STEP_SCREENS
+
+        names = list(STEP_SCREENS)
+        i = names.index(current) + delta
+        if 0 <= i < len(names):
+            self.switch_screen(names[i])
+
+    def save_answers(self) -> Path | None:
+        path = self.answers_path or (self.workdir / "answers.yml")
+        save_answers(self.answers, path)
+        self.answers_path = path
+        return path
+
+    def models_dir_resolved(self) -> Path:
+        if self.models_dir is not None:
+            return self.models_dir
+        from .services.register import default_models_dir
+
+        return default_models_dir()
+
+    def engine_env(self) -> dict | None:
+        if self.models_dir is None:
+            return None
+        return {"LLMC_ADAPTERS": os.pathsep.join(filter(None, [str(self.models_dir), os.environ.get("LLMC_ADAPTERS")]))}

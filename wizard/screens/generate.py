@@ -1,0 +1,99 @@
+"""Step 4 — Generate: render adapter + config, preview, write safely, register, smoke test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.syntax import Syntax
+from textual import work
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.widgets import Button, Input, Label, Log, Select, Static
+
+from ..services.errors import WizardError
+from .base import StepScreen
+
+
+class GenerateScreen(StepScreen):
+    TITLE_TEXT = "Generate"
+
+    def compose_body(self) -> ComposeResult:
+        with Horizontal(classes="row"):
+            yield Label("Name ")
+            yield Input(placeholder="my-vlm", id="name")
+        with Horizontal(classes="row"):
+            yield Select([(m, m) for m in ("RTN", "Awq", "GPTQ")], id="method", allow_blank=False, value="Awq")
+            yield Input(id="bit", type="integer", classes="narrow", placeholder="bits")
+            yield Input(id="group", type="integer", classes="narrow", placeholder="group")
+        with Horizontal(classes="row buttons"):
+            yield Button("Preview", id="preview", variant="primary")
+            yield Button("Write + register", id="write", variant="success", disabled=True)
+            yield Button("Smoke test", id="smoke", disabled=True)
+        yield Static("", id="status")
+        yield Static("", id="preview-code")
+        yield Log(id="log", max_lines=500)
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        g = self.answers.generate
+        self.query_one("#name", Input).value = g.name or ""
+        self.query_one("#method", Select).value = g.method
+        self.query_one("#bit", Input).value = str(g.bit)
+        self.query_one("#group", Input).value = str(g.group_size)
+        self.plan = None
+
+    def _read_form(self) -> None:
+        g = self.answers.generate
+        g.name = self.query_one("#name", Input).value.strip() or None
+        g.method = self.query_one("#method", Select).value
+        g.bit = int(self.query_one("#bit", Input).value or 4)
+        g.group_size = int(self.query_one("#group", Input).value or 32)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        from ..services import render
+
+        if event.button.id == "preview":
+            try:
+                self._read_form()
+                self.plan = render.plan(self.answers, self.app.models_dir_resolved(), self.app.workdir / "configs")
+            except (WizardError, ValueError) as e:
+                self.set_status(str(e), error=True)
+                self.query_one("#write", Button).disabled = True
+                return
+            self.query_one("#preview-code", Static).update(
+                Syntax(self.plan.adapter_text, "python", line_numbers=True, word_wrap=False))
+            self.set_status(f"preview of {self.plan.adapter_path} and {self.plan.config_path.name}")
+            self.query_one("#write", Button).disabled = False
+            self.refresh_answers()
+        elif event.button.id == "write" and self.plan is not None:
+            from ..services.register import register_adapter
+
+            log = self.query_one("#log", Log)
+            for r in render.write(self.plan, self.answers):
+                log.write_line(f"{r.path}: {r.action}" + (f" (backup {r.backup})" if r.backup else ""))
+                if r.diff and r.action == "replaced-edited":
+                    log.write_lines(r.diff.splitlines())
+            changed = register_adapter(self.plan.module, self.app.models_dir)
+            log.write_line(f"registered {self.plan.model_type}" + ("" if changed else " (already registered)"))
+            self.set_status(f"wrote {self.plan.adapter_path.name} and {self.plan.config_path.name}")
+            self.query_one("#smoke", Button).disabled = False
+            self.app.save_answers()
+        elif event.button.id == "smoke" and self.plan is not None:
+            self.set_status("smoke test: import, build, one calibration sample, one eval sample…")
+            self.smoke_worker()
+
+    @work(thread=True, exclusive=True, exit_on_error=False)
+    def smoke_worker(self) -> None:
+        from ..services.smoke import smoke_test
+
+        g = self.answers.generate
+        log = self.query_one("#log", Log)
+        try:
+            rep = smoke_test(self.plan.module, self.plan.model_type, Path(self.answers.source.weights_dir),
+                             Path(g.calib_path) if g.calib_path else None, Path(g.eval_path) if g.eval_path else None,
+                             models_dir=self.app.models_dir,
+                             log=lambda m: self.app.call_from_thread(log.write_line, m))
+            self.app.call_from_thread(self.set_status, f"smoke test passed: answered {rep.answer!r} "
+                                      f"(expected {rep.expected!r})", False)
+        except WizardError as e:
+            self.app.call_from_thread(self.set_status, str(e), True)

@@ -1,0 +1,131 @@
+"""Step 3 — Inspect: model skeleton without weights; projector tree; last-layer picker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import work
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.widgets import Button, DataTable, Input, Label, SelectionList, Static, Tree
+
+from ..services.errors import WizardError
+from .base import StepScreen
+
+WHY = ("Why the pick matters: rotation methods (QuaRot) rotate the language model's residual stream, "
+       "so every layer that writes into it — the token embedding and the projector's last layer(s), "
+       "whose outputs are the image tokens — must be rotated too, weight and bias.")
+
+
+class InspectScreen(StepScreen):
+    TITLE_TEXT = "Inspect"
+
+    def compose_body(self) -> ComposeResult:
+        with Horizontal(classes="row"):
+            yield Label("Group size ")
+            yield Input(id="group-size", classes="narrow", type="integer")
+            yield Button("Inspect", id="inspect", variant="primary")
+        yield Static("", id="status")
+        yield Static("", id="summary")
+        yield Label("Projector (class, shape, bias, parameters):")
+        yield Tree("projector", id="projector")
+        yield Label("Projector last layer(s) — the layers whose output enters the language model:")
+        yield SelectionList(id="picks")
+        yield Static(WHY, id="why")
+        yield Static("", id="flags")
+        yield Label("Linear layers to quantize:")
+        yield DataTable(id="quant-layers", zebra_stripes=True)
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.query_one("#group-size", Input).value = str(self.answers.generate.group_size)
+        table = self.query_one("#quant-layers", DataTable)
+        table.add_columns("layer", "in", "out", "group size divides")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "inspect":
+            self.start_inspect()
+
+    def start_inspect(self) -> None:
+        src = self.answers.source
+        if not src.weights_dir or not Path(src.weights_dir).exists():
+            self.set_status("No weights to inspect — clone them in the Source step.", error=True)
+            return
+        try:
+            self.answers.generate.group_size = int(self.query_one("#group-size", Input).value or 0)
+        except ValueError:
+            self.set_status("Group size must be an integer.", error=True)
+            return
+        self.set_status("inspecting (no weights are read)…")
+        self.inspect_worker()
+
+    @work(thread=True, exclusive=True, exit_on_error=False)
+    def inspect_worker(self) -> None:
+        from ..services.inspect import inspect_model
+        from ..services.render import _code_package
+
+        src, ins = self.answers.source, self.answers.inspect
+        code_pkg = _code_package(src.code_dir) if ins.model_kind == "custom-code" else None
+        try:
+            rep = inspect_model(Path(src.weights_dir), code_package=code_pkg,
+                                group_size=self.answers.generate.group_size or None)
+        except (WizardError, ImportError, ValueError, OSError) as e:
+            self.app.call_from_thread(self.set_status, f"inspect failed: {e}", True)
+            return
+        self.app.call_from_thread(self.show_report, rep)
+
+    def show_report(self, rep) -> None:
+        ins = self.answers.inspect
+        ins.architecture, ins.model_kind = rep.architecture, rep.model_kind
+        ins.hidden_size, ins.num_blocks = rep.hidden_size, rep.num_blocks
+        if not ins.projector_last_layers:
+            ins.projector_last_layers = list(rep.proposed_last_layers)
+        self.report = rep
+        d = rep.to_dict()
+        self.query_one("#summary", Static).update(
+            f"[b]{rep.architecture}[/b] ({rep.model_kind})\n"
+            f"language model: {rep.language_model_path} — {rep.num_blocks} blocks, hidden size {rep.hidden_size}\n"
+            f"vision tower: {rep.vision_tower_path}\nprojector: {rep.projector_path}")
+        tree = self.query_one("#projector", Tree)
+        tree.clear()
+        tree.root.set_label(f"{rep.projector_path}: {(d['projector_tree'] or {}).get('class', '')}")
+        _fill(tree.root, (d["projector_tree"] or {}).get("children"))
+        tree.root.expand_all()
+        picks = self.query_one("#picks", SelectionList)
+        picks.clear_options()
+        for c in d["candidates"]:
+            name, shape = c["name"], c.get("shape") or ""
+            picks.add_option((f"{name}  {c.get('class', '')} {shape}", name, name in ins.projector_last_layers))
+        flags = "\n".join(f"⚠ {f}" for f in rep.flags)
+        self.query_one("#flags", Static).update(flags)
+        table = self.query_one("#quant-layers", DataTable)
+        table.clear()
+        for q in d["quant_layers"]:
+            ok = q.get("divisible_by_group")
+            table.add_row(q["name"], str(q["in_features"]), str(q["out_features"]),
+                          "-" if ok is None else ("yes" if ok else "[red]NO[/red]"))
+        bad = len(rep.group_size_problems)
+        self.set_status(f"{len(rep.quant_layers)} layers to quantize" +
+                        (f"; group size {self.answers.generate.group_size} does not divide {bad} of them" if bad else ""),
+                        error=bool(bad))
+        self.refresh_answers()
+        self.app.save_answers()
+
+    def on_selection_list_selected_changed(self, event: SelectionList.SelectedChanged) -> None:
+        self.answers.inspect.projector_last_layers = list(event.selection_list.selected)
+        self.refresh_answers()
+
+
+def _fill(node, tree_nodes) -> None:
+    for n in tree_nodes or []:
+        label = f"{n.get('name')}: {n.get('class')}"
+        if n.get("shape"):
+            label += f" {n['shape']}"
+        if n.get("bias"):
+            label += " +bias"
+        if n.get("params"):
+            label += f" ({n['params']:,} params)"
+        child = node.add(label, expand=True)
+        _fill(child, n.get("children"))
+        if not n.get("children"):
+            child.allow_expand = False

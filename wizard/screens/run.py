@@ -1,0 +1,247 @@
+"""Step 5 — Run: launch the engine, follow its events, cancel, show original vs quantized."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.widgets import Button, DataTable, Input, Label, Log, ProgressBar, Sparkline, Static
+
+from ..services.errors import WizardError
+from .base import StepScreen
+
+PHASES = ("load_model", "eval_pretrain", "calibration_data", "quantize", "eval_fake_quant", "save_fake")
+
+
+def score_rows(results: dict) -> list[tuple[str, str, str, str]]:
+    """Rows of the score table: (name, original, quantized, delta) for every eval and category."""
+    rows = []
+    for name, per_pos in results.get("evals", {}).items():
+        orig, quant = per_pos.get("pretrain"), per_pos.get("fake_quant")
+        ref = orig or quant
+        if not ref:
+            continue
+        if ref["kind"] == "mme":
+            keys = list(ref["categories"]) + ["perception", "cognition", "total"]
+
+            def val(s, k):
+                if not s:
+                    return None
+                return s["categories"].get(k) if k in s["categories"] else s.get(k)
+        else:
+            keys = ["ppl"]
+
+            def val(s, k):
+                return s.get(k) if s else None
+        for k in keys:
+            a, b = val(orig, k), val(quant, k)
+            rows.append((f"{name}: {k}", "-" if a is None else f"{a:.2f}", "-" if b is None else f"{b:.2f}",
+                         f"{b - a:+.2f}" if a is not None and b is not None else "-"))
+    return rows
+
+
+class RunScreen(StepScreen):
+    TITLE_TEXT = "Run"
+    BINDINGS = [*StepScreen.BINDINGS, Binding("ctrl+r", "run", "Run"), Binding("ctrl+x", "stop", "Cancel run")]
+
+    def compose_body(self) -> ComposeResult:
+        yield Static("", id="settings")
+        with Horizontal(classes="row"):
+            yield Label("Calibration set ")
+            yield Input(id="calib", placeholder="custom_mm folder (samples.json + images)")
+        with Horizontal(classes="row"):
+            yield Label("Evaluation set  ")
+            yield Input(id="eval", placeholder="MME-format dataset folder")
+            yield Input(id="eval-n", type="integer", classes="narrow", placeholder="images")
+        with Horizontal(classes="row buttons"):
+            yield Button("Run (ctrl+r)", id="run", variant="primary")
+            yield Button("Cancel (ctrl+x)", id="stop", variant="error", disabled=True)
+            yield Button("Reattach", id="reattach")
+        yield Static("", id="phase")
+        yield ProgressBar(id="phase-progress", show_eta=False, classes="idle")
+        yield Static("", id="elapsed")
+        yield Label("Per-block output error:")
+        yield Sparkline([], id="errors")
+        yield Static("", id="status")
+        yield Log(id="log", max_lines=2000)
+        yield Label("Scores: original vs quantized")
+        yield DataTable(id="scores", zebra_stripes=True)
+        yield Static("", id="outdir")
+        yield Label("Past runs:")
+        yield DataTable(id="past", cursor_type="row")
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.handle = None
+        self.t0 = None
+        self.block_errors: list[float] = []
+        self._log_offset = 0
+        g = self.answers.generate
+        self.query_one("#calib", Input).value = g.calib_path or ""
+        self.query_one("#eval", Input).value = g.eval_path or ""
+        self.query_one("#eval-n", Input).value = str(g.eval_samples or "")
+        self.query_one("#scores", DataTable).add_columns("score", "original", "quantized", "delta")
+        self.query_one("#past", DataTable).add_columns("run", "state", "command")
+        self.timer = self.set_interval(0.25, self.poll, pause=True)
+        self.on_enter()
+
+    def on_enter(self) -> None:
+        g = self.answers.generate
+        self.query_one("#settings", Static).update(
+            f"method [b]{g.method}[/b], W{g.bit}A16, group size {g.group_size}, device {self.app.device or 'auto'}")
+        self.refresh_past()
+
+    def refresh_past(self) -> None:
+        from ..services.runner import list_runs
+
+        table = self.query_one("#past", DataTable)
+        table.clear()
+        for r in list_runs(self.app.workdir / "runs"):
+            table.add_row(r.run_dir.name, r.state, r.label[-80:], key=str(r.run_dir))
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        {"run": self.action_run, "stop": self.action_stop, "reattach": self.reattach}[event.button.id]()
+
+    def action_run(self) -> None:
+        from ..services import render, runner
+
+        if self.handle is not None and self.handle.poll() is None:
+            self.set_status("a run is already in progress", error=True)
+            return
+        g = self.answers.generate
+        g.calib_path = self.query_one("#calib", Input).value.strip() or None
+        g.eval_path = self.query_one("#eval", Input).value.strip() or None
+        n = self.query_one("#eval-n", Input).value.strip()
+        g.eval_samples = int(n) if n else None
+        try:
+            if not g.calib_path or not Path(g.calib_path).exists():
+                raise WizardError(f"calibration set {g.calib_path!r} not found", "enter the custom_mm folder path")
+            plan = render.plan(self.answers, self.app.models_dir_resolved(), self.app.workdir / "configs")
+            render.write(plan, self.answers)  # the config reflects the settings above
+            run_dir = self.app.workdir / "runs" / f"{plan.module}-{time.strftime('%Y%m%d-%H%M%S')}"
+            self.handle = runner.launch(plan.config_path, run_dir, device=self.app.device, env=self.app.engine_env())
+        except WizardError as e:
+            self.set_status(str(e), error=True)
+            return
+        self.answers.run.run_dir = str(run_dir)
+        self.app.save_answers()
+        self._start_following()
+        self.query_one("#log", Log).write_line(" ".join(runner.engine_command(plan.config_path, run_dir,
+                                                                               self.app.device)))
+
+    def reattach(self) -> None:
+        from ..services import runner
+
+        table = self.query_one("#past", DataTable)
+        if table.row_count == 0:
+            self.set_status("no past runs", error=True)
+            return
+        key = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+        try:
+            self.handle = runner.reattach(Path(key))
+        except WizardError as e:
+            self.set_status(str(e), error=True)
+            return
+        self.answers.run.run_dir = key
+        self._start_following()
+        if self.handle.poll() is not None:
+            self.poll()
+
+    def _start_following(self) -> None:
+        self.t0 = time.time()
+        self.block_errors = []
+        self._log_offset = 0
+        self.query_one("#scores", DataTable).clear()
+        self.query_one("#log", Log).clear()
+        self.query_one("#run", Button).disabled = True
+        self.query_one("#stop", Button).disabled = False
+        self.set_status(f"running in {self.handle.run_dir}")
+        self.query_one("#phase-progress", ProgressBar).remove_class("idle")
+        self.timer.resume()
+
+    def action_stop(self) -> None:
+        if self.handle is None or self.handle.poll() is not None:
+            return
+        self.handle.cancel()
+        self.poll()
+
+    def poll(self) -> None:
+        h = self.handle
+        if h is None:
+            return
+        for e in h.events.poll():
+            self.handle_engine_event(e)
+        self._tail_log()
+        if self.t0:
+            self.query_one("#elapsed", Static).update(self._elapsed_text())
+        rc = h.poll()
+        if rc is not None:
+            for e in h.events.poll():
+                self.handle_engine_event(e)
+            self._tail_log()
+            self.timer.pause()
+            self.query_one("#run", Button).disabled = False
+            self.query_one("#stop", Button).disabled = True
+            self.finish(rc)
+
+    def _tail_log(self) -> None:
+        path = self.handle.run_dir / "run.log"
+        if not path.exists():
+            return
+        with open(path, "rb") as f:
+            f.seek(self._log_offset)
+            data = f.read()
+        if b"\n" in data:
+            data = data[: data.rindex(b"\n") + 1]
+            self._log_offset += len(data)
+            self.query_one("#log", Log).write_lines(data.decode(errors="replace").splitlines())
+
+    def _elapsed_text(self) -> str:
+        el = time.time() - self.t0
+        eta = ""
+        if getattr(self, "_frac", None):
+            eta = f", ETA {max(0.0, el / self._frac - el):.0f}s"
+        return f"elapsed {el:.0f}s{eta}"
+
+    def handle_engine_event(self, e: dict) -> None:
+        kind = e["event"]
+        bar = self.query_one("#phase-progress", ProgressBar)
+        if kind == "phase" and e.get("state") == "start":
+            self.query_one("#phase", Static).update(f"phase: [b]{e['name']}[/b]")
+            n = e.get("n_blocks")
+            bar.update(total=float(n) if n else None, progress=0)
+            name = e["name"]
+            self._frac = (PHASES.index(name) / len(PHASES)) if name in PHASES and PHASES.index(name) else None
+        elif kind == "block":
+            self.block_errors.append(float(e["block_error"]))
+            self.query_one("#errors", Sparkline).data = list(self.block_errors)
+            bar.update(total=float(e["n"]), progress=float(e["i"] + 1))
+        elif kind == "eval_progress":
+            bar.update(total=float(e["total"]), progress=float(e["done"]))
+        elif kind == "error":
+            self.set_status(f"engine error: {e['message']}", error=True)
+        elif kind == "warning":
+            self.query_one("#log", Log).write_line(f"WARNING: {e['message']}")
+
+    def finish(self, rc: int) -> None:
+        run_dir = self.handle.run_dir
+        results = run_dir / "results.json"
+        if rc == 0 and results.exists():
+            data = json.loads(results.read_text())
+            table = self.query_one("#scores", DataTable)
+            table.clear()
+            for row in score_rows(data):
+                table.add_row(*row)
+            out = data.get("saved_fake") or str(run_dir)
+            self.query_one("#outdir", Static).update(f"output: {out}")
+            self.set_status(f"done in {data['timings']['total']:.1f}s — {data['label']}")
+        elif rc == 130 or rc < 0:
+            self.set_status("run cancelled", error=True)
+        else:
+            self.set_status(f"run failed (exit {rc}); see {run_dir / 'process.log'}", error=True)
+        self.refresh_past()
+        self.app.save_answers()

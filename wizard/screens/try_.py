@@ -1,0 +1,120 @@
+"""Step 6 — Try: ask the float and the quantized model the same question about an image."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from textual import work
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.widgets import Button, DataTable, Input, Label, Static
+
+from ..services.errors import WizardError
+from .base import StepScreen
+
+
+def compare_answers(model_type: str, float_dir: Path, quant_dir: Path, image, question: str, device="cpu",
+                    models_dir: Path | None = None) -> tuple[str, str]:
+    """Float and quantized answers, each model loaded through the adapter."""
+    from llmc.eval.vqa import VQARequest
+    from llmc.models import get_model_class
+
+    if models_dir is not None:
+        from ..services.register import import_adapter
+
+        module = next((p.stem for p in Path(models_dir).glob("*.py")
+                       if f"MODEL_TYPE = {model_type!r}" in p.read_text()), None)
+        if module:
+            import_adapter(module, models_dir)
+    cls = get_model_class(model_type)
+    req = [VQARequest(question, [image], {"max_new_tokens": 16})]
+    a = cls(float_dir, "auto", device).answer(req)[0]
+    b = cls(quant_dir, "auto", device).answer(req)[0]
+    return a, b
+
+
+class TryScreen(StepScreen):
+    TITLE_TEXT = "Try"
+
+    def compose_body(self) -> ComposeResult:
+        with Horizontal(classes="row"):
+            yield Label("Eval sample # ")
+            yield Input(id="sample", type="integer", classes="narrow", value="0")
+            yield Label(" or image file ")
+            yield Input(id="image", placeholder="/path/to/image.png")
+        with Horizontal(classes="row"):
+            yield Label("Question ")
+            yield Input(id="question", placeholder="(the sample's question)")
+        yield Button("Ask both models", id="ask", variant="primary")
+        yield Static("", id="status")
+        yield DataTable(id="answers")
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.query_one("#answers", DataTable).add_columns("model", "answer")
+
+    def _saved_model(self) -> Path:
+        run_dir = self.answers.run.run_dir
+        if not run_dir or not (Path(run_dir) / "results.json").exists():
+            raise WizardError("no finished run", "run the quantization in the Run step first")
+        res = json.loads((Path(run_dir) / "results.json").read_text())
+        if not res.get("saved_fake"):
+            raise WizardError("the run saved no quantized model", "set save_fake: true (the default) and run again")
+        return Path(res["saved_fake"])
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        from PIL import Image
+
+        try:
+            quant_dir = self._saved_model()
+            image_path = self.query_one("#image", Input).value.strip()
+            question = self.query_one("#question", Input).value.strip()
+            expected = None
+            if image_path:
+                if not Path(image_path).exists():
+                    raise WizardError(f"image {image_path} not found", "enter an existing image file")
+                image = Image.open(image_path).convert("RGB")
+            else:
+                from llmc.eval.mme import load_dataset
+
+                g = self.answers.generate
+                if not g.eval_path:
+                    raise WizardError("no evaluation set", "enter an image file or an evaluation set in the Run step")
+                ds = load_dataset(Path(g.eval_path))
+                i = int(self.query_one("#sample", Input).value or 0)
+                if not 0 <= i < len(ds):
+                    raise WizardError(f"sample {i} out of range", f"choose 0..{len(ds) - 1}")
+                row = ds[i]
+                image, question, expected = row["image"], question or row["question"], row["answer"]
+            if not question:
+                raise WizardError("no question", "type a question")
+        except WizardError as e:
+            self.set_status(str(e), error=True)
+            return
+        self.set_status(f"asking: {question}" + (f" (expected {expected})" if expected else ""))
+        self.ask_worker(quant_dir, image, question)
+
+    @work(thread=True, exclusive=True, exit_on_error=False)
+    def ask_worker(self, quant_dir: Path, image, question: str) -> None:
+        plan_type = self._model_type()
+        try:
+            a, b = compare_answers(plan_type, Path(self.answers.source.weights_dir), quant_dir, image, question,
+                                   self.app.device or "cpu", self.app.models_dir)
+        except Exception as e:  # noqa: BLE001 - shown to the user
+            self.app.call_from_thread(self.set_status, f"failed: {type(e).__name__}: {e}", True)
+            return
+        self.app.call_from_thread(self._show, a, b)
+
+    def _model_type(self) -> str:
+        from ..services.render import class_name
+
+        g = self.answers.generate
+        return class_name(g.class_name or g.name or "model")
+
+    def _show(self, a: str, b: str) -> None:
+        t = self.query_one("#answers", DataTable)
+        t.clear()
+        t.add_row("float (original)", a)
+        t.add_row(f"quantized ({self.answers.generate.method} W{self.answers.generate.bit})", b)
+        self.set_status("done")
