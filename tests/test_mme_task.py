@@ -31,25 +31,30 @@ def test_always_yes_scores_exactly_the_formula(zoo):
 
 
 def test_partly_right_model_matches_formula_and_lmms_aggregate(zoo):
-    """Right on every third question: acc and acc_plus both move, by category."""
+    """Right on about a third of the images, always right on position: acc and acc_plus both move."""
+    import hashlib
+
     data = zoo.eval_set / "data"
-    ds = load_dataset(data).remove_columns("image")
-    truth = {(r["question_id"], r["question"]): r["answer"] for r in ds}
+    ds = load_dataset(data).select(range(256))
+
+    def digest(img):
+        return hashlib.sha256(img.convert("RGB").tobytes()).hexdigest()
+
+    truth = {(r["question"], digest(r["image"])): r for r in ds}
+
+    def decide(row):
+        good = int(hashlib.sha256(row["question_id"].encode()).hexdigest(), 16) % 3 == 0 or \
+            row["category"] == "position"
+        return row["answer"] if good else ("No" if row["answer"] == "Yes" else "Yes")
 
     def answer(reqs):
-        out = []
-        for r in reqs:
-            key = next(k for k in truth if k[1] == r.context)  # questions are unique per image pair
-            good = hash(key[0]) % 3 == 0 or r.context.startswith("Is the")
-            out.append(truth[key] if good else ("No" if truth[key] == "Yes" else "Yes"))
-        return out
+        return [decide(truth[(r.context, digest(r.images[0]))]) for r in reqs]
 
     res = evaluate_mme(answer, data, batch_size=64, limit=128)
-    rows = [dict(question_id=r["question_id"], answer=r["answer"], category=r["category"], question=r["question"])
-            for r in ds.select(range(256))]
-    expected = _formula(rows, lambda r: answer([type("R", (), {"context": r["question"]})()])[0])
+    expected = _formula(list(ds), decide)
     assert res.scores.categories == pytest.approx(expected)
     assert res.scores.categories["position"] == pytest.approx(200.0)
+    assert 0 < res.scores.categories["count"] < 200
     assert res.lmms_total == pytest.approx(res.scores.total)
 
 

@@ -28,6 +28,12 @@ async def _until(pilot, cond, timeout=120.0):
             raise AssertionError("condition not reached in time")
 
 
+async def _press(pilot, selector):
+    """Press a button as a click would (immune to layout shifts while the screen updates)."""
+    pilot.app.screen.query_one(selector, Button).press()
+    await pilot.pause()
+
+
 def _app(tmp_path, zoo=None, answers=None):
     app = WizardApp(zoo_root=zoo.root if zoo else None, answers_path=tmp_path / "answers.yml", workdir=tmp_path,
                     models_dir=tmp_path / "adapters", device="cpu", install_target=tmp_path / "site")
@@ -61,19 +67,19 @@ async def test_source_clones_pins_cancels_and_rejects_empty_input(zoo, tmp_path)
         # error path: nothing to clone
         s.query_one("#weights", Input).value = ""
         await pilot.pause()
-        await pilot.click("#clone")
+        await _press(pilot, "#clone")
         assert "Weights repository is empty" in _text(s, "#status")
         assert s.query_one("#status").has_class("error")
         # cancel: the first progress event sees the cancel flag; the partial clone is removed
         s.query_one("#weights", Input).value = zoo.models["tiny-vila"]["weights_repo"]
         await pilot.pause()
-        await pilot.click("#clone")
+        await _press(pilot, "#clone")
         s.cancel_event.set()
         await _until(pilot, lambda: not s.query_one("#clone", Button).disabled)
         assert "cancelled" in _text(s, "#status")
         assert not (tmp_path / "weights" / "tiny-vila").exists()
         # success: weights + code pinned at the release commit
-        await pilot.click("#clone")
+        await _press(pilot, "#clone")
         await _until(pilot, lambda: not s.query_one("#clone", Button).disabled)
         status = _text(s, "#status")
         assert f"pinned at {zoo.models['tiny-vila']['code_commit']}" in status, status
@@ -112,16 +118,16 @@ async def test_install_detects_confirms_streams_and_cancels(zoo, tmp_path):
         s.query_one("#extra", Input).value = "--index-url http://127.0.0.1:9/simple nonexistent-pkg-xyz"
         await pilot.pause()
         await pilot.pause()
-        await pilot.click("#install")
+        await _press(pilot, "#install")
         await pilot.pause(0.5)
-        await pilot.click("#cancel")
+        await _press(pilot, "#cancel")
         await _until(pilot, lambda: not s.query_one("#install", Button).disabled)
         assert "cancelled" in _text(s, "#status") or "failed" in _text(s, "#status")
         # the real install into the private target
         s.query_one("#extra", Input).value = ""
         await pilot.pause()
         await pilot.pause()
-        await pilot.click("#install")
+        await _press(pilot, "#install")
         await _until(pilot, lambda: not s.query_one("#install", Button).disabled)
         assert "installed in" in _text(s, "#status"), _text(s, "#status")
         assert (tmp_path / "site" / "tiny_vila" / "__init__.py").exists()
@@ -135,13 +141,13 @@ async def test_inspect_shows_tree_picker_and_group_size_problems(zoo, tmp_path, 
         app.goto("Inspect")
         await pilot.pause()
         s = app.screen
-        await pilot.click("#inspect")
+        await _press(pilot, "#inspect")
         assert "clone them in the Source step" in _text(s, "#status")  # error path
         app.answers = _cloned(zoo, tmp_path, "tiny-vila")
         app.answers.inspect.model_kind = "custom-code"
         s.query_one("#group-size", Input).value = "48"
         await pilot.pause()
-        await pilot.click("#inspect")
+        await _press(pilot, "#inspect")
         await _until(pilot, lambda: "layers to quantize" in _text(s, "#status"))
         assert "does not divide 14 of them" in _text(s, "#status")
         assert "2 blocks, hidden size 128" in _text(s, "#summary")
@@ -157,7 +163,7 @@ async def test_inspect_shows_tree_picker_and_group_size_problems(zoo, tmp_path, 
         assert "0: DownSampleBlock" in labels
         s.query_one("#group-size", Input).value = "32"
         await pilot.pause()
-        await pilot.click("#inspect")
+        await _press(pilot, "#inspect")
         await _until(pilot, lambda: "does not divide" not in _text(s, "#status") and "14 layers" in _text(s, "#status"))
         table = s.query_one("#quant-layers", DataTable)
         assert table.row_count == 14
@@ -175,18 +181,18 @@ async def test_generate_previews_writes_registers_and_smoke_tests(zoo, tmp_path)
         app.goto("Generate")
         await pilot.pause()
         s = app.screen
-        await pilot.click("#preview")  # error path: no projector pick yet
+        await _press(pilot, "#preview")  # error path: no projector pick yet
         assert "no projector last layer chosen" in _text(s, "#status")
         a.inspect.projector_last_layers = ["model.multi_modal_projector.linear_2"]
         s.query_one("#name", Input).value = "My Llava"
         await pilot.pause()
-        await pilot.click("#preview")
+        await _press(pilot, "#preview")
         assert "preview of" in _text(s, "#status")
         assert not s.query_one("#write", Button).disabled
-        await pilot.click("#write")
+        await _press(pilot, "#write")
         assert (tmp_path / "adapters" / "my_llava.py").exists()
         assert (tmp_path / "configs" / "my_llava_awq.yml").exists()
-        await pilot.click("#smoke")
+        await _press(pilot, "#smoke")
         await _until(pilot, lambda: "smoke test" in _text(s, "#status") and "…" not in _text(s, "#status"))
         assert "smoke test passed" in _text(s, "#status"), _text(s, "#status")
 
@@ -241,7 +247,7 @@ async def test_run_launches_follows_cancels_and_shows_scores(zoo, tmp_path):
         app.switch_screen("Try")
         await pilot.pause()
         t = app.screen
-        await pilot.click("#ask")
+        await _press(pilot, "#ask")
         await _until(pilot, lambda: t.query_one("#answers", DataTable).row_count == 2, 120)
         answers = [t.query_one("#answers", DataTable).get_row_at(i)[1] for i in range(2)]
         assert all(x in ("Yes", "No") for x in answers)
@@ -252,7 +258,7 @@ async def test_try_without_a_run_says_what_to_do(tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         app.goto("Try")
         await pilot.pause()
-        await pilot.click("#ask")
+        await _press(pilot, "#ask")
         assert "no finished run" in _text(app.screen, "#status")
 
 
