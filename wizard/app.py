@@ -57,7 +57,7 @@ def demo_answers(zoo, name: str) -> Answers:
 
 class WelcomeScreen(Screen):
     BINDINGS = [Binding("q", "app.quit", "Quit"), Binding("enter", "start", "Onboard the selected demo model"),
-                Binding("n", "new", "New model")]
+                Binding("c", "new", "Continue / new model")]
 
     def __init__(self, zoo_root: Path | None = None):
         super().__init__()
@@ -71,7 +71,7 @@ class WelcomeScreen(Screen):
                   "MME-format evaluation set, calibration set)" if self.zoo_root else
                   "Demo zoo not built: run `llmc-wizard demo build`.")
         yield Static(status, id="zoo-status")
-        yield Static("enter: onboard the selected demo model · n: start with an empty answers file",
+        yield Static("enter: onboard the selected demo model · c: continue with the loaded answers (or a new model)",
                      id="welcome-help")
         yield Footer()
 
@@ -94,7 +94,9 @@ class WelcomeScreen(Screen):
         from .demo.zoo import Zoo
 
         name = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
-        self.app.answers = demo_answers(Zoo.load(self.zoo_root), name)
+        fresh = demo_answers(Zoo.load(self.zoo_root), name)
+        if self.app.answers.source.weights_url != fresh.source.weights_url:  # keep progress on the same model
+            self.app.answers = fresh
         self.app.goto("Source")
 
     def action_new(self) -> None:

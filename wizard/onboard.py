@@ -36,9 +36,10 @@ class Context:
         save_answers(self.answers, self.answers_path)
 
     def activate_install_target(self) -> None:
-        """Make code installed with ``--target`` importable here (and, via env, in the engine)."""
-        if self.install_target and str(self.install_target) not in sys.path:
-            sys.path.insert(0, str(self.install_target))
+        """Make the installed code importable here (the engine gets ``--target`` via env)."""
+        from .services.install import activate_installed
+
+        activate_installed(self.install_target)
 
     def engine_env(self) -> dict | None:
         import os

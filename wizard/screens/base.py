@@ -17,7 +17,7 @@ STEP_TITLES = ("Source", "Install", "Inspect", "Generate", "Run", "Try")
 def step_bar(current: str) -> str:
     parts = []
     for i, t in enumerate(STEP_TITLES, 1):
-        parts.append(f"[reverse b] {i} {t} [/]" if t == current else f" {i} {t} ")
+        parts.append(f"[reverse b] ● {i} {t} [/]" if t == current else f" {i} {t} ")
     return " ▸ ".join(parts)
 
 

@@ -95,7 +95,7 @@ class InstallScreen(StepScreen):
 
     @work(thread=True, exclusive=True, exit_on_error=False)
     def install_worker(self) -> None:
-        from ..services.install import pip_install
+        from ..services.install import activate_installed, pip_install
 
         src, ins = self.answers.source, self.answers.install
         log = self.query_one("#log", Log)
@@ -104,6 +104,7 @@ class InstallScreen(StepScreen):
                               extra=ins.extra_packages, target=self.app.install_target,
                               on_line=lambda line: self.app.call_from_thread(log.write_line, line),
                               cancelled=self.cancel_event.is_set)
+            activate_installed(self.app.install_target)
             self.app.call_from_thread(self._done, f"installed in {res.seconds:.1f}s", False)
         except WizardError as e:
             self.app.call_from_thread(self._done, str(e), True)

@@ -230,6 +230,8 @@ class RunScreen(StepScreen):
     def finish(self, rc: int) -> None:
         run_dir = self.handle.run_dir
         results = run_dir / "results.json"
+        if self.t0:
+            self.query_one("#elapsed", Static).update(f"elapsed {time.time() - self.t0:.0f}s (finished)")
         if rc == 0 and results.exists():
             data = json.loads(results.read_text())
             table = self.query_one("#scores", DataTable)

@@ -92,7 +92,8 @@ class TryScreen(StepScreen):
         except WizardError as e:
             self.set_status(str(e), error=True)
             return
-        self.set_status(f"asking: {question}" + (f" (expected {expected})" if expected else ""))
+        self._asked = f"{question}" + (f" (expected: {expected})" if expected else "")
+        self.set_status(f"asking: {self._asked}")
         self.ask_worker(quant_dir, image, question)
 
     @work(thread=True, exclusive=True, exit_on_error=False)
@@ -117,4 +118,4 @@ class TryScreen(StepScreen):
         t.clear()
         t.add_row("float (original)", a)
         t.add_row(f"quantized ({self.answers.generate.method} W{self.answers.generate.bit})", b)
-        self.set_status("done")
+        self.set_status(f"asked: {self._asked}")

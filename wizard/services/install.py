@@ -293,3 +293,22 @@ def pip_install(code_dir, *, editable: bool = True, no_deps: bool = False, extra
         raise WizardError(f"pip install of {code_dir} failed (exit {run.returncode}): {_summary(tail)}",
                           _fix_hint(tail, no_deps), details="\n".join(tail))
     return InstallResult(run.returncode, shown, run.seconds)
+
+
+def activate_installed(target=None) -> None:
+    """Make what pip just installed importable in *this* process.
+
+    ``--target`` folders go on ``sys.path``; an (editable) install into the environment adds a
+    ``.pth`` file that Python only reads at start-up, so the site directories are re-read.
+    """
+    import importlib
+    import site
+
+    if target is not None:
+        if str(target) not in sys.path:
+            sys.path.insert(0, str(target))
+    else:
+        for d in site.getsitepackages() + [site.getusersitepackages()]:
+            if os.path.isdir(d):
+                site.addsitedir(d)
+    importlib.invalidate_caches()
