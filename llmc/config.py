@@ -81,7 +81,7 @@ UNSUPPORTED_LLMC_KEYS: dict[str, str] = {
     "quant.quant_type": "only integer quantization (int-quant) is implemented, not float "
                         "formats such as fp8.",
     "quant.method": "only RTN, Awq and GPTQ are implemented, not llmc's other algorithms "
-                    "such as SmoothQuant, OmniQuant or QuaRot.",
+                    "such as SmoothQuant or OmniQuant (QuaRot-style rotation is quant.special.rotate of RTN and GPTQ).",
     "quant.quant_objects: vision": "only the language model can be quantized for now, not the "
                                    "vision tower.",
     "eval.inference_per_block: True": "block-by-block evaluation is not implemented, the whole "
@@ -550,9 +550,12 @@ class _Special(_Section):
 
 
 class RtnSpecial(_Special):
-    """RTN has no options."""
+    """RTN: optional QuaRot-style rotation of the residual stream first."""
 
     _method: ClassVar[str] = "RTN"
+
+    rotate: Literal["hadamard", "random"] | None = Field(
+        None, description="rotate the residual stream (QuaRot) before quantizing")
 
 
 class AwqSpecial(_Special):
@@ -584,6 +587,8 @@ class GptqSpecial(_Special):
     percdamp: Float = 0.01
     blocksize: Int = 128
     true_sequential: Bool = True
+    rotate: Literal["hadamard", "random"] | None = Field(
+        None, description="rotate the residual stream (QuaRot) before quantizing")
 
     @field_validator("percdamp")
     @classmethod

@@ -209,6 +209,15 @@ def run(cfg: Config, run_dir: Path, *, device: str | None = None, progress: Prog
         batches = load_calib(cfg.calib, adapter)
         progress.log(f"{len(batches)} calibration batch(es) from {cfg.calib.name}")
 
+    rotate = getattr(cfg.quant.special, "rotate", None)
+    if rotate:
+        from .quant.rotation import rotate_model_
+
+        with progress.phase("rotate", kind=rotate):
+            rep = rotate_model_(adapter, kind=rotate, seed=cfg.base.seed)
+            progress.log(f"rotated the residual stream ({rep.kind}, hidden {rep.hidden_size}): "
+                         f"{len(rep.rotated)} layers incl. {', '.join(rep.rotated[-1:])}")
+
     method = make_method(cfg.quant)
     trans_state: dict[int, dict] = {}
     need_trans = cfg.save is not None and cfg.save.save_trans or any("transformed" in ev.eval_pos for ev in cfg.evals)
@@ -246,25 +255,25 @@ def run(cfg: Config, run_dir: Path, *, device: str | None = None, progress: Prog
             blocks[i].load_state_dict(sd)
         return fake
 
+    def save(kind: str) -> None:
+        """``save_trans`` / ``save_fake``: the model as it is now, through the adapter."""
+        if not (cfg.save and getattr(cfg.save, f"save_{kind}")):
+            return
+        with progress.phase(f"save_{kind}"):
+            out = Path(cfg.save.save_path or run_dir) / kind
+            adapter.save_pretrained(out)
+            progress.event("saved", kind=kind, path=str(out))
+            results[f"saved_{kind}"] = str(out)
+
     if trans_state:
         fake_state = swap_in_trans()
         run_evals("transformed")
-        if cfg.save and cfg.save.save_trans:
-            with progress.phase("save_trans"):
-                out = run_dir / "trans" if not cfg.save.save_path else Path(cfg.save.save_path) / "trans"
-                adapter.save_pretrained(out)
-                progress.event("saved", kind="trans", path=str(out))
-                results["saved_trans"] = str(out)
+        save("trans")
         for i, sd in fake_state.items():
             blocks[i].load_state_dict(sd)
 
     run_evals("fake_quant")
-    if cfg.save and cfg.save.save_fake:
-        with progress.phase("save_fake"):
-            out = run_dir / "fake" if not cfg.save.save_path else Path(cfg.save.save_path) / "fake"
-            adapter.save_pretrained(out)
-            progress.event("saved", kind="fake", path=str(out))
-            results["saved_fake"] = str(out)
+    save("fake")
 
     results["timings"]["total"] = time.time() - t_start
     table = format_table(results, results["label"])

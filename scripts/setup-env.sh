@@ -18,21 +18,27 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   echo "[setup] $VENV is up to date"
   exit 0
 fi
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+# pip, without the platform's notes about local index folders that do not exist
+pipq() {
+  "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
+  return "${PIPESTATUS[0]}"
+}
 # The CPU build of torch (2.13.0 is the wheel this platform keeps locally); any other spec may
 # pull a multi-GB CUDA build. Users with GPUs install the package into their own CUDA env.
 echo "[setup] torch (CPU)"
-"${PIP[@]}" install "torch==2.13.0"
+pipq install "torch==2.13.0"
 # lmms-eval without its dependency tree: its torchvision pin would replace torch by a CUDA
 # build, and the registry's torchvision fails to import next to the CPU torch.
 echo "[setup] lmms-eval and runtime dependencies"
-"${PIP[@]}" install --no-deps "lmms-eval==0.7.3"
-"${PIP[@]}" install "filelock<4" "transformers>=5,<6" accelerate datasets loguru pillow tenacity \
+pipq install --no-deps "lmms-eval==0.7.3"
+pipq install "filelock<4" "transformers>=5,<6" accelerate datasets loguru pillow tenacity \
   pytablewriter sacrebleu evaluate safetensors tokenizers textual jinja2 pyyaml gitpython pydantic \
   "pytest>=8,<9" pytest-timeout pytest-asyncio pytest-textual-snapshot setuptools
-"${PIP[@]}" uninstall -y torchvision >/dev/null 2>&1 || true
+# compressed-tensors only to check our pack-quantized export against the library itself
+pipq install --no-deps "compressed-tensors==0.20.0"
+pipq uninstall -y torchvision >/dev/null 2>&1 || true
 echo "[setup] llmc-wizard (editable)"
-"${PIP[@]}" install --no-deps --no-build-isolation -e .
+pipq install --no-deps --no-build-isolation -e .
 "$VENV/bin/python" - <<'PY'
 import importlib
 for m in ("torch", "transformers", "lmms_eval.evaluator", "textual", "git", "pydantic", "wizard", "llmc"):

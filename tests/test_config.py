@@ -212,11 +212,11 @@ def test_awq_option_is_not_a_gptq_option(raw):
     assert error_of(raw).startswith("quant.special.trans: not an option of GPTQ; ")
 
 
-def test_rtn_takes_no_special_options(raw):
+def test_rtn_special_options_are_listed(raw):
     raw["quant"]["method"] = "RTN"
     raw["quant"]["special"] = {"n_grid": 10}
     assert error_of(raw) == ("quant.special.n_grid: not an option of RTN; "
-                             "RTN takes no special options")
+                             "its options are rotate")
 
 
 def test_special_value_checked_per_method(raw):
@@ -396,7 +396,7 @@ def test_effective_yaml_shows_filled_defaults(raw):
     data = yaml.safe_load(load_config(raw).effective_yaml())
     assert data["quant"]["special"] == {"actorder": False, "static_groups": False,
                                         "percdamp": 0.01, "blocksize": 128,
-                                        "true_sequential": True}
+                                        "true_sequential": True, "rotate": None}
     assert data["calib"]["seed"] == 42
     assert isinstance(data["eval"], list) and data["eval"][0]["type"] == "vqa"
 

@@ -73,6 +73,21 @@ class StepScreen(Screen):
         w.update(text)
         w.set_class(error, "error")
 
+    def work_started(self, start_id: str, status: str) -> None:
+        """Disable the start button, enable Cancel, clear the cancel flag."""
+        self.cancel_event.clear()
+        self.query_one(start_id).disabled = True
+        self.query_one("#cancel").disabled = False
+        self.set_status(status)
+
+    def work_finished(self, start_id: str, text: str, error: bool) -> None:
+        """Re-enable the start button, disable Cancel, report, save the answers."""
+        self.query_one(start_id).disabled = False
+        self.query_one("#cancel").disabled = True
+        self.set_status(text, error=error)
+        self.refresh_answers()
+        self.app.save_answers()
+
     # navigation -----------------------------------------------------------------------------
     def action_next(self) -> None:
         self.app.goto_step(self.TITLE_TEXT, +1)

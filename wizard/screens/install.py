@@ -84,10 +84,7 @@ class InstallScreen(StepScreen):
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "install":
             self.answers.install.confirmed = True
-            self.cancel_event.clear()
-            self.query_one("#install", Button).disabled = True
-            self.query_one("#cancel", Button).disabled = False
-            self.set_status("installing…")
+            self.work_started("#install", "installing…")
             self.install_worker()
         elif event.button.id == "cancel":
             self.cancel_event.set()
@@ -105,13 +102,6 @@ class InstallScreen(StepScreen):
                               on_line=lambda line: self.app.call_from_thread(log.write_line, line),
                               cancelled=self.cancel_event.is_set)
             activate_installed(self.app.install_target)
-            self.app.call_from_thread(self._done, f"installed in {res.seconds:.1f}s", False)
+            self.app.call_from_thread(self.work_finished, "#install", f"installed in {res.seconds:.1f}s", False)
         except WizardError as e:
-            self.app.call_from_thread(self._done, str(e), True)
-
-    def _done(self, text: str, error: bool) -> None:
-        self.query_one("#install", Button).disabled = False
-        self.query_one("#cancel", Button).disabled = True
-        self.set_status(text, error=error)
-        self.refresh_answers()
-        self.app.save_answers()
+            self.app.call_from_thread(self.work_finished, "#install", str(e), True)

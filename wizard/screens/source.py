@@ -53,10 +53,7 @@ class SourceScreen(StepScreen):
         src.weights_url = weights
         src.code_url = self.query_one("#code", Input).value.strip() or None
         src.code_commit = self.query_one("#commit", Input).value.strip() or None
-        self.cancel_event.clear()
-        self.query_one("#clone", Button).disabled = True
-        self.query_one("#cancel", Button).disabled = False
-        self.set_status("cloning…")
+        self.work_started("#clone", "cloning…")
         self.clone_worker()
 
     @work(thread=True, exclusive=True, exit_on_error=False)
@@ -84,9 +81,9 @@ class SourceScreen(StepScreen):
                                  cancelled=self.cancel_event.is_set)
                 src.code_dir, src.code_commit = str(res.path), res.commit
                 lines.append(f"code: {res.path} pinned at {res.commit}")
-            self.app.call_from_thread(self._done, "\n".join(lines), False)
+            self.app.call_from_thread(self.work_finished, "#clone", "\n".join(lines), False)
         except WizardError as e:
-            self.app.call_from_thread(self._done, str(e), True)
+            self.app.call_from_thread(self.work_finished, "#clone", str(e), True)
 
     def _progress(self, cur, mx, msg) -> None:
         bar = self.query_one("#progress", ProgressBar)
@@ -95,13 +92,6 @@ class SourceScreen(StepScreen):
             bar.update(total=float(mx), progress=float(cur or 0))
         if msg:
             self.query_one("#log", Log).write_line(msg)
-
-    def _done(self, text: str, error: bool) -> None:
-        self.query_one("#clone", Button).disabled = False
-        self.query_one("#cancel", Button).disabled = True
-        self.set_status(text, error=error)
-        self.refresh_answers()
-        self.app.save_answers()
 
 
 def _repo_name(url: str) -> str:
