@@ -142,7 +142,7 @@ def test_generated_adapter_registers_builds_and_answers(tmp_path, zoo):
     p = render.plan(a, tmp_path / "adapters", tmp_path / "configs")
     results = render.write(p, a)
     assert [r.action for r in results] == ["created", "created"]
-    assert p.answers_path.exists() and "template_version: '1'" in p.answers_path.read_text()
+    assert p.answers_path.exists() and "template_version: '2'" in p.answers_path.read_text()
     mod = import_adapter(p.module, tmp_path / "adapters")
     assert MODEL_REGISTRY[p.model_type] is getattr(mod, p.class_name)
     rep = smoke_test(p.module, p.model_type, ASSETS / "tiny-llava", zoo.calib_set, zoo.eval_set / "data",
@@ -229,4 +229,21 @@ def test_event_tail_reads_only_complete_lines(tmp_path):
     assert t.poll() == []
 
 
-del sys
+
+
+@pytest.mark.parametrize("method", ["RTN", "GPTQ"])
+def test_rotation_choice_reaches_the_config(method, tmp_path):
+    import yaml
+
+    from llmc.config import load_config
+
+    a = _answers("rot")
+    a.generate.method = method
+    a.generate.rotate = "hadamard"
+    p = render.plan(a, tmp_path / "m", tmp_path / "c")
+    cfg = yaml.safe_load(p.config_text)
+    assert cfg["quant"]["special"]["rotate"] == "hadamard"
+    assert load_config(cfg).quant.special.rotate == "hadamard"  # the engine accepts what we render
+    a.generate.method = "Awq"
+    with pytest.raises(WizardError, match="rotation is available with RTN and GPTQ"):
+        render.plan(a, tmp_path / "m", tmp_path / "c")

@@ -25,6 +25,8 @@ class GenerateScreen(StepScreen):
             yield Select([(m, m) for m in ("RTN", "Awq", "GPTQ")], id="method", allow_blank=False, value="Awq")
             yield Input(id="bit", type="integer", classes="narrow", placeholder="bits")
             yield Input(id="group", type="integer", classes="narrow", placeholder="group")
+            yield Select([("no rotation", "none"), ("rotate: Hadamard", "hadamard"), ("rotate: random", "random")],
+                         id="rotate", allow_blank=False, value="none")
         with Horizontal(classes="row buttons"):
             yield Button("Preview", id="preview", variant="primary")
             yield Button("Write + register", id="write", variant="success", disabled=True)
@@ -40,6 +42,7 @@ class GenerateScreen(StepScreen):
         self.query_one("#method", Select).value = g.method
         self.query_one("#bit", Input).value = str(g.bit)
         self.query_one("#group", Input).value = str(g.group_size)
+        self.query_one("#rotate", Select).value = g.rotate or "none"
         self.plan = None
 
     def _read_form(self) -> None:
@@ -48,6 +51,8 @@ class GenerateScreen(StepScreen):
         g.method = self.query_one("#method", Select).value
         g.bit = int(self.query_one("#bit", Input).value or 4)
         g.group_size = int(self.query_one("#group", Input).value or 32)
+        rot = self.query_one("#rotate", Select).value
+        g.rotate = None if rot == "none" else rot
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         from ..services import render

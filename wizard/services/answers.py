@@ -123,6 +123,8 @@ class Generate(_Section):
     eval_path: str | None = None
     n_calib: int = Field(64, ge=1)
     eval_samples: int | None = Field(None, ge=1)
+    #: QuaRot-style rotation before RTN/GPTQ (uses the projector last-layer pick)
+    rotate: Literal["hadamard", "random"] | None = None
 
     @field_validator("method", mode="before")
     @classmethod
