@@ -45,11 +45,14 @@ class Awq(Method):
             if self.special.get("search", "block") == "layer":
                 scales, _, _ = awq.search_scales(x.to(ctx.device), layers, self.wcfg, n_grid=n_grid)
             else:
-                scales = self._search_on_block(ctx, layers, x.abs().mean(0), n_grid)
+                w_mean = _group_normalized_weight_mean(layers, self.wcfg) \
+                    if self.special.get("trans_version", "v2") == "v2" else None
+                scales = self._search_on_block(ctx, layers, x.abs().mean(0), n_grid, w_mean)
             awq.apply_scales_(subset.prev_op, layers, scales.to(layers[0].weight.device))
 
     @torch.no_grad()
-    def _search_on_block(self, ctx: BlockContext, layers, x_mean: torch.Tensor, n_grid: int) -> torch.Tensor:
+    def _search_on_block(self, ctx: BlockContext, layers, x_mean: torch.Tensor, n_grid: int,
+                         w_mean: torch.Tensor | None = None) -> torch.Tensor:
         step = max(1, len(ctx.inputs) // self.search_inputs)
         inputs = ctx.inputs[::step][: self.search_inputs]
         ref = run_block(ctx.block, inputs, ctx.device)
@@ -59,7 +62,11 @@ class Awq(Method):
         best, best_loss = None, float("inf")
         try:
             for i in range(n_grid):
-                s = x_mean.pow(i / n_grid).clamp(min=1e-4)
+                r = i / n_grid
+                if w_mean is None:  # v1: activation statistics only
+                    s = x_mean.pow(r).clamp(min=1e-4)
+                else:  # v2 ("duo"): salient inputs up, channels with large weights down
+                    s = (x_mean.pow(r) / (w_mean.to(x_mean.device).pow(1 - r) + 1e-4)).clamp(min=1e-4)
                 s = s / (s.max() * s.min()).sqrt()
                 for fc, w in zip(layers, orig):
                     fc.weight.data = (q.fake(w.float() * s) / s).to(w.dtype)
@@ -79,7 +86,8 @@ class Awq(Method):
                                          self.wcfg.group_size)
         for n, layer in subset.layers.items():
             clip = None
-            if self.special.get("weight_clip", True):
+            # like AutoAWQ, no clip search for q/k: their errors are amplified by the softmax
+            if self.special.get("weight_clip", True) and not n.endswith(("q_proj", "k_proj")):
                 clip = awq.search_clip_(layer, stats[n].x.to(ctx.device), clip_cfg,
                                         n_grid=int(self.special.get("n_grid", 20)), name=f"{ctx.name}.{n}")
             awq.awq_quantize_(layer, self.wcfg, clip, name=f"{ctx.name}.{n}")
@@ -102,6 +110,15 @@ class Gptq(Method):
                         percdamp=float(self.special.get("percdamp", 0.01)),
                         actorder=bool(self.special.get("actorder", False)),
                         static_groups=bool(self.special.get("static_groups", False)))
+
+
+def _group_normalized_weight_mean(layers, wcfg: WeightQuantConfig) -> torch.Tensor:
+    """Mean over output rows of |W| normalised by each quantization group's max (AWQ v2)."""
+    w = torch.cat([fc.weight.detach().float() for fc in layers])
+    gw = wcfg.group_width(w.shape[1])
+    g = w.abs().reshape(w.shape[0], -1, gw)
+    g = g / g.amax(dim=-1, keepdim=True).clamp_min(1e-8)
+    return g.reshape(w.shape).mean(0)
 
 
 def _token_relative_mse(out: torch.Tensor, ref: torch.Tensor) -> float:
