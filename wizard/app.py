@@ -78,7 +78,7 @@ class WelcomeScreen(Screen):
     def on_mount(self) -> None:
         table = self.query_one("#models", DataTable)
         table.add_columns("model", "code", "params", "language model", "image tokens",
-                          *CATEGORIES, "MME total (float)")
+                          *CATEGORIES, "total")
         for row in facts_rows(all_facts()):
             table.add_row(*row, key=row[0])
         table.focus()
