@@ -76,12 +76,11 @@ __all__ = [
 #: :data:`ACCEPTED_BUT_IGNORED` load without error; the others are rejected with a message
 #: built from the reason.
 UNSUPPORTED_LLMC_KEYS: dict[str, str] = {
-    "quant.act": "weight-activation quantization is not implemented yet, only weight-only "
-                 "quantization is.",
     "quant.quant_type": "only integer quantization (int-quant) is implemented, not float "
                         "formats such as fp8.",
-    "quant.method": "only RTN, Awq and GPTQ are implemented, not llmc's other algorithms "
-                    "such as SmoothQuant or OmniQuant (QuaRot-style rotation is quant.special.rotate of RTN and GPTQ).",
+    "quant.method": "only RTN, Awq, GPTQ and SmoothQuant are implemented, not llmc's other "
+                    "algorithms such as OmniQuant (QuaRot-style rotation is quant.special.rotate of RTN "
+                    "and GPTQ).",
     "quant.quant_objects: vision": "only the language model can be quantized for now, not the "
                                    "vision tower.",
     "eval.inference_per_block: True": "block-by-block evaluation is not implemented, the whole "
@@ -274,7 +273,7 @@ def _as_path_str(value: Any) -> Any:
 
 PathStr = Annotated[Str, BeforeValidator(_as_path_str)]
 
-Method = Literal["RTN", "Awq", "GPTQ"]
+Method = Literal["RTN", "Awq", "GPTQ", "SmoothQuant"]
 #: Quantization methods in their canonical spelling.
 METHODS: tuple[str, ...] = get_args(Method)
 _METHODS_BY_LOWER = {m.lower(): m for m in METHODS}
@@ -604,7 +603,41 @@ class GptqSpecial(_Special):
         return _positive(value)
 
 
-_SPECIALS: dict[str, type[_Special]] = {"RTN": RtnSpecial, "Awq": AwqSpecial, "GPTQ": GptqSpecial}
+class SmoothQuantSpecial(_Special):
+    """SmoothQuant: migrate activation outliers into the weights before W8A8."""
+
+    _method: ClassVar[str] = "SmoothQuant"
+
+    alpha: Float = 0.5
+    smooth_linear: Bool = Field(False, description="also smooth o<-v and down<-up")
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_range(cls, value: float) -> float:
+        if not 0.0 < value <= 1.0:
+            raise ValueError(f"{value} is out of range; use 0 < alpha <= 1, e.g. 0.5")
+        return value
+
+
+class ActConfig(_Section):
+    """``quant.act``: dynamic activation fake quantization of every quantized Linear's input."""
+
+    _yaml_path: ClassVar[str] = "quant.act"
+
+    bit: Int
+    symmetric: Bool = True
+    granularity: Literal["per_token", "per_tensor"] = "per_token"
+
+    @field_validator("bit")
+    @classmethod
+    def _bit_range(cls, value: int) -> int:
+        if not 2 <= value <= 16:
+            raise ValueError(f"{value} is out of range; use 2..16")
+        return value
+
+
+_SPECIALS: dict[str, type[_Special]] = {"RTN": RtnSpecial, "Awq": AwqSpecial, "GPTQ": GptqSpecial,
+                                        "SmoothQuant": SmoothQuantSpecial}
 
 
 class QuantConfig(_Section):
@@ -617,8 +650,8 @@ class QuantConfig(_Section):
         default_factory=lambda: ["language"], min_length=1)
     skip_layers: Bool = Field(True, description="keep skip_layer_name() layers in float")
     weight: WeightConfig
-    act: None = Field(None, description="weight-activation quantization: not supported")
-    special: Union[AwqSpecial, GptqSpecial, RtnSpecial] = Field(default_factory=RtnSpecial)
+    act: ActConfig | None = Field(None, description="weight-activation quantization (dynamic)")
+    special: Union[AwqSpecial, GptqSpecial, SmoothQuantSpecial, RtnSpecial] = Field(default_factory=RtnSpecial)
     quant_out: Bool = Field(True, description="feed quantized block outputs to the next block")
 
     @classmethod
@@ -655,14 +688,6 @@ class QuantConfig(_Section):
             parts, message = _describe(exc.errors()[0])
             raise _KeyedError(message, key=("special",) + parts) from None
         return data
-
-    @field_validator("act", mode="before")
-    @classmethod
-    def _no_act(cls, value: Any) -> None:
-        if value is not None:
-            raise ValueError(f"not supported: {_reason('quant.act')}; remove it or set "
-                             "'act: null'")
-        return None
 
     @field_validator("quant_objects")
     @classmethod

@@ -74,7 +74,8 @@ def evaluate(adapter, ev, progress: Progress, pos: str) -> dict:
     if ev.type == "vqa":
         from .eval.vqa import evaluate_mme
 
-        res = evaluate_mme(adapter.answer, Path(ev.path), batch_size=ev.bs, limit=ev.num_samples, progress=prog)
+        res = evaluate_mme(adapter.answer, Path(ev.path), batch_size=ev.bs, limit=ev.num_samples, progress=prog,
+                           distributed=False)  # one engine process; data-parallel eval: llmc.eval.dp
         return {"kind": "mme", **res.scores.to_dict(), "lmms_eval_total": res.lmms_total}
     from .eval.ppl import perplexity
 
@@ -148,8 +149,10 @@ def format_table(results: dict, label: str) -> str:
 
 
 def quant_label(cfg: Config) -> str:
-    w = cfg.quant.weight
-    return f"W{w.bit}A16 {cfg.quant.method}" + (f" g{w.group_size}" if w.granularity == "per_group" else "")
+    w, a = cfg.quant.weight, cfg.quant.act
+    rot = getattr(cfg.quant.special, "rotate", None)
+    return (f"W{w.bit}A{a.bit if a else 16} {cfg.quant.method}" + (f"+{rot}" if rot else "")
+            + (f" g{w.group_size}" if w.granularity == "per_group" else ""))
 
 
 def run(cfg: Config, run_dir: Path, *, device: str | None = None, progress: Progress | None = None,
@@ -272,7 +275,17 @@ def run(cfg: Config, run_dir: Path, *, device: str | None = None, progress: Prog
         for i, sd in fake_state.items():
             blocks[i].load_state_dict(sd)
 
-    run_evals("fake_quant")
+    from .quant.actquant import act_config, attach_act_quant_
+
+    act = act_config(cfg.quant)
+    hooks = attach_act_quant_(adapter, act) if act is not None else None
+    if hooks is not None:
+        progress.log(f"activation fake quantization ({act.label}, {act.granularity}) on {len(hooks.names)} layers")
+    try:
+        run_evals("fake_quant")
+    finally:
+        if hooks is not None:
+            hooks.remove()
     save("fake")
 
     results["timings"]["total"] = time.time() - t_start

@@ -191,13 +191,13 @@ def test_unknown_key_in_calib(raw):
 def test_method_typo(raw):
     raw["quant"]["method"] = "Aqw"
     assert error_of(raw) == ("quant.method: unknown method 'Aqw'; did you mean 'Awq'? "
-                             "(choose from RTN, Awq, GPTQ)")
+                             "(choose from RTN, Awq, GPTQ, SmoothQuant)")
 
 
 def test_llmc_method_not_implemented(raw):
-    raw["quant"]["method"] = "SmoothQuant"
+    raw["quant"]["method"] = "HQQ"
     message = error_of(raw)
-    assert message.startswith("quant.method: unknown method 'SmoothQuant'; ")
+    assert message.startswith("quant.method: unknown method 'HQQ'; ")
     assert UNSUPPORTED_LLMC_KEYS["quant.method"].rstrip(".") in message
 
 
@@ -333,10 +333,13 @@ def test_mme_name_is_case_insensitive_and_needs_vqa(raw):
 
 # -- llmc keys we do not support ---------------------------------------------------------------
 
-def test_weight_activation_quant_rejected_with_reason(raw):
+def test_weight_activation_quant_is_a_section(raw):
     raw["quant"]["act"] = {"bit": 8, "symmetric": True, "granularity": "per_token"}
-    reason = UNSUPPORTED_LLMC_KEYS["quant.act"].rstrip(".")
-    assert error_of(raw) == f"quant.act: not supported: {reason}; remove it or set 'act: null'"
+    assert load_config(raw).quant.act.bit == 8
+    raw["quant"]["act"] = {"bit": 1}
+    assert error_of(raw) == "quant.act.bit: 1 is out of range; use 2..16"
+    raw["quant"]["act"] = {"bit": 8, "granularty": "per_token"}
+    assert error_of(raw) == "quant.act.granularty: unknown key; did you mean 'granularity'?"
 
 
 def test_vision_quant_objects_rejected_with_reason(raw):

@@ -9,7 +9,7 @@ import pytest
 from llmc.eval.vqa import VQARequest, evaluate_mme
 from wizard.demo import shapes
 from wizard.demo.facts import SCORES_FILE, model_facts
-from wizard.demo.runtime import LlavaAnswerer
+from wizard.demo.runtime import load_model
 
 pytestmark = pytest.mark.slow
 
@@ -25,23 +25,21 @@ def llava(zoo, tmp_path_factory):
 
     clone = tmp_path_factory.mktemp("w") / "tiny-llava"
     git.Repo.clone_from(zoo.models["tiny-llava"]["weights_repo"], clone)
-    return LlavaAnswerer(clone)
+    return load_model("tiny-llava", clone)
 
 
 @pytest.fixture(scope="module")
 def vila(zoo, tiny_vila_installed, tmp_path_factory):
     import git
 
-    from wizard.demo.runtime import VilaAnswerer
-
     clone = tmp_path_factory.mktemp("w") / "tiny-vila"
     git.Repo.clone_from(zoo.models["tiny-vila"]["weights_repo"], clone)
-    return VilaAnswerer(clone)
+    return load_model("tiny-vila", clone)
 
 
 def test_tiny_llava_answers_through_transformers(llava):
     _, reqs = _question()
-    answers = llava(reqs)
+    answers = llava.answer(reqs)
     assert len(answers) == 2 and all(a in ("Yes", "No") for a in answers)
 
 
@@ -54,26 +52,26 @@ def test_tiny_vila_answers_through_its_own_loader(vila):
     import tiny_vila
 
     assert tiny_vila.__version__ == "0.1.0"
-    m = vila.model
+    m = vila.mm_model
     layers = [type(x).__name__ for x in m.get_mm_projector().layers]
     assert layers == ["DownSampleBlock", "LayerNorm", "Linear", "GELU", "Linear"]
     assert isinstance(m.config.llm_cfg, dict)
     assert m.get_llm().config.hidden_size == m.config.llm_cfg["hidden_size"]
     _, reqs = _question(1)
-    answers = vila(reqs)
+    answers = vila.answer(reqs)
     assert len(answers) == 2 and all(a in ("Yes", "No") for a in answers)
 
 
 def test_batched_answers_equal_one_by_one(llava, vila):
     reqs = [r for i in range(4) for r in _question(i)[1]]
     for model in (llava, vila):
-        assert model(reqs) == [model([r])[0] for r in reqs]
+        assert model.answer(reqs) == [model.answer([r])[0] for r in reqs]
 
 
 @pytest.mark.parametrize("name", ["tiny-llava", "tiny-vila"])
 def test_committed_models_beat_chance_and_match_recorded_scores(name, zoo, request):
     model = request.getfixturevalue("llava" if name == "tiny-llava" else "vila")
-    res = evaluate_mme(model, zoo.eval_set / "data", batch_size=64)
+    res = evaluate_mme(model.answer, zoo.eval_set / "data", batch_size=64)
     assert res.scores.total >= 450, res.scores.to_dict()  # chance ~300, constant answer 200
     recorded = json.loads(SCORES_FILE.read_text())[name]
     assert res.scores.categories == pytest.approx(recorded["categories"], abs=1e-6)

@@ -294,3 +294,30 @@ def test_check_accepts_a_good_config_and_prints_it(zoo, tmp_path):
     r = _llmc("check", str(_config(tmp_path, zoo, "Llava", ASSETS / "tiny-llava")))
     assert r.returncode == 0, r.stderr
     assert "method: Awq" in r.stdout and "config OK" in r.stderr
+
+
+@pytest.mark.parametrize("quant", [
+    {"method": "SmoothQuant", "weight": {"bit": 8, "symmetric": True, "granularity": "per_channel"},
+     "act": {"bit": 8}, "special": {"alpha": 0.5, "smooth_linear": True}},
+    {"method": "RTN", "weight": {"bit": 4, "group_size": 32}, "act": {"bit": 8},
+     "special": {"rotate": "hadamard"}},
+])
+def test_weight_activation_runs(quant, zoo, tmp_path):
+    """W8A8 SmoothQuant and rotated W4A8 through the engine: activation hooks only for fake_quant."""
+    from llmc.config import load_config
+    from llmc.runner import run
+
+    cfg = load_config({
+        "model": {"type": "Llava", "path": str(ASSETS / "tiny-llava"), "torch_dtype": "float32"},
+        "calib": {"name": "custom_mm", "path": str(zoo.calib_set), "n_samples": 8},
+        "eval": {"eval_pos": ["pretrain", "fake_quant"], "type": "vqa", "name": "mme",
+                 "path": str(zoo.eval_set / "data"), "num_samples": 16, "bs": 32, "cache": False},
+        "quant": quant,
+        "save": {"save_path": str(tmp_path / "out"), "save_fake": False},
+    })
+    res = run(cfg, tmp_path / "out", device="cpu")
+    assert res["label"].startswith(f"W{quant['weight']['bit']}A8 {quant['method']}")
+    mme = res["evals"]["mme"]
+    assert abs(mme["fake_quant"]["total"] - mme["pretrain"]["total"]) <= 25
+    log = (tmp_path / "out" / "run.log").read_text()
+    assert "activation fake quantization (A8, per_token) on 14 layers" in log

@@ -2,8 +2,11 @@
 
 Run it under a launcher, e.g.::
 
-    accelerate launch --num_processes 2 --cpu -m llmc.eval.dp \\
-        --model-type Llava --model-path P --data D --out results.json
+    accelerate launch --num_processes 2 --multi_gpu -m llmc.eval.dp \\
+        --model-type Llava --model-path P --data D --out results.json [--cpu]
+
+(:func:`launch_command` builds that line; on a CPU-only machine, or with ``--cpu``, the
+processes join a gloo group, on GPUs an nccl one.)
 
 Every process loads the adapter (on ``cuda:LOCAL_RANK`` when CUDA is available, else cpu) and
 answers its shard; rank 0 writes the scores. Run without a launcher it evaluates in one process,
@@ -21,22 +24,31 @@ import time
 from pathlib import Path
 
 
-def launch_command(n_procs: int, args: list[str], cpu: bool = False) -> list[str]:
+def launch_command(n_procs: int, args: list[str], cpu: bool = False, port: int | None = None) -> list[str]:
     """``accelerate launch`` argv running :mod:`llmc.eval.dp` over ``n_procs`` processes.
 
-    ``args`` are this module's own arguments (``--model-type ... --data ...``). ``cpu`` adds
-    ``--cpu`` (gloo process group, no GPU); otherwise accelerate gives each process one GPU.
+    ``args`` are this module's own arguments (``--model-type ... --data ...``). ``cpu`` runs
+    every process on CPU with a gloo group (this module's ``--cpu``); otherwise process ``i``
+    uses ``cuda:i`` and nccl. ``port``: the rendezvous port (accelerate's default is 29500).
     """
     n = int(n_procs)
     if n < 1:
         raise ValueError(f"n_procs must be >= 1, got {n_procs}")
     cmd = ["accelerate", "launch", "--num_processes", str(n), "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no"]
-    if n > 1 and not cpu:
+    if n > 1:
+        # accelerate's torchrun-based launcher. Its ``--cpu`` flag would pick the single-process
+        # launcher (multi-CPU there means MPI), so CPU runs go through this one too and our own
+        # ``--cpu`` makes each process join a gloo group instead of nccl.
         cmd.append("--multi_gpu")
-    if cpu:
+    elif cpu:
         cmd.append("--cpu")
-    return [*cmd, "-m", "llmc.eval.dp", *[str(a) for a in args]]
+    if port is not None:
+        cmd += ["--main_process_port", str(int(port))]
+    tail = [str(a) for a in args]
+    if cpu and "--cpu" not in tail:
+        tail.append("--cpu")
+    return [*cmd, "-m", "llmc.eval.dp", *tail]
 
 
 def format_command(cmd: list[str]) -> str:
@@ -44,11 +56,11 @@ def format_command(cmd: list[str]) -> str:
     return shlex.join(cmd)
 
 
-def _device() -> str:
+def _device(cpu: bool = False) -> str:
     import torch
 
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    if torch.cuda.is_available() and not cpu:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return "cpu"
 
 
@@ -61,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=8)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--cpu", action="store_true", help="run on CPU (gloo) even when CUDA is available")
+    ap.add_argument("--predictions", action="store_true", help="include every prediction in --out")
     ap.add_argument("--out", type=Path, default=None, help="scores JSON, written by rank 0")
     ap.add_argument("--rank-log", type=Path, default=None,
                     help="folder where every rank writes rank<R>.json with the requests it answered")
@@ -74,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     from llmc.models import get_model_class
 
     if env_world_size() > 1:
-        init_distributed()  # join the group before loading, so device placement is settled
+        init_distributed(cpu=True if args.cpu else None)  # join the group before loading
     t0 = time.perf_counter()
-    adapter = get_model_class(args.model_type)(args.model_path, args.dtype, _device())
+    adapter = get_model_class(args.model_type)(args.model_path, args.dtype, _device(args.cpu))
     stats: dict = {}
     res = evaluate_mme(adapter.answer, args.data, batch_size=args.batch_size, limit=args.limit,
                        max_new_tokens=args.max_new_tokens, stats=stats)
@@ -97,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         "data": str(args.data),
         "limit": args.limit,
     }
+    if args.predictions:
+        out["predictions"] = res.predictions
     text = json.dumps(out, indent=2)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

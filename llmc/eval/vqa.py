@@ -117,16 +117,30 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
-def init_distributed():
+_DP_CPU: bool | None = None
+
+
+def init_distributed(cpu: bool | None = None):
     """Join the launcher's process group (gloo on CPU, nccl on CUDA) through accelerate.
 
     Returns an ``accelerate.Accelerator`` bound to this process (its ``device`` is
-    ``cuda:LOCAL_RANK`` on GPUs, else cpu). Safe to call more than once.
+    ``cuda:LOCAL_RANK`` on GPUs, else cpu). ``cpu=None`` means "CPU when CUDA is unavailable";
+    accelerate only picks its MULTI_CPU (gloo) mode when told ``cpu=True`` -- without it a
+    CUDA-less process under torchrun silently runs as a lone single process. The first call
+    fixes the choice; later calls reuse it.
     """
+    global _DP_CPU
+    import torch
     from accelerate import Accelerator, PartialState
 
-    PartialState()  # initialises torch.distributed from the launcher's environment if needed
-    return Accelerator()
+    if _DP_CPU is None:
+        _DP_CPU = (not torch.cuda.is_available()) if cpu is None else bool(cpu)
+    PartialState(cpu=_DP_CPU)  # initialises torch.distributed from the launcher's environment
+    acc = Accelerator(cpu=_DP_CPU)
+    if env_world_size() > 1 and acc.num_processes != env_world_size():
+        raise RuntimeError(f"launcher says WORLD_SIZE={env_world_size()} but accelerate joined "
+                           f"{acc.num_processes} process(es) ({acc.distributed_type})")
+    return acc
 
 
 class _MaskedLaunchEnv:
@@ -136,7 +150,8 @@ class _MaskedLaunchEnv:
 
     def __enter__(self):
         self.saved = {k: os.environ.get(k) for k in self.KEYS}
-        os.environ.update(WORLD_SIZE="1", RANK="0", LOCAL_RANK="0")
+        os.environ.update(WORLD_SIZE="1", RANK="0")
+        os.environ.pop("LOCAL_RANK", None)  # accelerate would try to join a group when it is set
         return self
 
     def __exit__(self, *exc):

@@ -128,7 +128,9 @@ def _token_relative_mse(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((err / ref.float().pow(2).sum(-1).clamp_min(1e-12)).mean())
 
 
-METHODS = {"RTN": RTN, "Awq": Awq, "GPTQ": Gptq}
+from .smoothquant import SmoothQuant  # noqa: E402  (imports Method from blockwise)
+
+METHODS = {"RTN": RTN, "Awq": Awq, "GPTQ": Gptq, "SmoothQuant": SmoothQuant}
 
 
 def weight_config(qcfg) -> WeightQuantConfig:
