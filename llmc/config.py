@@ -78,9 +78,8 @@ __all__ = [
 UNSUPPORTED_LLMC_KEYS: dict[str, str] = {
     "quant.quant_type": "only integer quantization (int-quant) is implemented, not float "
                         "formats such as fp8.",
-    "quant.method": "only RTN, Awq, GPTQ and SmoothQuant are implemented, not llmc's other "
-                    "algorithms such as OmniQuant (QuaRot-style rotation is quant.special.rotate of RTN "
-                    "and GPTQ).",
+    "quant.method": "only RTN, Awq, GPTQ, SmoothQuant and Quarot are implemented, not llmc's "
+                    "other algorithms such as OmniQuant.",
     "quant.quant_objects: vision": "only the language model can be quantized for now, not the "
                                    "vision tower.",
     "eval.inference_per_block: True": "block-by-block evaluation is not implemented, the whole "
@@ -273,7 +272,7 @@ def _as_path_str(value: Any) -> Any:
 
 PathStr = Annotated[Str, BeforeValidator(_as_path_str)]
 
-Method = Literal["RTN", "Awq", "GPTQ", "SmoothQuant"]
+Method = Literal["RTN", "Awq", "GPTQ", "SmoothQuant", "Quarot"]
 #: Quantization methods in their canonical spelling.
 METHODS: tuple[str, ...] = get_args(Method)
 _METHODS_BY_LOWER = {m.lower(): m for m in METHODS}
@@ -636,8 +635,16 @@ class ActConfig(_Section):
         return value
 
 
+class QuarotSpecial(_Special):
+    """QuaRot: rotate the residual stream (incl. the projector's last layer), then RTN."""
+
+    _method: ClassVar[str] = "Quarot"
+
+    rotate: Literal["hadamard", "random"] = "hadamard"
+
+
 _SPECIALS: dict[str, type[_Special]] = {"RTN": RtnSpecial, "Awq": AwqSpecial, "GPTQ": GptqSpecial,
-                                        "SmoothQuant": SmoothQuantSpecial}
+                                        "SmoothQuant": SmoothQuantSpecial, "Quarot": QuarotSpecial}
 
 
 class QuantConfig(_Section):
@@ -651,7 +658,8 @@ class QuantConfig(_Section):
     skip_layers: Bool = Field(True, description="keep skip_layer_name() layers in float")
     weight: WeightConfig
     act: ActConfig | None = Field(None, description="weight-activation quantization (dynamic)")
-    special: Union[AwqSpecial, GptqSpecial, SmoothQuantSpecial, RtnSpecial] = Field(default_factory=RtnSpecial)
+    special: Union[AwqSpecial, GptqSpecial, SmoothQuantSpecial, QuarotSpecial, RtnSpecial] = Field(
+        default_factory=RtnSpecial)
     quant_out: Bool = Field(True, description="feed quantized block outputs to the next block")
 
     @classmethod

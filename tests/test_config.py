@@ -191,7 +191,7 @@ def test_unknown_key_in_calib(raw):
 def test_method_typo(raw):
     raw["quant"]["method"] = "Aqw"
     assert error_of(raw) == ("quant.method: unknown method 'Aqw'; did you mean 'Awq'? "
-                             "(choose from RTN, Awq, GPTQ, SmoothQuant)")
+                             "(choose from RTN, Awq, GPTQ, SmoothQuant, Quarot)")
 
 
 def test_llmc_method_not_implemented(raw):

@@ -279,7 +279,11 @@ def test_rtn_w4_after_rotation_scores_close_to_float(which, load):
     assert abs(total - ref_total) <= 60, (total, ref_total)
 
 
-def test_engine_rotates_before_quantizing_when_asked(tmp_path, zoo):
+@pytest.mark.parametrize("quant", [
+    {"method": "GPTQ", "weight": {"bit": 4, "group_size": 32}, "special": {"rotate": "hadamard"}},
+    {"method": "Quarot", "weight": {"bit": 4, "group_size": 32}},
+])
+def test_engine_rotates_before_quantizing_when_asked(quant, tmp_path, zoo):
     """quant.special.rotate runs the rotation inside a full engine run; scores stay at float level."""
     from llmc.config import load_config
     from llmc.progress import read_events
@@ -290,7 +294,7 @@ def test_engine_rotates_before_quantizing_when_asked(tmp_path, zoo):
         "calib": {"name": "custom_mm", "path": str(zoo.calib_set), "n_samples": 8},
         "eval": {"eval_pos": ["pretrain", "fake_quant"], "type": "vqa", "name": "mme",
                  "path": str(zoo.eval_set / "data"), "num_samples": 16, "bs": 32, "cache": False},
-        "quant": {"method": "GPTQ", "weight": {"bit": 4, "group_size": 32}, "special": {"rotate": "hadamard"}},
+        "quant": quant,
         "save": {"save_path": str(tmp_path / "out"), "save_trans": True},
     })
     res = run(cfg, tmp_path / "out", device="cpu")

@@ -285,3 +285,21 @@ def test_screen_snapshot(step, snap_compare):
     assert snap_compare(app, terminal_size=(120, 40), run_before=before)
 
 
+
+
+async def test_run_shows_the_data_parallel_command_for_several_gpus(tmp_path):
+    a = Answers()
+    a.generate.name = "my vlm"
+    a.source.weights_dir = "/models/my-vlm"
+    a.generate.eval_path = "/data/mme"
+    app = _app(tmp_path, answers=a)
+    async with app.run_test(size=SIZE) as pilot:
+        app.goto("Run")
+        await pilot.pause()
+        s = app.screen
+        assert _text(s, "#dp-command") == ""
+        s.query_one("#gpus", Input).value = "2"
+        await pilot.pause()
+        text = _text(s, "#dp-command")
+        assert "accelerate launch --num_processes 2" in text and "-m llmc.eval.dp" in text
+        assert "--model-type MyVlm" in text and "--data /data/mme" in text

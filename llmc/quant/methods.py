@@ -130,7 +130,13 @@ def _token_relative_mse(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 from .smoothquant import SmoothQuant  # noqa: E402  (imports Method from blockwise)
 
-METHODS = {"RTN": RTN, "Awq": Awq, "GPTQ": Gptq, "SmoothQuant": SmoothQuant}
+class Quarot(RTN):
+    """QuaRot: the runner rotates the model first (``special.rotate``); weights then get RTN."""
+
+    name = "Quarot"
+
+
+METHODS = {"RTN": RTN, "Awq": Awq, "GPTQ": Gptq, "SmoothQuant": SmoothQuant, "Quarot": Quarot}
 
 
 def weight_config(qcfg) -> WeightQuantConfig:

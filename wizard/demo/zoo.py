@@ -27,7 +27,7 @@ from pathlib import Path
 from . import shapes
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-ZOO_VERSION = 1
+ZOO_VERSION = 2
 EVAL_IMAGES = 512
 CALIB_IMAGES = 128
 GIT_ENV = {
@@ -107,7 +107,9 @@ def publish_repo(src: Path, dest: Path, *, lfs: bool, extra_commits: list[tuple[
     _git(["config", "core.autocrlf", "false"], dest, date)
     if lfs:
         _git(["lfs", "install", "--local"], dest, date)
-        _git(["lfs", "track", *LFS_PATTERNS], dest, date)
+        # what `git lfs track` writes, in a fixed order (git-lfs's own order varies run to run)
+        (dest / ".gitattributes").write_text(
+            "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LFS_PATTERNS))
     _copy_tree(src, dest)
     _git(["add", "-A"], dest, date)
     _git(["commit", "-q", "-m", f"Add {src.name}"], dest, date)

@@ -57,6 +57,10 @@ class RunScreen(StepScreen):
             yield Label("Evaluation set  ")
             yield Input(id="eval", placeholder="MME-format dataset folder")
             yield Input(id="eval-n", type="integer", classes="narrow", placeholder="images")
+        with Horizontal(classes="row"):
+            yield Label("GPUs for evaluation ")
+            yield Input(id="gpus", type="integer", classes="narrow", value="1")
+        yield Static("", id="dp-command")
         with Horizontal(classes="row buttons"):
             yield Button("Run (ctrl+r)", id="run", variant="primary")
             yield Button("Cancel (ctrl+x)", id="stop", variant="error", disabled=True)
@@ -94,6 +98,33 @@ class RunScreen(StepScreen):
         self.query_one("#settings", Static).update(
             f"method [b]{g.method}[/b], W{g.bit}A16, group size {g.group_size}, device {self.app.device or 'auto'}")
         self.refresh_past()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id in ("gpus", "eval", "eval-n"):
+            self.show_dp_command()
+
+    def show_dp_command(self) -> None:
+        """With several GPUs, the data-parallel evaluation command (accelerate launch)."""
+        from llmc.eval.dp import format_command, launch_command
+
+        from ..services.render import class_name
+
+        try:
+            n = int(self.query_one("#gpus", Input).value or 1)
+        except ValueError:
+            n = 1
+        target = self.query_one("#dp-command", Static)
+        if n <= 1:
+            target.update("")
+            return
+        g = self.answers.generate
+        args = ["--model-type", class_name(g.class_name or g.name or "model"),
+                "--model-path", str(self.answers.source.weights_dir or "<weights>"),
+                "--data", self.query_one("#eval", Input).value or "<eval set>"]
+        n_img = self.query_one("#eval-n", Input).value
+        if n_img:
+            args += ["--limit", n_img]
+        target.update("data-parallel evaluation over " f"{n} GPUs:\n" + format_command(launch_command(n, args)))
 
     def refresh_past(self) -> None:
         from ..services.runner import list_runs
