@@ -61,6 +61,14 @@ def eval_cache_key(cfg: Config, ev, device: str) -> str:
     return h.hexdigest()[:24]
 
 
+def peak_gpu_memory() -> dict:
+    """``{"peak_gpu_mem_mib": {card index: MiB}}`` since the start (empty on CPU-only hosts)."""
+    if not torch.cuda.is_available():
+        return {}
+    return {"peak_gpu_mem_mib": {i: round(torch.cuda.max_memory_allocated(i) / 2**20, 1)
+                                 for i in range(torch.cuda.device_count())}}
+
+
 def _seed(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -230,7 +238,8 @@ def run(cfg: Config, run_dir: Path, *, device: str | None = None, progress: Prog
             trans_state[i] = {k: v.detach().to("cpu", copy=True) for k, v in block.state_dict().items()}
 
     def on_block(rep, n):
-        progress.event("block", i=rep.index, n=n, seconds=round(rep.seconds, 3), block_error=rep.block_error)
+        progress.event("block", i=rep.index, n=n, seconds=round(rep.seconds, 3), block_error=rep.block_error,
+                       **peak_gpu_memory())
         for layer, err in rep.layer_errors.items():
             progress.event("layer_error", block=rep.index, layer=layer, error=err)
         worst = max(rep.layer_errors.items(), key=lambda kv: kv[1])
@@ -293,7 +302,9 @@ def run(cfg: Config, run_dir: Path, *, device: str | None = None, progress: Prog
     results["table"] = table
     (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     progress.log("results:\n" + table)
-    progress.event("done", seconds=round(results["timings"]["total"], 3), results=str(run_dir / "results.json"))
+    results.update(peak_gpu_memory())
+    progress.event("done", seconds=round(results["timings"]["total"], 3), results=str(run_dir / "results.json"),
+                   **peak_gpu_memory())
     return results
 
 

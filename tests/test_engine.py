@@ -212,6 +212,9 @@ def test_full_run_then_reload_answers_identically(model, weights, method, zoo, t
     kinds = [e["event"] for e in _events(out)]
     for k in ("start", "phase", "block", "layer_error", "scores", "saved", "done"):
         assert k in kinds, k
+    blocks = [e for e in _events(out) if e["event"] == "block"]
+    assert [b["i"] for b in blocks] == [0, 1] and all(("peak_gpu_mem_mib" in b) == torch.cuda.is_available()
+                                                      for b in blocks)
     errs = [e["error"] for e in _events(out) if e["event"] == "layer_error"]
     assert len(errs) == 2 * 7 and all(0 < x < 0.5 for x in errs)
     # the saved fake-quant model, reloaded through the model's own loader, answers like the in-memory one
