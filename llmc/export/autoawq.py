@@ -33,11 +33,10 @@ from torch import Tensor
 
 from llmc.export.packing import (
     DEFAULT_MAX_SHARD_BYTES,
-    check_names,
     pack_int32,
     quantize_for_export,
+    save_packed,
     unpack_int32,
-    write_checkpoint,
 )
 from llmc.quant.quantizer import WeightQuantConfig
 
@@ -168,21 +167,11 @@ def save_autoawq(
     stored as-is and listed as ``modules_to_not_convert``. ``config`` is not modified.
     """
     check_config(wcfg)
-    ignore = list(dict.fromkeys(ignore))
-    names = check_names(state_dict, quantize_names, ignore)
-    qnames = set(names)
 
-    tensors: dict[str, Tensor] = {}
-    for key, t in state_dict.items():
-        module, _, leaf = key.rpartition(".")
-        if module in qnames and leaf == "weight":
-            qweight, qzeros, scales = pack_awq_gemm(t, wcfg, name=module)
-            tensors[f"{module}.qweight"] = qweight
-            tensors[f"{module}.qzeros"] = qzeros
-            tensors[f"{module}.scales"] = scales
-        else:
-            tensors[key] = t
+    def pack(module: str, w: Tensor) -> dict[str, Tensor]:
+        qweight, qzeros, scales = pack_awq_gemm(w, wcfg, name=module)
+        return {"qweight": qweight, "qzeros": qzeros, "scales": scales}
 
-    cfg = dict(config)
-    cfg["quantization_config"] = quantization_config(wcfg, ignore)
-    return write_checkpoint(tensors, cfg, out_dir, max_shard_bytes=max_shard_bytes, save_extra=save_extra)
+    return save_packed(state_dict, config, out_dir, quantize_names, ignore, pack,
+                       lambda ign: quantization_config(wcfg, ign), save_extra=save_extra,
+                       max_shard_bytes=max_shard_bytes)

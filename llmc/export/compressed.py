@@ -29,7 +29,7 @@ from llmc.export.packing import (
     model_dtype,
     pack_int32,
     quantize_for_export,
-    write_checkpoint,
+    save_packed,
 )
 from llmc.quant.quantizer import WeightQuantConfig
 
@@ -140,22 +140,13 @@ def save_compressed_tensors(
     Returns the output directory.
     """
     check_config(wcfg)
-    ignore = list(dict.fromkeys(ignore))
-    names = check_names(state_dict, quantize_names, ignore)
-    qnames = set(names)
+    names = check_names(state_dict, quantize_names, list(dict.fromkeys(ignore)))
     scale_dtype = model_dtype(state_dict, names)
 
-    tensors: dict[str, Tensor] = {}
-    for key, t in state_dict.items():
-        module, _, leaf = key.rpartition(".")
-        if module in qnames and leaf == "weight":
-            packed, scale, shape = pack_layer(t, wcfg, scale_dtype=scale_dtype, name=module)
-            tensors[f"{module}.weight_packed"] = packed
-            tensors[f"{module}.weight_scale"] = scale
-            tensors[f"{module}.weight_shape"] = shape
-        else:
-            tensors[key] = t
+    def pack(module: str, w: Tensor) -> dict[str, Tensor]:
+        packed, scale, shape = pack_layer(w, wcfg, scale_dtype=scale_dtype, name=module)
+        return {"weight_packed": packed, "weight_scale": scale, "weight_shape": shape}
 
-    cfg = dict(config)
-    cfg["quantization_config"] = quantization_config(wcfg, ignore)
-    return write_checkpoint(tensors, cfg, out_dir, max_shard_bytes=max_shard_bytes, save_extra=save_extra)
+    return save_packed(state_dict, config, out_dir, quantize_names, ignore, pack,
+                       lambda ign: quantization_config(wcfg, ign), save_extra=save_extra,
+                       max_shard_bytes=max_shard_bytes)

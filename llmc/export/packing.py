@@ -215,3 +215,32 @@ def model_dtype(state_dict: dict[str, Tensor], quantize_names: Iterable[str]) ->
     for n in quantize_names:
         return state_dict[f"{n}.weight"].dtype
     return torch.float32
+
+
+def save_packed(
+    state_dict: dict[str, Tensor],
+    config: dict,
+    out_dir: str | Path,
+    quantize_names: Iterable[str],
+    ignore: Iterable[str],
+    pack: Callable[[str, Tensor], dict[str, Tensor]],
+    quantization_config: Callable[[list[str]], dict],
+    *,
+    save_extra: Callable[[Path], None] | None = None,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+) -> Path:
+    """The shared body of the export formats: each ``<module>.weight`` of ``quantize_names``
+    is replaced by ``pack(module, weight)`` (leaf name -> tensor), every other tensor is kept,
+    and ``config`` gains ``quantization_config(ignore)``; ``config`` itself is not modified."""
+    ignore = list(dict.fromkeys(ignore))
+    qnames = set(check_names(state_dict, quantize_names, ignore))
+    tensors: dict[str, Tensor] = {}
+    for key, t in state_dict.items():
+        module, _, leaf = key.rpartition(".")
+        if module in qnames and leaf == "weight":
+            tensors.update({f"{module}.{k}": v for k, v in pack(module, t).items()})
+        else:
+            tensors[key] = t
+    cfg = dict(config)
+    cfg["quantization_config"] = quantization_config(ignore)
+    return write_checkpoint(tensors, cfg, out_dir, max_shard_bytes=max_shard_bytes, save_extra=save_extra)
