@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .quantizer import range_params
+
 ACT_GRANULARITIES = ("per_token", "per_tensor")
 ACT_MIN_BIT, ACT_MAX_BIT = 2, 16
 # Smallest scale (an all-zero token would otherwise divide by zero).
@@ -85,16 +87,7 @@ def act_params(x: Tensor, cfg: ActQuantConfig) -> tuple[Tensor, Tensor]:
         xmax = xf.max().reshape(shape)
         xmin = xf.min().reshape(shape)
     qmin, qmax = cfg.qrange()
-    if cfg.symmetric:
-        absmax = torch.maximum(xmax.abs(), xmin.abs())
-        scale = (absmax / qmax).clamp(min=ACT_MIN_SCALE)
-        zero = torch.zeros_like(scale)
-    else:
-        xmax = xmax.clamp(min=0)
-        xmin = xmin.clamp(max=0)
-        scale = ((xmax - xmin) / (qmax - qmin)).clamp(min=ACT_MIN_SCALE)
-        zero = torch.round(-xmin / scale).clamp(qmin, qmax)
-    return scale, zero
+    return range_params(xmax, xmin, qmin, qmax, cfg.symmetric, ACT_MIN_SCALE)
 
 
 def quant_act(x: Tensor, cfg: ActQuantConfig) -> tuple[Tensor, Tensor, Tensor]:

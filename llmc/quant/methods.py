@@ -9,6 +9,7 @@ from .blockwise import BlockContext, LayerStats, Method, collect_inputs, run_blo
 from .gptq import GPTQ
 from .quantizer import IntQuantizer, WeightQuantConfig
 from .rtn import rtn_
+from .smoothquant import SmoothQuant
 
 
 class RTN(Method):
@@ -127,8 +128,6 @@ def _token_relative_mse(out: torch.Tensor, ref: torch.Tensor) -> float:
     err = (out - ref).float().pow(2).sum(-1)
     return float((err / ref.float().pow(2).sum(-1).clamp_min(1e-12)).mean())
 
-
-from .smoothquant import SmoothQuant  # noqa: E402  (imports Method from blockwise)
 
 class Quarot(RTN):
     """QuaRot: the runner rotates the model first (``special.rotate``); weights then get RTN."""

@@ -106,6 +106,21 @@ def check_group_size(in_features: int, cfg: WeightQuantConfig, layer_name: str) 
     )
 
 
+def range_params(vmax: Tensor, vmin: Tensor, qmin: int, qmax: int, symmetric: bool,
+                 min_scale: float) -> tuple[Tensor, Tensor]:
+    """(scale, zero) mapping values in ``[vmin, vmax]`` onto the integer grid ``[qmin, qmax]``.
+
+    Symmetric: zero point 0 and ``scale = absmax / qmax``. Asymmetric: the range is widened to
+    contain 0 (so zeros stay exactly zero) and the zero point is rounded onto the grid.
+    """
+    if symmetric:
+        scale = (torch.maximum(vmax.abs(), vmin.abs()) / qmax).clamp(min=min_scale)
+        return scale, torch.zeros_like(scale)
+    vmax, vmin = vmax.clamp(min=0), vmin.clamp(max=0)
+    scale = ((vmax - vmin) / (qmax - qmin)).clamp(min=min_scale)
+    return scale, torch.round(-vmin / scale).clamp(qmin, qmax)
+
+
 class IntQuantizer:
     """Quantize / dequantize 2-D weights according to a :class:`WeightQuantConfig`."""
 
@@ -134,18 +149,7 @@ class IntQuantizer:
     def params_from_range(self, wmax: Tensor, wmin: Tensor) -> tuple[Tensor, Tensor]:
         """(scale, zero) for groups whose values span ``[wmin, wmax]`` (any matching shapes)."""
         qmin, qmax = self.qrange()
-        wmax, wmin = wmax.float(), wmin.float()
-        if self.cfg.symmetric:
-            absmax = torch.maximum(wmax.abs(), wmin.abs())
-            scale = (absmax / qmax).clamp(min=MIN_SCALE)
-            zero = torch.zeros_like(scale)
-        else:
-            # Widen the range to contain 0 so that zero weights stay exactly zero.
-            wmax = wmax.clamp(min=0)
-            wmin = wmin.clamp(max=0)
-            scale = ((wmax - wmin) / (qmax - qmin)).clamp(min=MIN_SCALE)
-            zero = torch.round(-wmin / scale).clamp(qmin, qmax)
-        return scale, zero
+        return range_params(wmax.float(), wmin.float(), qmin, qmax, self.cfg.symmetric, MIN_SCALE)
 
     def params(self, w: Tensor, clip: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Scale and zero point of each group of ``w``, both of shape (out, n_groups).
