@@ -43,3 +43,14 @@ def tiny_vila_installed(zoo, tmp_path_factory):
     sys.path.insert(0, str(target))
     yield target
     sys.path.remove(str(target))
+
+
+@pytest.fixture
+def one_thread():
+    """Small matmuls on a shared 2-core machine run far faster without intra-op threading."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

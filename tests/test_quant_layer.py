@@ -23,15 +23,9 @@ from llmc.quant import (
 )
 
 IN, OUT, ROWS = 256, 256, 512
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small matmuls on a shared 2-core machine run far faster without intra-op threading."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def gen(seed: int) -> torch.Generator:

@@ -22,18 +22,12 @@ from llmc.quant.rotation import (
     rotation_matrix,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 ASSETS = Path(__file__).resolve().parents[1] / "wizard" / "demo" / "assets"
 MODELS = {"llava": ("Llava", "tiny-llava"), "vila": ("Vila", "tiny-vila")}
 TOL = {"rtol": 1e-4, "atol": 1e-4}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture
