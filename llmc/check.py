@@ -68,4 +68,10 @@ def check_config(cfg: Config) -> list[str]:
                 problems.append(
                     f"quant.weight.group_size: {w.group_size} does not divide the input width {bad[0][1]} of "
                     f"{bad[0][0]} ({len(bad)} layer(s) in all); {hint}")
+        if cfg.save is not None and cfg.save.save_autoawq:
+            odd = sorted((k, s[0]) for k, s in shapes.items() if s[0] % 8)
+            if odd:
+                problems.append(
+                    f"save.save_autoawq: AutoAWQ GEMM packs 8 output columns per int32 word, but "
+                    f"{odd[0][0]} has {odd[0][1]} outputs ({len(odd)} layer(s) in all); use save_vllm instead")
     return problems

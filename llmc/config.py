@@ -88,9 +88,7 @@ UNSUPPORTED_LLMC_KEYS: dict[str, str] = {
                             "local path.",
     "eval.download: True": "datasets are never downloaded from a hub, they are read from a "
                            "local path.",
-    "save.save_vllm": "exporting real-quantized checkpoints for vLLM is not implemented.",
     "save.save_sgl": "exporting real-quantized checkpoints for SGLang is not implemented.",
-    "save.save_autoawq": "exporting real-quantized checkpoints for AutoAWQ is not implemented.",
     "save.save_mlcllm": "exporting real-quantized checkpoints for MLC-LLM is not implemented.",
     "save.save_lightllm": "exporting real-quantized checkpoints for LightLLM is not implemented.",
     "sparse": "sparsification methods are not supported.",
@@ -720,6 +718,9 @@ class SaveConfig(_Section):
     save_path: PathStr
     save_trans: Bool = Field(False, description="save the transformed float model")
     save_fake: Bool = Field(False, description="save the fake-quantized float model")
+    save_vllm: Bool = Field(False, description="save a compressed-tensors pack-quantized checkpoint "
+                                               "(vLLM, transformers; symmetric int4/int8 weights)")
+    save_autoawq: Bool = Field(False, description="save an AutoAWQ GEMM checkpoint (asymmetric int4, per group)")
 
 
 _NEEDS_CALIB = frozenset({"Awq", "GPTQ"})
@@ -754,7 +755,30 @@ class Config(_Section):
                               "add a calib section with name and path", key=("calib",))
         if self.calib is not None and self.calib.seed is None:
             self.calib.seed = self.base.seed
+        if self.save is not None:
+            self._check_exports()
         return self
+
+    def _check_exports(self) -> None:
+        from llmc.export.model import ExportError, check_format
+        from llmc.quant.methods import weight_config
+
+        for fmt in ("vllm", "autoawq"):
+            if not getattr(self.save, f"save_{fmt}"):
+                continue
+            key = ("save", f"save_{fmt}")
+            if self.quant.act is not None:
+                raise _KeyedError("exports weight-only checkpoints; activation quantization "
+                                  "(quant.act) is not exported: remove quant.act or this key", key=key)
+            special = self.quant.special
+            if isinstance(special, GptqSpecial) and special.actorder and not special.static_groups \
+                    and self.quant.weight.granularity == "per_group":
+                raise _KeyedError("GPTQ act-order groups cannot be stored in this format; "
+                                  "set quant.special.static_groups: true", key=key)
+            try:
+                check_format(fmt, weight_config(self.quant))
+            except ExportError as exc:
+                raise _KeyedError(str(exc).split(": ", 1)[1], key=key) from None
 
     @property
     def evals(self) -> list[EvalConfig]:

@@ -256,7 +256,7 @@ def run(cfg: Config, run_dir: Path, *, device: str | None = None, progress: Prog
             from .quant.rtn import rtn_
 
             for head in adapter.get_head_layers():
-                rtn_(head, method.wcfg)
+                method.record(head, *rtn_(head, method.wcfg))
         results["timings"]["quantize"] = time.time() - t
 
     blocks = adapter.get_blocks()
@@ -296,6 +296,16 @@ def run(cfg: Config, run_dir: Path, *, device: str | None = None, progress: Prog
         if hooks is not None:
             hooks.remove()
     save("fake")
+    for fmt in ("vllm", "autoawq"):
+        if cfg.save and getattr(cfg.save, f"save_{fmt}"):
+            from .export.model import FORMATS, export_quantized
+
+            with progress.phase(f"save_{fmt}"):
+                out = export_quantized(adapter, method.qparams, method.wcfg, fmt,
+                                       Path(cfg.save.save_path or run_dir) / fmt)
+                progress.log(f"saved {FORMATS[fmt]} checkpoint: {out}")
+                progress.event("saved", kind=fmt, path=str(out))
+                results[f"saved_{fmt}"] = str(out)
 
     results["timings"]["total"] = time.time() - t_start
     table = format_table(results, results["label"])

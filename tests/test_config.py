@@ -364,12 +364,18 @@ def test_download_rejected_with_fix(raw):
 
 
 def test_llmc_export_flags(raw):
-    raw["save"]["save_vllm"] = False  # asks for nothing: accepted and dropped
-    assert "save_vllm" not in load_config(raw).effective_yaml()
-    raw["save"]["save_vllm"] = True
-    reason = UNSUPPORTED_LLMC_KEYS["save.save_vllm"].rstrip(".")
-    assert error_of(raw) == (f"save.save_vllm: true is not supported: {reason}; "
+    raw["save"]["save_sgl"] = False  # asks for nothing: accepted and dropped
+    assert "save_sgl" not in load_config(raw).effective_yaml()
+    raw["save"]["save_sgl"] = True
+    reason = UNSUPPORTED_LLMC_KEYS["save.save_sgl"].rstrip(".")
+    assert error_of(raw) == (f"save.save_sgl: true is not supported: {reason}; "
                              "remove it or set it to false")
+
+
+def test_supported_export_flags_load(raw):
+    raw["quant"]["weight"].update(symmetric=True, bit=4)
+    raw["save"]["save_vllm"] = True
+    assert load_config(raw).save.save_vllm is True
 
 
 def test_ignored_llmc_keys_are_accepted(raw):
@@ -444,3 +450,12 @@ def test_config_error_is_a_value_error_with_path(raw):
         load_config(raw)
     assert isinstance(info.value, ConfigError)
     assert info.value.path == "quant.weight.bit"
+
+
+def test_docs_list_exactly_the_unsupported_llmc_keys():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    table = doc.split("## llmc keys deliberately not supported", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1].strip().strip("`") for line in table.splitlines() if line.startswith("| `")]
+    assert rows == list(UNSUPPORTED_LLMC_KEYS)

@@ -36,6 +36,7 @@ from llmc.export.packing import (
     pack_int32,
     quantize_for_export,
     save_packed,
+    store_scale,
     unpack_int32,
 )
 from llmc.quant.quantizer import WeightQuantConfig
@@ -88,6 +89,18 @@ def pack_awq_gemm(
             f"output width {w.shape[0]} is not a multiple of 8"
         )
     q, scale, zero = quantize_for_export(w, wcfg, scale_dtype=torch.float16, clip=clip, name=name)
+    return pack_awq_codes(q, scale, zero)
+
+
+def pack_awq_codes(q: Tensor, scale: Tensor, zero: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Pack unsigned 4-bit codes ``q`` (out, in) with their (out, G) scale and zero point.
+
+    Returns ``(qweight, qzeros, scales fp16)`` as :func:`pack_awq_gemm`.
+    """
+    if q.shape[0] % PACK:
+        raise ValueError(f"AutoAWQ GEMM packs 8 output columns per int32 word; output width {q.shape[0]} "
+                         "is not a multiple of 8")
+    scale = store_scale(scale, torch.float16)
     qweight = _pack_awq(q.t().contiguous())
     qzeros = _pack_awq(zero.to(torch.int32).t().contiguous())
     return qweight, qzeros, scale.t().contiguous()

@@ -236,10 +236,14 @@ def search_clip_(
 @torch.no_grad()
 def awq_quantize_(
     layer: nn.Linear, cfg: WeightQuantConfig, clip: Tensor | None = None, name: str = "<linear>"
-) -> None:
+) -> tuple[Tensor, Tensor]:
     """Fake-quantize ``layer.weight`` in place, with per-group clip ratios from :func:`search_clip_`.
 
-    Call it after :func:`apply_scales_`; ``name`` labels the group-size error.
+    Call it after :func:`apply_scales_`; ``name`` labels the group-size error. Returns the
+    ``(scale, zero)`` used (for exports).
     """
     check_group_size(layer.in_features, cfg, name)
-    layer.weight.data.copy_(IntQuantizer(cfg).fake(layer.weight.data, clip))
+    quantizer = IntQuantizer(cfg)
+    scale, zero = quantizer.params(layer.weight.data, clip)
+    layer.weight.data.copy_(quantizer.fake_with(layer.weight.data, scale, zero).to(layer.weight.dtype))
+    return scale, zero

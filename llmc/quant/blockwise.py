@@ -151,6 +151,13 @@ class Method:
     def __init__(self, wcfg: WeightQuantConfig, special: dict | None = None):
         self.wcfg = wcfg
         self.special = dict(special or {})
+        #: ``layer -> (scale, zero)`` (CPU, float32, (out, n_groups)) of every quantized layer,
+        #: ``None`` where the stored weight has no such layout: what exports pack the codes with.
+        self.qparams: dict[nn.Module, tuple[torch.Tensor, torch.Tensor] | None] = {}
+
+    def record(self, layer: nn.Module, scale: torch.Tensor | None, zero: torch.Tensor | None) -> None:
+        """Remember the quantization parameters ``layer``'s fake-quantized weight was made with."""
+        self.qparams[layer] = None if scale is None else (scale.detach().float().cpu(), zero.detach().float().cpu())
 
     def transform_block(self, ctx: BlockContext) -> None:
         """Float equivalence transforms of the block (default: none)."""

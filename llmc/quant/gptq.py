@@ -115,8 +115,10 @@ class GPTQ:
                 group layout.
 
         Returns:
-            ``{"error": summed GPTQ loss, "seconds": wall time, "damp": damping used,
-            "nsamples": calibration rows}``.
+            ``{"scale", "zero": the (out, n_groups) parameters of the stored weight in
+            original column order (``None`` for act-order with dynamic groups), "error":
+            summed GPTQ loss, "seconds": wall time, "damp": damping used, "nsamples":
+            calibration rows}``.
         """
         if self.H is None:
             raise RuntimeError(f"GPTQ for {self.name}: quantize_() was already called")
@@ -158,6 +160,12 @@ class GPTQ:
         del H
 
         Q = torch.zeros_like(W)
+        # (scale, zero) of each group in original column order, for exports; act-order with
+        # dynamic groups has no such layout (its groups are runs of permuted columns).
+        n_groups = cfg.n_groups(self.columns)
+        exportable = perm is None or static_groups or not per_group
+        g_scale = torch.zeros(W.shape[0], n_groups, device=W.device) if exportable else None
+        g_zero = torch.zeros_like(g_scale) if exportable else None
         losses = torch.zeros(W.shape[0], dtype=torch.float32, device=W.device)
         scale = zero = None
         for i1 in range(0, self.columns, blocksize):
@@ -176,6 +184,8 @@ class GPTQ:
                 elif col % gs == 0:
                     # Blocks are multiples of gs, so the whole group lies in W1 and is current.
                     scale, zero = quantizer.row_params(W1[:, i : i + gs])
+                    if exportable:
+                        g_scale[:, col // gs], g_zero[:, col // gs] = scale[:, 0], zero[:, 0]
                 w = W1[:, i]
                 d = Hinv1[i, i]
                 q = quantizer.fake_with(w.unsqueeze(1), scale, zero).squeeze(1)
@@ -190,7 +200,13 @@ class GPTQ:
         if perm is not None:
             Q = Q[:, torch.argsort(perm)]
         weight.data.copy_(Q.to(weight.dtype))
+        if static_groups:
+            g_scale, g_zero = static_scale, static_zero
+        elif not per_group:
+            g_scale, g_zero = row_scale, row_zero
         return {
+            "scale": g_scale,
+            "zero": g_zero,
             "error": float(losses.sum()),
             "seconds": time.perf_counter() - t0,
             "damp": damp,

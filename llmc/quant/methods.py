@@ -17,7 +17,7 @@ class RTN(Method):
 
     def quantize_subset(self, ctx, subset, stats, state) -> None:
         for n, layer in subset.layers.items():
-            rtn_(layer, self.wcfg, f"{ctx.name}.{n}")
+            self.record(layer, *rtn_(layer, self.wcfg, f"{ctx.name}.{n}"))
 
 
 class Awq(Method):
@@ -91,7 +91,7 @@ class Awq(Method):
             if self.special.get("weight_clip", True) and not n.endswith(("q_proj", "k_proj")):
                 clip = awq.search_clip_(layer, stats[n].x.to(ctx.device), clip_cfg,
                                         n_grid=int(self.special.get("n_grid", 20)), name=f"{ctx.name}.{n}")
-            awq.awq_quantize_(layer, self.wcfg, clip, name=f"{ctx.name}.{n}")
+            self.record(layer, *awq.awq_quantize_(layer, self.wcfg, clip, name=f"{ctx.name}.{n}"))
 
 
 class Gptq(Method):
@@ -107,10 +107,11 @@ class Gptq(Method):
 
     def quantize_subset(self, ctx, subset, stats, state) -> None:
         for n, g in state.items():
-            g.quantize_(self.wcfg, blocksize=int(self.special.get("blocksize", 128)),
+            res = g.quantize_(self.wcfg, blocksize=int(self.special.get("blocksize", 128)),
                         percdamp=float(self.special.get("percdamp", 0.01)),
                         actorder=bool(self.special.get("actorder", False)),
                         static_groups=bool(self.special.get("static_groups", False)))
+            self.record(subset.layers[n], res["scale"], res["zero"])
 
 
 def _group_normalized_weight_mean(layers, wcfg: WeightQuantConfig) -> torch.Tensor:

@@ -9,10 +9,14 @@ from llmc.quant.quantizer import IntQuantizer, WeightQuantConfig, check_group_si
 
 
 @torch.no_grad()
-def rtn_(layer: nn.Linear, cfg: WeightQuantConfig, name: str = "<linear>") -> None:
+def rtn_(layer: nn.Linear, cfg: WeightQuantConfig, name: str = "<linear>") -> tuple[torch.Tensor, torch.Tensor]:
     """Replace ``layer.weight`` in place by its round-to-nearest fake-quantized version.
 
     ``name`` only labels the error raised when ``cfg``'s group size does not fit the layer.
+    Returns the ``(scale, zero)`` used, shapes (out, n_groups) (for exports).
     """
     check_group_size(layer.in_features, cfg, name)
-    layer.weight.data.copy_(IntQuantizer(cfg).fake(layer.weight.data))
+    quantizer = IntQuantizer(cfg)
+    scale, zero = quantizer.params(layer.weight.data)
+    layer.weight.data.copy_(quantizer.fake_with(layer.weight.data, scale, zero).to(layer.weight.dtype))
+    return scale, zero

@@ -111,7 +111,7 @@ class SmoothQuant(Method):
 
     def quantize_subset(self, ctx, subset, stats: dict[str, LayerStats], state) -> None:
         for n, layer in subset.layers.items():
-            rtn_(layer, self.wcfg, f"{ctx.name}.{n}")
+            self.record(layer, *rtn_(layer, self.wcfg, f"{ctx.name}.{n}"))
 
 
 __all__ = ["SmoothQuant", "act_absmax", "smooth_scales", "weight_absmax"]

@@ -1,0 +1,105 @@
+"""``save.save_vllm`` / ``save.save_autoawq`` through the engine: real checkpoints of the demo models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llmc.config import ConfigError, load_config
+from llmc.models import get_model_class
+
+pytestmark = pytest.mark.slow
+ASSETS = Path(__file__).resolve().parents[1] / "wizard" / "demo" / "assets"
+
+
+def _cfg(zoo, tmp_path, model, weights, method, weight, save, special=None):
+    return {
+        "model": {"type": model, "path": str(ASSETS / weights), "torch_dtype": "float32"},
+        "calib": {"name": "custom_mm", "path": str(zoo.calib_set), "n_samples": 8},
+        "quant": {"method": method, "weight": {"granularity": "per_group", "group_size": 32, **weight},
+                  "special": special or {}},
+        "save": {"save_path": str(tmp_path / "out"), "save_fake": True, **save},
+    }
+
+
+def _requests(n=3):
+    from llmc.eval.vqa import VQARequest
+    from wizard.demo import shapes
+
+    out = []
+    for i in range(n):
+        sc = shapes.scene_at(shapes.EVAL_SEED, i)
+        out += [VQARequest(q, [sc.render()], {"max_new_tokens": 4}) for q, _ in sc.questions]
+    return out
+
+
+def test_vllm_export_loads_in_transformers_and_answers_like_the_fake_model(zoo, tmp_path):
+    from llmc.runner import run
+
+    cfg = load_config(_cfg(zoo, tmp_path, "Llava", "tiny-llava", "GPTQ", {"bit": 4, "symmetric": True},
+                           {"save_vllm": True}))
+    res = run(cfg, tmp_path / "out", device="cpu")
+    out = Path(res["saved_vllm"])
+    assert out == tmp_path / "out" / "vllm" and not (tmp_path / "out" / "vllm.partial").exists()
+    sd = load_file(out / "model.safetensors")
+    packed = sorted(k[: -len(".weight_packed")] for k in sd if k.endswith(".weight_packed"))
+    assert len(packed) == 14 and all("language_model" in k for k in packed)  # 2 blocks x 7 linears
+    assert not any(f"{k}.weight" in sd for k in packed)
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc["format"] == "pack-quantized" and qc["config_groups"]["group_0"]["weights"]["group_size"] == 32
+    assert "lm_head" in qc["ignore"] and any("multi_modal_projector.linear_2" in n for n in qc["ignore"])
+
+    # transformers + compressed-tensors load the checkpoint through the model's own loader
+    fake = get_model_class("Llava")(out.parent / "fake", "float32", "cpu")
+    real = get_model_class("Llava")(out, "float32", "cpu")
+    reqs = _requests()
+    torch.testing.assert_close(real.answer_logits(reqs), fake.answer_logits(reqs), rtol=0, atol=0)
+
+
+def test_autoawq_export_of_a_custom_code_vlm_unpacks_to_the_fake_weights(zoo, tmp_path, tiny_vila_installed):
+    from llmc.export import unpack_awq_gemm
+    from llmc.runner import run
+
+    cfg = load_config(_cfg(zoo, tmp_path, "Vila", "tiny-vila", "Awq", {"bit": 4, "symmetric": False},
+                           {"save_autoawq": True}, {"n_grid": 5}))
+    run(cfg, tmp_path / "out", device="cpu")
+    out = tmp_path / "out" / "autoawq"
+    # the model's own layout is kept; only the language model's folder is quantized
+    assert {p.name for p in out.iterdir()} >= {"config.json", "llm", "vision_tower", "mm_projector"}
+    assert "quantization_config" not in json.loads((out / "mm_projector" / "config.json").read_text())
+    qc = json.loads((out / "llm" / "config.json").read_text())["quantization_config"]
+    assert qc["quant_method"] == "awq" and qc["version"] == "gemm" and qc["group_size"] == 32
+    assert "lm_head" in qc["modules_to_not_convert"]
+    sd = load_file(out / "llm" / "model.safetensors")
+    fake = load_file(tmp_path / "out" / "fake" / "llm" / "model.safetensors")
+    bases = [k[: -len(".qweight")] for k in sd if k.endswith(".qweight")]
+    assert len(bases) == 14
+    for b in bases:
+        w = unpack_awq_gemm(sd[f"{b}.qweight"], sd[f"{b}.qzeros"], sd[f"{b}.scales"], 32)
+        # identical codes and zero points; only the scale is stored in float16 (relative 2**-11)
+        torch.testing.assert_close(w, fake[f"{b}.weight"], rtol=2**-10, atol=1e-12)
+    # everything else is stored unchanged
+    for k, t in fake.items():
+        if not any(k == f"{b}.weight" for b in bases):
+            assert torch.equal(sd[k], t), k
+
+
+@pytest.mark.parametrize("weight,save,special,message", [
+    ({"bit": 4, "symmetric": False}, {"save_vllm": True}, None,
+     "save.save_vllm: pack-quantized export needs symmetric weights; set quant.weight.symmetric: true"),
+    ({"bit": 3, "symmetric": True}, {"save_vllm": True}, None,
+     "save.save_vllm: pack-quantized export supports 4 or 8-bit weights, got 3"),
+    ({"bit": 4, "symmetric": True}, {"save_autoawq": True}, None,
+     "save.save_autoawq: AutoAWQ export needs asymmetric weights (zero points); set quant.weight.symmetric: false"),
+    ({"bit": 4, "symmetric": True}, {"save_vllm": True}, {"actorder": True},
+     "save.save_vllm: GPTQ act-order groups cannot be stored in this format; set quant.special.static_groups: true"),
+])
+def test_export_settings_that_cannot_work_fail_at_load_time(weight, save, special, message, zoo, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(_cfg(zoo, tmp_path, "Llava", "tiny-llava", "GPTQ", weight, save, special))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
