@@ -141,7 +141,7 @@ def test_generated_adapter_registers_builds_and_answers(tmp_path, zoo):
     p = render.plan(a, tmp_path / "adapters", tmp_path / "configs")
     results = render.write(p, a)
     assert [r.action for r in results] == ["created", "created"]
-    assert p.answers_path.exists() and "template_version: '2'" in p.answers_path.read_text()
+    assert p.answers_path.exists() and f"template_version: '{render.TEMPLATE_VERSION}'" in p.answers_path.read_text()
     mod = import_adapter(p.module, tmp_path / "adapters")
     assert MODEL_REGISTRY[p.model_type] is getattr(mod, p.class_name)
     rep = smoke_test(p.module, p.model_type, ASSETS / "tiny-llava", zoo.calib_set, zoo.eval_set / "data",
@@ -245,4 +245,46 @@ def test_rotation_choice_reaches_the_config(method, tmp_path):
     assert load_config(cfg).quant.special.rotate == "hadamard"  # the engine accepts what we render
     a.generate.method = "Awq"
     with pytest.raises(WizardError, match="rotation is available with RTN and GPTQ"):
+        render.plan(a, tmp_path / "m", tmp_path / "c")
+
+
+@pytest.mark.parametrize("method,act,export,expect", [
+    ("SmoothQuant", 8, None, {"method": "SmoothQuant", "act": 8, "symmetric": True}),
+    ("Quarot", 4, None, {"method": "Quarot", "act": 4, "symmetric": False, "rotate": "hadamard"}),
+    ("Awq", None, "autoawq", {"method": "Awq", "act": None, "symmetric": False, "save_autoawq": True}),
+    ("GPTQ", None, "vllm", {"method": "GPTQ", "act": None, "symmetric": True, "save_vllm": True}),
+])
+def test_method_activation_and_export_choices_reach_the_config(method, act, export, expect, tmp_path):
+    import yaml
+
+    from llmc.config import load_config
+
+    a = _answers("choices")
+    a.generate.method, a.generate.act_bit, a.generate.export = method, act, export
+    a.generate.bit = 8 if method == "SmoothQuant" else 4
+    cfg = load_config(yaml.safe_load(render.plan(a, tmp_path / "m", tmp_path / "c").config_text))
+    assert cfg.quant.method == expect["method"]
+    assert (cfg.quant.act.bit if cfg.quant.act else None) == expect["act"]
+    assert cfg.quant.weight.symmetric is expect["symmetric"]
+    assert cfg.save.save_vllm is expect.get("save_vllm", False)
+    assert cfg.save.save_autoawq is expect.get("save_autoawq", False)
+    if "rotate" in expect:
+        assert cfg.quant.special.rotate == expect["rotate"]
+
+
+def test_choices_the_engine_rejects_are_reported_in_one_line(tmp_path):
+    a = _answers("bad")
+    a.generate.method, a.generate.export, a.generate.symmetric = "Awq", "autoawq", True
+    with pytest.raises(WizardError) as err:
+        render.plan(a, tmp_path / "m", tmp_path / "c")
+    assert "the engine rejects these choices: save.save_autoawq: AutoAWQ export needs asymmetric weights" \
+        in str(err.value)
+    a.generate.symmetric, a.generate.group_size = None, 0  # per-channel: AutoAWQ needs groups
+    with pytest.raises(WizardError, match="AutoAWQ export needs per-group weights"):
+        render.plan(a, tmp_path / "m", tmp_path / "c")
+    a.generate.method, a.generate.act_bit, a.generate.export = "SmoothQuant", 8, "vllm"
+    with pytest.raises(WizardError, match=r"activation quantization \(quant.act\) is not exported"):
+        render.plan(a, tmp_path / "m", tmp_path / "c")
+    a.generate.export, a.generate.bit = None, 9
+    with pytest.raises(WizardError, match=r"quant.weight.bit: 9 is out of range; use 2..8"):
         render.plan(a, tmp_path / "m", tmp_path / "c")

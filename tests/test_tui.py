@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from textual.widgets import Button, DataTable, Input, SelectionList, Static
+import yaml
+from textual.widgets import Button, DataTable, Input, Select, SelectionList, Static
 
 from wizard.app import WizardApp, demo_answers
 from wizard.services.answers import Answers
@@ -192,6 +193,21 @@ async def test_generate_previews_writes_registers_and_smoke_tests(zoo, tmp_path)
         await _press(pilot, "#write")
         assert (tmp_path / "adapters" / "my_llava.py").exists()
         assert (tmp_path / "configs" / "my_llava_awq.yml").exists()
+        # method, activation bits and export reach the config; a choice the engine refuses is reported
+        s.query_one("#method", Select).value = "GPTQ"
+        s.query_one("#export", Select).value = "vllm"
+        await pilot.pause()
+        await _press(pilot, "#preview")
+        await _press(pilot, "#write")
+        gptq = yaml.safe_load((tmp_path / "configs" / "my_llava_gptq.yml").read_text())
+        assert gptq["save"]["save_vllm"] is True and gptq["quant"]["weight"]["symmetric"] is True
+        s.query_one("#act", Select).value = 8
+        await pilot.pause()
+        await _press(pilot, "#preview")
+        assert "activation quantization (quant.act) is not exported" in _text(s, "#status")
+        assert s.query_one("#write", Button).disabled
+        s.query_one("#export", Select).value = "none"
+        await pilot.pause()
         await _press(pilot, "#smoke")
         await _until(pilot, lambda: "smoke test" in _text(s, "#status") and "…" not in _text(s, "#status"))
         assert "smoke test passed" in _text(s, "#status"), _text(s, "#status")

@@ -22,11 +22,17 @@ class GenerateScreen(StepScreen):
             yield Label("Name ")
             yield Input(placeholder="my-vlm", id="name")
         with Horizontal(classes="row"):
-            yield Select([(m, m) for m in ("RTN", "Awq", "GPTQ")], id="method", allow_blank=False, value="Awq")
+            yield Select([(m, m) for m in ("RTN", "Awq", "GPTQ", "SmoothQuant", "Quarot")], id="method",
+                         allow_blank=False, value="Awq")
             yield Input(id="bit", type="integer", classes="narrow", placeholder="bits")
             yield Input(id="group", type="integer", classes="narrow", placeholder="group")
             yield Select([("no rotation", "none"), ("rotate: Hadamard", "hadamard"), ("rotate: random", "random")],
                          id="rotate", allow_blank=False, value="none")
+        with Horizontal(classes="row"):
+            yield Select([("activations: 16-bit", 0), ("activations: 8-bit", 8), ("activations: 4-bit", 4)],
+                         id="act", allow_blank=False, value=0)
+            yield Select([("no export", "none"), ("export: vLLM (compressed-tensors)", "vllm"),
+                          ("export: AutoAWQ", "autoawq")], id="export", allow_blank=False, value="none")
         with Horizontal(classes="row buttons"):
             yield Button("Preview", id="preview", variant="primary")
             yield Button("Write + register", id="write", variant="success", disabled=True)
@@ -43,6 +49,12 @@ class GenerateScreen(StepScreen):
         self.query_one("#bit", Input).value = str(g.bit)
         self.query_one("#group", Input).value = str(g.group_size)
         self.query_one("#rotate", Select).value = g.rotate or "none"
+        act = self.query_one("#act", Select)
+        if g.act_bit not in (None, 4, 8):  # set in an answers file: keep it selectable
+            act.set_options([("activations: 16-bit", 0), ("activations: 8-bit", 8), ("activations: 4-bit", 4),
+                             (f"activations: {g.act_bit}-bit", g.act_bit)])
+        act.value = g.act_bit or 0
+        self.query_one("#export", Select).value = g.export or "none"
         self.plan = None
 
     def _read_form(self) -> None:
@@ -53,6 +65,9 @@ class GenerateScreen(StepScreen):
         g.group_size = int(self.query_one("#group", Input).value or 32)
         rot = self.query_one("#rotate", Select).value
         g.rotate = None if rot == "none" else rot
+        g.act_bit = self.query_one("#act", Select).value or None
+        export = self.query_one("#export", Select).value
+        g.export = None if export == "none" else export
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         from ..services import render

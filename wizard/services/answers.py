@@ -116,9 +116,14 @@ class Generate(_Section):
     name: str | None = None  #: adapter / model type name
     class_name: str | None = None
     out_dir: str | None = None
-    method: Literal["RTN", "Awq", "GPTQ"] = "Awq"
+    method: Literal["RTN", "Awq", "GPTQ", "SmoothQuant", "Quarot"] = "Awq"
     bit: int = Field(4, ge=1, le=16)
     group_size: int = Field(32, ge=0)  #: 0: per-channel (no groups)
+    #: None: chosen for the method/export (symmetric for SmoothQuant and the vLLM export)
+    symmetric: bool | None = None
+    act_bit: int | None = Field(None, ge=2, le=16)  #: dynamic per-token activations; None: A16
+    #: real low-bit checkpoint written after the run: compressed-tensors (vLLM) or AutoAWQ
+    export: Literal["vllm", "autoawq"] | None = None
     calib_path: str | None = None
     eval_path: str | None = None
     n_calib: int = Field(64, ge=1)

@@ -27,7 +27,7 @@ from pathlib import Path
 import jinja2
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
-TEMPLATE_VERSION = "2"
+TEMPLATE_VERSION = "3"
 HEADER_RE = re.compile(r"^# llmc-wizard: generated; template (\S+) v(\S+); body-sha256 ([0-9a-f]{64})\s*$")
 
 
@@ -182,18 +182,37 @@ def plan(answers, models_dir: Path, configs_dir: Path) -> RenderPlan:
     )
     adapter = render_text("adapter_custom.py.j2" if custom else "adapter_hf.py.j2", ctx)
     config_path = Path(configs_dir) / f"{mod}_{g.method.lower()}.yml"
+    if g.rotate and g.method in ("Awq", "SmoothQuant"):
+        from .errors import WizardError
+
+        raise WizardError(f"rotation is available with RTN and GPTQ, not {g.method}",
+                          "choose RTN, GPTQ or Quarot, or no rotation")
+    symmetric = g.symmetric if g.symmetric is not None else (g.export == "vllm" or g.method == "SmoothQuant")
     config = render_text("config.yml.j2", dict(
         display_name=g.name, model_type=model_type, weights=str(weights), calib_path=str(g.calib_path or ""),
         eval_path=str(g.eval_path or ""), n_calib=g.n_calib, eval_samples=g.eval_samples, method=g.method,
-        bit=g.bit, group_size=g.group_size, save_path=str(Path(g.out_dir or "runs") / f"{mod}-{g.method.lower()}"),
-        config_path=str(config_path), rotate=g.rotate if g.method in ("RTN", "GPTQ") else None))
-    if g.rotate and g.method == "Awq":
-        from .errors import WizardError
-
-        raise WizardError("rotation is available with RTN and GPTQ, not Awq", "choose RTN or GPTQ, or no rotation")
+        bit=g.bit, group_size=g.group_size, symmetric=symmetric, act_bit=g.act_bit, export=g.export,
+        save_path=str(Path(g.out_dir or "runs") / f"{mod}-{g.method.lower()}"),
+        config_path=str(config_path), rotate=g.rotate if g.method in ("RTN", "GPTQ", "Quarot") else None))
+    _check_config(config)
     ast.parse(adapter)  # generated Python always parses (names are escaped); fail loudly if not
     return RenderPlan(Path(models_dir) / f"{mod}.py", adapter, config_path, config, mod, cls, model_type,
                       Path(configs_dir) / f"{mod}.answers.yml")
+
+
+def _check_config(text: str) -> None:
+    """The engine must accept what we render: its one-line error names the choice to change."""
+    import yaml
+
+    from llmc.config import ConfigError, load_config
+
+    from .errors import WizardError
+
+    try:
+        load_config(yaml.safe_load(text))
+    except ConfigError as exc:
+        raise WizardError(f"the engine rejects these choices: {exc}",
+                          "change the method, bits, group size or export in this step") from None
 
 
 def _code_package(code_dir) -> str | None:
