@@ -365,6 +365,25 @@ class ModelConfig(_Section):
     tokenizer_mode: Literal["slow", "fast"] = Field(
         "slow", description="accepted for llmc compatibility; fast tokenizers are used if present")
     torch_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    offload: Bool = Field(False, description="keep decoder blocks in CPU memory, one at a time on the device")
+    device_map: Literal["auto"] | None = Field(None, description="spread the blocks over every GPU (accelerate)")
+    max_memory: dict[Union[int, str], Str] | None = Field(
+        None, description="with device_map auto: per-card cap, e.g. {0: 20GiB, 1: 20GiB}")
+
+    @model_validator(mode="after")
+    def _placement(self) -> ModelConfig:
+        if self.offload and self.device_map:
+            raise _KeyedError("offload and device_map: auto exclude each other; keep one "
+                              "(offload for one GPU smaller than the model, auto for several GPUs)",
+                              key=("device_map",))
+        if self.max_memory and not self.device_map:
+            raise _KeyedError("only used with device_map: auto; remove it or set device_map: auto",
+                              key=("max_memory",))
+        return self
+
+    @property
+    def placement(self) -> str:
+        return "offload" if self.offload else "auto" if self.device_map == "auto" else "single"
 
 
 class CalibConfig(_Section):

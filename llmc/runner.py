@@ -18,6 +18,7 @@ import torch
 from . import __version__
 from .config import Config
 from .eval.mme import MMEScores, load_dataset
+from .models.placement import place
 from .progress import Progress
 from .quant.blockwise import quantize_blockwise
 from .quant.methods import make_method
@@ -181,7 +182,13 @@ def run(cfg: Config, run_dir: Path, *, device: str | None = None, progress: Prog
     cls = get_model_class(cfg.model.type)
     with progress.phase("load_model"):
         t = time.time()
-        adapter = cls(cfg.model.path, cfg.model.torch_dtype, device)
+        mode = cfg.model.placement
+        adapter = cls(cfg.model.path, cfg.model.torch_dtype, device if mode == "single" else "cpu")
+        placement = place(adapter, mode, device, cfg.model.max_memory)
+        if mode != "single":
+            progress.log(f"placement {placement.summary()}")
+        progress.event("placement", mode=mode, summary=placement.summary(),
+                       block_devices=[str(d) for d in placement.block_devices])
         results["timings"]["load_model"] = time.time() - t
 
     def run_evals(pos: str) -> None:
@@ -251,7 +258,7 @@ def run(cfg: Config, run_dir: Path, *, device: str | None = None, progress: Prog
     with progress.phase("quantize", method=cfg.quant.method, n_blocks=len(adapter.get_blocks())):
         t = time.time()
         quantize_blockwise(adapter, method, batches, device=device, quant_out=cfg.quant.quant_out,
-                           on_block=on_block, stash=stash, cancelled=cancelled)
+                           placement=placement, on_block=on_block, stash=stash, cancelled=cancelled)
         if not cfg.quant.skip_layers:
             from .quant.rtn import rtn_
 

@@ -11,7 +11,9 @@
    - per-layer output error of quantized vs float layer on those inputs, block output error;
    - the block's (quantized, when ``quant_out``) outputs become the next block's inputs.
 
-Blocks can be kept on the CPU and moved to the compute device one at a time (``offload``).
+Where each block is processed follows the model's :class:`~llmc.models.placement.Placement`:
+the compute device; the card that holds it (``auto``: several GPUs); or, with ``offload``,
+the block is brought from CPU memory to the device for its turn and sent back afterwards.
 """
 
 from __future__ import annotations
@@ -195,12 +197,13 @@ def check_layers(adapter: BaseModel, wcfg: WeightQuantConfig) -> None:
 
 
 def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], *, device=None,
-                       quant_out: bool = True, offload: bool = False,
+                       quant_out: bool = True, placement=None,
                        on_block: Callable[[BlockReport, int], None] | None = None,
                        stash: Callable[[int, nn.Module], None] | None = None,
                        cancelled: Callable[[], bool] | None = None) -> list[BlockReport]:
     """Quantize every decoder block of ``adapter`` in place (fake-quant weights)."""
     device = torch.device(device or adapter.device)
+    offload = placement is not None and placement.offload
     check_layers(adapter, method.wcfg)
     inputs = capture_first_block_inputs(adapter, batches)
     blocks = adapter.get_blocks()
@@ -209,8 +212,10 @@ def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], 
         if cancelled and cancelled():
             raise KeyboardInterrupt("cancelled")
         t0 = time.time()
+        if placement is not None:
+            device = placement.block_device(i)
         if offload:
-            block.to(device)
+            placement.pin(block)  # stays on the device for all of its quantization
         fp_out = run_block(block, inputs, device)
         ctx = BlockContext(i, adapter.block_name(i), block, inputs, adapter.get_subsets_in_block(block), device)
         method.transform_block(ctx)
@@ -230,7 +235,7 @@ def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], 
         rep = BlockReport(i, time.time() - t0, (num / max(den, 1e-24)) ** 0.5, errors)
         reports.append(rep)
         if offload:
-            block.to("cpu")
+            placement.unpin(block)
         inputs = [BlockInput(o, bi.args, bi.kwargs) for o, bi in zip(q_out if quant_out else fp_out, inputs)]
         if on_block:
             on_block(rep, len(blocks))
