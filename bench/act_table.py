@@ -2,7 +2,8 @@
 
 Rows: SmoothQuant W8A8 vs plain RTN W8A8 (per-channel symmetric int8 weights, per-token int8
 activations), and RTN / GPTQ W4A8 and W4A4 (group 32 weights, per-token activations) with and
-without QuaRot-style Hadamard rotation first. Each: MME-style score on the 512-image set and
+without QuaRot-style Hadamard rotation first (W4A4 also with the online Hadamard before
+down_proj). Each: MME-style score on the 512-image set and
 the answer-token KL divergence from the float model (×1e3). Prints a markdown table.
 
     python bench/act_table.py [--models tiny-llava tiny-vila] [--out docs/act_table.md]
@@ -25,14 +26,14 @@ from llmc.quant.actquant import ActQuantConfig, attach_act_quant_
 from llmc.quant.blockwise import quantize_blockwise
 from llmc.quant.methods import METHODS
 from llmc.quant.quantizer import WeightQuantConfig
-from llmc.quant.rotation import rotate_model_
+from llmc.quant.rotation import attach_online_hadamard_, rotate_model_
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quant_table import ASSETS, MODELS, SPECIAL, answer_logits, kl_x1e3  # noqa: E402
 
 W8 = WeightQuantConfig(bit=8, symmetric=True, granularity="per_channel", group_size=None)
 W4 = WeightQuantConfig(bit=4, symmetric=False, granularity="per_group", group_size=32)
-ROWS = [  # label, method, weights, act bits, rotate, special
+ROWS = [  # label, method, weights, act bits, rotate (False, True or "online"), special
     ("RTN W8A8", "RTN", W8, 8, False, {}),
     ("SmoothQuant W8A8", "SmoothQuant", W8, 8, False, {"alpha": 0.5, "smooth_linear": True}),
     ("RTN W4A8", "RTN", W4, 8, False, {}),
@@ -43,6 +44,8 @@ ROWS = [  # label, method, weights, act bits, rotate, special
     ("RTN W4A4 + rotation", "RTN", W4, 4, True, {}),
     ("GPTQ W4A4", "GPTQ", W4, 4, False, SPECIAL["GPTQ"]),
     ("GPTQ W4A4 + rotation", "GPTQ", W4, 4, True, SPECIAL["GPTQ"]),
+    ("RTN W4A4 + rotation + online Hadamard", "RTN", W4, 4, "online", {}),
+    ("GPTQ W4A4 + rotation + online Hadamard", "GPTQ", W4, 4, "online", SPECIAL["GPTQ"]),
 ]
 
 
@@ -76,6 +79,8 @@ def main(argv=None) -> int:
             m = cls(path, "float32", args.device)
             if rotate:
                 rotate_model_(m, kind="hadamard", seed=0)
+            if rotate == "online":
+                attach_online_hadamard_(m, seed=0)
             calib = [m.batch_process([s]) for s in load_custom_mm(zoo.calib_set, args.n_calib)]
             quantize_blockwise(m, METHODS[method](wcfg, special), calib, device=args.device)
             hooks = attach_act_quant_(m, ActQuantConfig(bit=abit, symmetric=True, granularity="per_token"))

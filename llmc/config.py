@@ -571,6 +571,7 @@ class RtnSpecial(_Special):
 
     rotate: Literal["hadamard", "random"] | None = Field(
         None, description="rotate the residual stream (QuaRot) before quantizing")
+    online_rotate: Bool = Field(False, description="also rotate the down_proj inputs online (Hadamard)")
 
 
 class AwqSpecial(_Special):
@@ -604,6 +605,7 @@ class GptqSpecial(_Special):
     true_sequential: Bool = True
     rotate: Literal["hadamard", "random"] | None = Field(
         None, description="rotate the residual stream (QuaRot) before quantizing")
+    online_rotate: Bool = Field(False, description="also rotate the down_proj inputs online (Hadamard)")
 
     @field_validator("percdamp")
     @classmethod
@@ -658,6 +660,7 @@ class QuarotSpecial(_Special):
     _method: ClassVar[str] = "Quarot"
 
     rotate: Literal["hadamard", "random"] = "hadamard"
+    online_rotate: Bool = Field(False, description="also rotate the down_proj inputs online (Hadamard)")
 
 
 _SPECIALS: dict[str, type[_Special]] = {"RTN": RtnSpecial, "Awq": AwqSpecial, "GPTQ": GptqSpecial,
@@ -774,6 +777,17 @@ class Config(_Section):
                               "add a calib section with name and path", key=("calib",))
         if self.calib is not None and self.calib.seed is None:
             self.calib.seed = self.base.seed
+        special = self.quant.special
+        if getattr(special, "online_rotate", False):
+            if not special.rotate:
+                raise _KeyedError("needs the residual-stream rotation; set quant.special.rotate: hadamard",
+                                  key=("quant", "special", "online_rotate"))
+            if self.save is not None:
+                for k in ("save_trans", "save_fake", "save_vllm", "save_autoawq"):
+                    if getattr(self.save, k):
+                        raise _KeyedError("a checkpoint cannot hold the online Hadamard before down_proj "
+                                          "(quant.special.online_rotate); set it to false or remove "
+                                          "quant.special.online_rotate", key=("save", k))
         if self.save is not None:
             self._check_exports()
         return self

@@ -160,6 +160,8 @@ def format_table(results: dict, label: str) -> str:
 def quant_label(cfg: Config) -> str:
     w, a = cfg.quant.weight, cfg.quant.act
     rot = getattr(cfg.quant.special, "rotate", None)
+    if rot and getattr(cfg.quant.special, "online_rotate", False):
+        rot += "+online"
     return (f"W{w.bit}A{a.bit if a else 16} {cfg.quant.method}" + (f"+{rot}" if rot else "")
             + (f" g{w.group_size}" if w.granularity == "per_group" else ""))
 
@@ -235,6 +237,12 @@ def run(cfg: Config, run_dir: Path, *, device: str | None = None, progress: Prog
             rep = rotate_model_(adapter, kind=rotate, seed=cfg.base.seed)
             progress.log(f"rotated the residual stream ({rep.kind}, hidden {rep.hidden_size}): "
                          f"{len(rep.rotated)} layers incl. {', '.join(rep.rotated[-1:])}")
+            if getattr(cfg.quant.special, "online_rotate", False):
+                from .quant.rotation import attach_online_hadamard_
+
+                online = attach_online_hadamard_(adapter, seed=cfg.base.seed)
+                progress.log(f"online Hadamard on the inputs of {len(online.layers)} layers "
+                             f"({', '.join(online.layers[:1])}, ...)")
 
     method = make_method(cfg.quant)
     trans_state: dict[int, dict] = {}

@@ -304,6 +304,8 @@ def test_check_accepts_a_good_config_and_prints_it(zoo, tmp_path):
      "act": {"bit": 8}, "special": {"alpha": 0.5, "smooth_linear": True}},
     {"method": "RTN", "weight": {"bit": 4, "group_size": 32}, "act": {"bit": 8},
      "special": {"rotate": "hadamard"}},
+    {"method": "GPTQ", "weight": {"bit": 4, "group_size": 32}, "act": {"bit": 8},
+     "special": {"rotate": "hadamard", "online_rotate": True}},
 ])
 def test_weight_activation_runs(quant, zoo, tmp_path):
     """W8A8 SmoothQuant and rotated W4A8 through the engine: activation hooks only for fake_quant."""
@@ -319,6 +321,8 @@ def test_weight_activation_runs(quant, zoo, tmp_path):
         "save": {"save_path": str(tmp_path / "out"), "save_fake": False},
     })
     res = run(cfg, tmp_path / "out", device="cpu")
+    if quant["special"].get("online_rotate"):
+        assert "online Hadamard on the inputs of 2 layers" in (tmp_path / "out" / "run.log").read_text()
     assert res["label"].startswith(f"W{quant['weight']['bit']}A8 {quant['method']}")
     mme = res["evals"]["mme"]
     assert abs(mme["fake_quant"]["total"] - mme["pretrain"]["total"]) <= 25

@@ -303,3 +303,46 @@ def test_engine_rotates_before_quantizing_when_asked(quant, tmp_path, zoo):
     m = get_model_class("Llava")(tmp_path / "out" / "trans", "float32", "cpu")
     (last,) = m.get_extra_rot_module_besides_embed_layers()
     assert last.bias is not None
+
+
+@pytest.mark.parametrize("which", ["llava", "vila"])
+def test_online_hadamard_keeps_the_model_and_spreads_down_proj_inputs(which, load, reqs):
+    from llmc.quant.rotation import attach_online_hadamard_
+
+    m = load(which)
+    ref = m.answer_logits(reqs)
+    rotate_model_(m, "hadamard", seed=0)
+    down = m.get_blocks()[1].mlp.down_proj if which == "llava" else m.get_blocks()[1].mlp.down_proj
+    seen = []
+
+    def peak_to_rms(mod, args):
+        x = args[0].reshape(-1, args[0].shape[-1]).float()
+        seen.append(float((x.abs().amax(-1) / x.pow(2).mean(-1).sqrt().clamp_min(1e-12)).mean()))
+
+    h = down.register_forward_pre_hook(peak_to_rms)  # registered first: sees the raw input
+    m.answer_logits(reqs)
+    online = attach_online_hadamard_(m, seed=0)
+    h.remove()
+    h = down.register_forward_pre_hook(peak_to_rms)  # registered after: sees x·H
+    out = m.answer_logits(reqs)
+    h.remove()
+    torch.testing.assert_close(out, ref, **TOL)  # W·H with x·H: the same function
+    assert len(online.layers) == 2 and online.layers[1].endswith("1.mlp.down_proj")
+    assert seen[-1] < 0.7 * seen[0], seen  # outliers spread: peak/rms per token drops
+    online.remove()
+    assert (m.answer_logits(reqs) - ref).abs().max() > 1e-2  # without the online half it differs
+
+
+@pytest.mark.parametrize("special,save,message", [
+    ({"online_rotate": True}, {}, "quant.special.online_rotate: needs the residual-stream rotation"),
+    ({"rotate": "hadamard", "online_rotate": True}, {"save_fake": True},
+     "save.save_fake: a checkpoint cannot hold the online Hadamard before down_proj"),
+])
+def test_online_rotation_settings_are_checked(special, save, message):
+    from llmc.config import ConfigError, load_config
+
+    raw = {"model": {"type": "Llava", "path": str(ASSETS / "tiny-llava")},
+           "quant": {"method": "RTN", "weight": {"bit": 4, "group_size": 32}, "special": special},
+           "save": {"save_path": "/tmp/x", **save}}
+    with pytest.raises(ConfigError, match=message):
+        load_config(raw)

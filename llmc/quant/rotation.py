@@ -337,3 +337,58 @@ def rotate_model_(adapter, kind: str = "hadamard", seed: int = 0, *, skip_extra:
         if skip_extra_bias:
             report.notes.append("skip_extra_bias: projector biases NOT rotated (model no longer equivalent)")
     return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Online Hadamard before down_proj (QuaRot's R4)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OnlineHadamard:
+    """Handles of :func:`attach_online_hadamard_`: the rotated layers and their input hooks."""
+
+    layers: list[str] = field(default_factory=list)
+    handles: list = field(default_factory=list, repr=False)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+
+@torch.no_grad()
+def attach_online_hadamard_(adapter, seed: int = 0) -> OnlineHadamard:
+    """Rotate the input of every block's MLP output layer (down_proj) by a randomized Hadamard ``H``.
+
+    The weight gets ``W ← W·H`` once and a forward pre-hook computes ``x·H`` on every call, so
+    the float function is unchanged while the down_proj input (the MLP's most outlier-heavy
+    activation) is spread evenly over its channels before it is quantized. The hook is part of
+    the model: checkpoints saved without it do not compute the same function.
+    """
+    name = _namer(adapter.mm_model)
+    targets = []
+    for block in adapter.get_blocks():
+        subsets = {s.name: s for s in adapter.get_subsets_in_block(block)}
+        for lin in subsets["mlp_out"].layers.values():
+            d = lin.weight.shape[1]
+            if not is_power_of_two(d):
+                raise ValueError(f"{name(lin)}: online Hadamard needs a power-of-two input width, got {d}; "
+                                 "remove quant.special.online_rotate")
+            targets.append(lin)
+    out = OnlineHadamard()
+    for lin in targets:
+        H = random_hadamard(lin.weight.shape[1], seed)
+        rotate_input_(lin.weight, H)
+        cache: dict = {}
+
+        def hook(mod, args, H=H, cache=cache):
+            x = args[0]
+            key = (x.device, x.dtype)
+            if key not in cache:
+                cache[key] = H.to(device=x.device, dtype=x.dtype)
+            return (x @ cache[key], *args[1:])
+
+        out.handles.append(lin.register_forward_pre_hook(hook))
+        out.layers.append(name(lin))
+    return out
