@@ -216,7 +216,7 @@ def test_rtn_special_options_are_listed(raw):
     raw["quant"]["method"] = "RTN"
     raw["quant"]["special"] = {"n_grid": 10}
     assert error_of(raw) == ("quant.special.n_grid: not an option of RTN; "
-                             "its options are rotate")
+                             "its options are rotate, online_rotate")
 
 
 def test_special_value_checked_per_method(raw):

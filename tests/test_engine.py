@@ -30,14 +30,9 @@ def vila(tiny_vila_installed):
 
 
 def _requests(n=4):
-    from llmc.eval.vqa import VQARequest
-    from wizard.demo import shapes
+    from wizard.demo.shapes import eval_requests
 
-    out = []
-    for i in range(n):
-        sc = shapes.scene_at(shapes.EVAL_SEED, i)
-        out += [VQARequest(q, [sc.render()], {"max_new_tokens": 4}) for q, _ in sc.questions]
-    return out
+    return eval_requests(n)
 
 
 def test_missing_hook_fails_when_the_class_is_defined():

@@ -27,14 +27,9 @@ def _cfg(zoo, tmp_path, model, weights, method, weight, save, special=None):
 
 
 def _requests(n=3):
-    from llmc.eval.vqa import VQARequest
-    from wizard.demo import shapes
+    from wizard.demo.shapes import eval_requests
 
-    out = []
-    for i in range(n):
-        sc = shapes.scene_at(shapes.EVAL_SEED, i)
-        out += [VQARequest(q, [sc.render()], {"max_new_tokens": 4}) for q, _ in sc.questions]
-    return out
+    return eval_requests(n)
 
 
 def test_vllm_export_loads_in_transformers_and_answers_like_the_fake_model(zoo, tmp_path):

@@ -43,14 +43,9 @@ def load(monkeypatch):
 
 
 def _requests(n=4, start=0):
-    from llmc.eval.vqa import VQARequest
-    from wizard.demo import shapes
+    from wizard.demo.shapes import eval_requests
 
-    out = []
-    for i in range(start, start + n):
-        sc = shapes.scene_at(shapes.EVAL_SEED, i)
-        out += [VQARequest(q, [sc.render()], {"max_new_tokens": 4}) for q, _ in sc.questions]
-    return out
+    return eval_requests(n, start)
 
 
 @pytest.fixture(scope="module")

@@ -40,15 +40,10 @@ def _model(which: str):
     return get_model_class(which)(ASSETS / ("tiny-llava" if which == "Llava" else "tiny-vila"), "float32", "cpu")
 
 
-def _requests(n_images=4):
-    from llmc.eval.vqa import VQARequest
-    from wizard.demo import shapes
+def _requests(n=4):
+    from wizard.demo.shapes import eval_requests
 
-    out = []
-    for i in range(n_images):
-        sc = shapes.scene_at(shapes.EVAL_SEED, i)
-        out += [VQARequest(q, [sc.render()], {"max_new_tokens": 4}) for q, _ in sc.questions]
-    return out
+    return eval_requests(n)
 
 
 def _calib(adapter, zoo, n=8):

@@ -155,3 +155,14 @@ def image_digest(img: Image.Image) -> str:
 TRAIN_SEED = 1
 EVAL_SEED = 2
 CALIB_SEED = 3
+
+
+def eval_requests(n_images: int, start: int = 0, max_new_tokens: int = 4) -> list:
+    """VQA requests (all questions) for evaluation scenes ``start .. start + n_images - 1``."""
+    from llmc.eval.vqa import VQARequest
+
+    out = []
+    for i in range(start, start + n_images):
+        sc = scene_at(EVAL_SEED, i)
+        out += [VQARequest(q, [sc.render()], {"max_new_tokens": max_new_tokens}) for q, _ in sc.questions]
+    return out
