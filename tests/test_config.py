@@ -405,7 +405,7 @@ def test_effective_yaml_shows_filled_defaults(raw):
     data = yaml.safe_load(load_config(raw).effective_yaml())
     assert data["quant"]["special"] == {"actorder": False, "static_groups": False,
                                         "percdamp": 0.01, "blocksize": 128,
-                                        "true_sequential": True, "rotate": None}
+                                        "true_sequential": True, "rotate": None, "online_rotate": False}
     assert data["calib"]["seed"] == 42
     assert isinstance(data["eval"], list) and data["eval"][0]["type"] == "vqa"
 
