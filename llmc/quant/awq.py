@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from llmc.quant.quantizer import IntQuantizer, WeightQuantConfig, check_group_size
+from llmc.quant.rtn import rtn_
 
 # Rows of calibration input used by the scale search and the clip search.
 MAX_SCALE_ROWS = 4096
@@ -242,8 +243,4 @@ def awq_quantize_(
     Call it after :func:`apply_scales_`; ``name`` labels the group-size error. Returns the
     ``(scale, zero)`` used (for exports).
     """
-    check_group_size(layer.in_features, cfg, name)
-    quantizer = IntQuantizer(cfg)
-    scale, zero = quantizer.params(layer.weight.data, clip)
-    layer.weight.data.copy_(quantizer.fake_with(layer.weight.data, scale, zero).to(layer.weight.dtype))
-    return scale, zero
+    return rtn_(layer, cfg, name, clip)

@@ -160,12 +160,13 @@ class GPTQ:
         del H
 
         Q = torch.zeros_like(W)
-        # (scale, zero) of each group in original column order, for exports; act-order with
-        # dynamic groups has no such layout (its groups are runs of permuted columns).
-        n_groups = cfg.n_groups(self.columns)
-        exportable = perm is None or static_groups or not per_group
-        g_scale = torch.zeros(W.shape[0], n_groups, device=W.device) if exportable else None
-        g_zero = torch.zeros_like(g_scale) if exportable else None
+        # (scale, zero) of each group in original column order, for exports: collected here for
+        # dynamic groups without act-order (whose groups are runs of permuted columns, with no
+        # such layout); static groups and per-channel parameters are known up front.
+        g_scale = g_zero = None
+        if per_group and not static_groups and perm is None:
+            g_scale = torch.zeros(W.shape[0], cfg.n_groups(self.columns), device=W.device)
+            g_zero = torch.zeros_like(g_scale)
         losses = torch.zeros(W.shape[0], dtype=torch.float32, device=W.device)
         scale = zero = None
         for i1 in range(0, self.columns, blocksize):
@@ -184,7 +185,7 @@ class GPTQ:
                 elif col % gs == 0:
                     # Blocks are multiples of gs, so the whole group lies in W1 and is current.
                     scale, zero = quantizer.row_params(W1[:, i : i + gs])
-                    if exportable:
+                    if g_scale is not None:
                         g_scale[:, col // gs], g_zero[:, col // gs] = scale[:, 0], zero[:, 0]
                 w = W1[:, i]
                 d = Hinv1[i, i]
