@@ -783,7 +783,7 @@ class Config(_Section):
                 raise _KeyedError("needs the residual-stream rotation; set quant.special.rotate: hadamard",
                                   key=("quant", "special", "online_rotate"))
             if self.save is not None:
-                for k in ("save_trans", "save_fake", "save_vllm", "save_autoawq"):
+                for k in (k for k in SaveConfig.model_fields if k != "save_path"):
                     if getattr(self.save, k):
                         raise _KeyedError("a checkpoint cannot hold the online Hadamard before down_proj "
                                           "(quant.special.online_rotate); set it to false or remove "
@@ -793,10 +793,10 @@ class Config(_Section):
         return self
 
     def _check_exports(self) -> None:
-        from llmc.export.model import ExportError, check_format
+        from llmc.export.model import FORMATS, ExportError, check_format
         from llmc.quant.methods import weight_config
 
-        for fmt in ("vllm", "autoawq"):
+        for fmt in FORMATS:
             if not getattr(self.save, f"save_{fmt}"):
                 continue
             key = ("save", f"save_{fmt}")

@@ -311,10 +311,10 @@ def run(cfg: Config, run_dir: Path, *, device: str | None = None, progress: Prog
         if hooks is not None:
             hooks.remove()
     save("fake")
-    for fmt in ("vllm", "autoawq"):
-        if cfg.save and getattr(cfg.save, f"save_{fmt}"):
-            from .export.model import FORMATS, export_quantized
+    from .export.model import FORMATS, export_quantized
 
+    for fmt in FORMATS:
+        if cfg.save and getattr(cfg.save, f"save_{fmt}"):
             with progress.phase(f"save_{fmt}"):
                 out = export_quantized(adapter, method.qparams, method.wcfg, fmt,
                                        Path(cfg.save.save_path or run_dir) / fmt)

@@ -29,8 +29,10 @@ from llmc.export import autoawq, compressed
 from llmc.export.packing import store_scale
 from llmc.quant.quantizer import IntQuantizer, WeightQuantConfig
 
-#: ``save.<key>`` -> (output folder name, human name)
+#: ``save.save_<fmt>`` -> human name; the output folder is ``<save_path>/<fmt>``
 FORMATS = {"vllm": "compressed-tensors pack-quantized (vLLM)", "autoawq": "AutoAWQ GEMM"}
+#: the module implementing each format: ``check_config``, ``quantization_config``
+_MODULES = {"vllm": compressed, "autoawq": autoawq}
 
 
 class ExportError(ValueError):
@@ -39,11 +41,10 @@ class ExportError(ValueError):
 
 def check_format(fmt: str, wcfg: WeightQuantConfig) -> None:
     """Raise :class:`ExportError` naming the setting to change when ``wcfg`` cannot be exported."""
-    checker = {"vllm": compressed.check_config, "autoawq": autoawq.check_config}.get(fmt)
-    if checker is None:
+    if fmt not in _MODULES:
         raise ExportError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
     try:
-        checker(wcfg)
+        _MODULES[fmt].check_config(wcfg)
     except ValueError as exc:
         raise ExportError(f"save_{fmt}: {exc}") from None
 
@@ -170,8 +171,7 @@ def export_quantized(adapter, qparams: dict[nn.Module, tuple | None], wcfg: Weig
         cfg_path = folder / "config.json"
         cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
         ignore = list(dict.fromkeys(ignored.get(folder, []) + unsaved))
-        qc = compressed.quantization_config if fmt == "vllm" else autoawq.quantization_config
-        cfg["quantization_config"] = qc(wcfg, ignore)
+        cfg["quantization_config"] = _MODULES[fmt].quantization_config(wcfg, ignore)
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
 
     if out.exists():

@@ -31,7 +31,6 @@ class Placement:
     mode: str
     device: torch.device
     block_devices: list[torch.device] = field(default_factory=list)
-    device_map: dict[str, str | int] | None = None
     _handles: list = field(default_factory=list, repr=False)
     _pinned: set = field(default_factory=set, repr=False)
 
@@ -138,6 +137,7 @@ def place(adapter, mode: str = "single", device: str | torch.device | None = Non
         blocks.to("cpu")
         adapter.device = device
         pl = Placement(mode, device, [device] * len(blocks))
+
         def to_device(m, args):
             if id(m) not in pl._pinned:
                 m.to(device)
@@ -158,7 +158,7 @@ def place(adapter, mode: str = "single", device: str | torch.device | None = Non
     block_devices = [_as_device(_module_device(dm, names[id(b)])) for b in blocks]
     dispatch_model(adapter.mm_model, device_map=dm)
     adapter.device = _as_device(_module_device(dm, names[id(adapter.get_embed_layers()[0])]))
-    return Placement(mode, adapter.device, block_devices, dm)
+    return Placement(mode, adapter.device, block_devices)
 
 
 __all__ = ["MODES", "Placement", "auto_device_map", "place"]

@@ -14,6 +14,10 @@ from ..services.errors import WizardError
 from .base import StepScreen
 
 
+#: activation bits offered (0: 16-bit, no activation quantization)
+ACT_CHOICES = [("activations: 16-bit", 0), ("activations: 8-bit", 8), ("activations: 4-bit", 4)]
+
+
 class GenerateScreen(StepScreen):
     TITLE_TEXT = "Generate"
 
@@ -29,8 +33,7 @@ class GenerateScreen(StepScreen):
             yield Select([("no rotation", "none"), ("rotate: Hadamard", "hadamard"), ("rotate: random", "random")],
                          id="rotate", allow_blank=False, value="none")
         with Horizontal(classes="row"):
-            yield Select([("activations: 16-bit", 0), ("activations: 8-bit", 8), ("activations: 4-bit", 4)],
-                         id="act", allow_blank=False, value=0)
+            yield Select(ACT_CHOICES, id="act", allow_blank=False, value=0)
             yield Select([("no export", "none"), ("export: vLLM (compressed-tensors)", "vllm"),
                           ("export: AutoAWQ", "autoawq")], id="export", allow_blank=False, value="none")
         with Horizontal(classes="row buttons"):
@@ -50,9 +53,8 @@ class GenerateScreen(StepScreen):
         self.query_one("#group", Input).value = str(g.group_size)
         self.query_one("#rotate", Select).value = g.rotate or "none"
         act = self.query_one("#act", Select)
-        if g.act_bit not in (None, 4, 8):  # set in an answers file: keep it selectable
-            act.set_options([("activations: 16-bit", 0), ("activations: 8-bit", 8), ("activations: 4-bit", 4),
-                             (f"activations: {g.act_bit}-bit", g.act_bit)])
+        if g.act_bit and g.act_bit not in {bits for _, bits in ACT_CHOICES}:  # from an answers file
+            act.set_options([*ACT_CHOICES, (f"activations: {g.act_bit}-bit", g.act_bit)])
         act.value = g.act_bit or 0
         self.query_one("#export", Select).value = g.export or "none"
         self.plan = None
