@@ -58,11 +58,14 @@ class _SavedKeys:
 
     def __init__(self, root: Path):
         self.file_of: dict[str, Path] = {}
+        self.shape_of: dict[str, list[int]] = {}  # from the headers: tensors are read only to confirm
         for f in _weight_files(root):
             with safe_open(str(f), "pt") as sf:
                 for k in sf.keys():
                     if k.endswith(".weight"):
-                        self.file_of[f"{f.parent.relative_to(root)}/{k}"] = f
+                        qual = f"{f.parent.relative_to(root)}/{k}"
+                        self.file_of[qual] = f
+                        self.shape_of[qual] = list(sf.get_slice(k).get_shape())
 
     def tensor(self, qual_key: str) -> Tensor:
         with safe_open(str(self.file_of[qual_key]), "pt") as sf:
@@ -75,8 +78,9 @@ class _SavedKeys:
         w = weight.detach().cpu()
         for k in range(len(parts), 0, -1):
             tail = ".".join(parts[-k:]) + ".weight"
-            cands = [q for q in self.file_of if q.split("/", 1)[1] == tail or q.endswith("." + tail)]
-            same = [q for q in cands if (t := self.tensor(q)).shape == w.shape and torch.equal(t.to(w.dtype), w)]
+            cands = [q for q in self.file_of if (q.split("/", 1)[1] == tail or q.endswith("." + tail))
+                     and self.shape_of[q] == list(w.shape)]
+            same = [q for q in cands if torch.equal(self.tensor(q).to(w.dtype), w)]
             if len(same) == 1:
                 return same[0]
             if same:
