@@ -54,3 +54,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def llava_run_config(zoo, tmp_path):
+    """A short engine run of tiny-llava (8 calibration samples, 16 uncached eval images):
+    ``llava_run_config(quant, **save)`` -> the raw config mapping."""
+
+    def make(quant: dict, **save) -> dict:
+        return {
+            "model": {"type": "Llava", "path": str(REPO / "wizard" / "demo" / "assets" / "tiny-llava"),
+                      "torch_dtype": "float32"},
+            "calib": {"name": "custom_mm", "path": str(zoo.calib_set), "n_samples": 8},
+            "eval": {"eval_pos": ["pretrain", "fake_quant"], "type": "vqa", "name": "mme",
+                     "path": str(zoo.eval_set / "data"), "num_samples": 16, "bs": 32, "cache": False},
+            "quant": quant,
+            "save": {"save_path": str(tmp_path / "out"), **save},
+        }
+
+    return make

@@ -302,19 +302,12 @@ def test_check_accepts_a_good_config_and_prints_it(zoo, tmp_path):
     {"method": "GPTQ", "weight": {"bit": 4, "group_size": 32}, "act": {"bit": 8},
      "special": {"rotate": "hadamard", "online_rotate": True}},
 ])
-def test_weight_activation_runs(quant, zoo, tmp_path):
+def test_weight_activation_runs(quant, llava_run_config, tmp_path):
     """W8A8 SmoothQuant and rotated W4A8 through the engine: activation hooks only for fake_quant."""
     from llmc.config import load_config
     from llmc.runner import run
 
-    cfg = load_config({
-        "model": {"type": "Llava", "path": str(ASSETS / "tiny-llava"), "torch_dtype": "float32"},
-        "calib": {"name": "custom_mm", "path": str(zoo.calib_set), "n_samples": 8},
-        "eval": {"eval_pos": ["pretrain", "fake_quant"], "type": "vqa", "name": "mme",
-                 "path": str(zoo.eval_set / "data"), "num_samples": 16, "bs": 32, "cache": False},
-        "quant": quant,
-        "save": {"save_path": str(tmp_path / "out"), "save_fake": False},
-    })
+    cfg = load_config(llava_run_config(quant, save_fake=False))
     res = run(cfg, tmp_path / "out", device="cpu")
     if quant["special"].get("online_rotate"):
         assert "online Hadamard on the inputs of 2 layers" in (tmp_path / "out" / "run.log").read_text()

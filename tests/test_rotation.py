@@ -272,20 +272,13 @@ def test_rtn_w4_after_rotation_scores_close_to_float(which, load):
     {"method": "GPTQ", "weight": {"bit": 4, "group_size": 32}, "special": {"rotate": "hadamard"}},
     {"method": "Quarot", "weight": {"bit": 4, "group_size": 32}},
 ])
-def test_engine_rotates_before_quantizing_when_asked(quant, tmp_path, zoo):
+def test_engine_rotates_before_quantizing_when_asked(quant, tmp_path, llava_run_config):
     """quant.special.rotate runs the rotation inside a full engine run; scores stay at float level."""
     from llmc.config import load_config
     from llmc.progress import read_events
     from llmc.runner import run
 
-    cfg = load_config({
-        "model": {"type": "Llava", "path": str(ASSETS / "tiny-llava"), "torch_dtype": "float32"},
-        "calib": {"name": "custom_mm", "path": str(zoo.calib_set), "n_samples": 8},
-        "eval": {"eval_pos": ["pretrain", "fake_quant"], "type": "vqa", "name": "mme",
-                 "path": str(zoo.eval_set / "data"), "num_samples": 16, "bs": 32, "cache": False},
-        "quant": quant,
-        "save": {"save_path": str(tmp_path / "out"), "save_trans": True},
-    })
+    cfg = load_config(llava_run_config(quant, save_trans=True))
     res = run(cfg, tmp_path / "out", device="cpu")
     phases = [e["name"] for e in read_events(tmp_path / "out" / "events.jsonl")
               if e["event"] == "phase" and e["state"] == "start"]
