@@ -127,6 +127,33 @@ def test_blockwise_rtn_equals_layer_rtn(zoo):
             assert torch.equal(p, before[n]), n  # norms untouched
 
 
+@pytest.mark.parametrize("which", ["Llava", "Vila"])
+def test_block_replays_hold_no_kv_cache(which, zoo, tiny_vila_installed):
+    """Captured block inputs carry no KV cache: a replay after the weights change sees only the
+    new weights (a cache kept with the inputs would serve keys/values of the first replay)."""
+    from llmc.quant import awq
+    from llmc.quant.blockwise import _is_cache, capture_first_block_inputs, run_block
+
+    m = get_model_class(which)(ASSETS / ("tiny-llava" if which == "Llava" else "tiny-vila"), "float32", "cpu")
+    inputs = capture_first_block_inputs(m, _calib(m, zoo, 2))
+    assert not any(_is_cache(v) for bi in inputs for v in bi.kwargs.values())
+    block = m.get_blocks()[0]
+    attn = block.self_attn
+    ref = run_block(block, inputs, "cpu")
+    # scale k's output rows: changes every attention score, so stale keys would show
+    with torch.no_grad():
+        attn.k_proj.weight.mul_(3.0)
+    changed = run_block(block, inputs, "cpu")
+    assert max(float((c - r).abs().max()) for c, r in zip(changed, ref)) > 1e-2
+    with torch.no_grad():
+        attn.k_proj.weight.div_(3.0)
+    s = torch.rand(attn.o_proj.in_features, generator=torch.Generator().manual_seed(0)) + 0.5
+    if attn.v_proj.out_features == s.numel():  # equivalence fold v -> o (no GQA)
+        awq.apply_scales_(attn.v_proj, [attn.o_proj], s)
+    for o, r in zip(run_block(block, inputs, "cpu"), ref):
+        torch.testing.assert_close(o, r, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("search", ["block", "layer"])
 @pytest.mark.parametrize("which", ["Llava", "Vila"])
 def test_awq_transform_keeps_the_float_model_equivalent(which, search, zoo, tiny_vila_installed):

@@ -69,7 +69,9 @@ def capture_first_block_inputs(adapter: BaseModel, batches: list[dict]) -> list[
                     setattr(self, attr, getattr(inner, attr))
 
         def forward(self, hidden_states, *args, **kwargs):
-            kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value")}
+            # No KV cache: a cache object kept with the inputs would grow with every replay of the
+            # block, and later replays would attend to keys and values of earlier weights.
+            kwargs = {k: v for k, v in kwargs.items() if k not in _CACHE_KWARGS and not _is_cache(v)}
             kwargs["use_cache"] = False
             store.append(BlockInput(hidden_states.detach(), args, kwargs))
             raise _Stop
@@ -86,6 +88,13 @@ def capture_first_block_inputs(adapter: BaseModel, batches: list[dict]) -> list[
     if len(store) != len(batches):
         raise RuntimeError("the first decoder block was not reached for every calibration batch")
     return store
+
+
+_CACHE_KWARGS = ("past_key_values", "past_key_value", "cache", "layer_past")
+
+
+def _is_cache(value) -> bool:
+    return any(c.__name__.endswith("Cache") for c in type(value).__mro__)
 
 
 def _block_out(out):
