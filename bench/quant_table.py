@@ -5,7 +5,8 @@ with the engine's blockwise pipeline on the calibration split, evaluate on the 5
 evaluation set through lmms-eval, and measure the mean KL divergence of the answer-token
 distribution from the float model's (×1e3). Prints a markdown table (and writes it with --out).
 
-    python bench/quant_table.py [--models tiny-llava tiny-vila] [--bits 4 3 2] [--out docs/quantization.md]
+    python bench/quant_table.py [--models tiny-llava tiny-vila] [--bits 4 3 2] [--out docs/quant_table.md]
+    python bench/quant_table.py --bits 3 2 --methods RTN Awq --calib-offset 64 --awq-loss-tokens all
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from llmc.quant.quantizer import WeightQuantConfig
 
 ASSETS = Path(__file__).resolve().parents[1] / "wizard" / "demo" / "assets"
 MODELS = {"tiny-llava": ("Llava", ASSETS / "tiny-llava"), "tiny-vila": ("Vila", ASSETS / "tiny-vila")}
-SPECIAL = {"RTN": {}, "Awq": {"trans": True, "weight_clip": True, "n_grid": 20},
+# Awq fits the last position of each calibration prompt: what `loss_tokens: auto` picks for custom_mm
+SPECIAL = {"RTN": {}, "Awq": {"trans": True, "weight_clip": True, "n_grid": 20, "loss_tokens": "last"},
            "GPTQ": {"actorder": True, "static_groups": True, "percdamp": 0.01, "blocksize": 128}}
 
 
@@ -47,6 +49,8 @@ def main(argv=None) -> int:
     ap.add_argument("--bits", nargs="+", type=int, default=[4, 3, 2])
     ap.add_argument("--methods", nargs="+", default=["RTN", "Awq", "GPTQ"])
     ap.add_argument("--n-calib", type=int, default=64)
+    ap.add_argument("--calib-offset", type=int, default=0, help="skip this many calibration samples first")
+    ap.add_argument("--awq-loss-tokens", choices=["all", "last"], default=SPECIAL["Awq"]["loss_tokens"])
     ap.add_argument("--group-size", type=int, default=32)
     ap.add_argument("--cache", type=Path, default=None, help="demo zoo cache (default: the usual one)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -76,10 +80,12 @@ def main(argv=None) -> int:
             for method in args.methods:
                 torch.manual_seed(0)
                 m = cls(path, "float32", args.device)
-                calib = [m.batch_process([s]) for s in load_custom_mm(zoo.calib_set, args.n_calib)]
+                samples = load_custom_mm(zoo.calib_set, args.calib_offset + args.n_calib)[args.calib_offset:]
+                calib = [m.batch_process([s]) for s in samples]
                 t = time.time()
                 wcfg = WeightQuantConfig(bit=bit, symmetric=False, granularity="per_group", group_size=args.group_size)
-                quantize_blockwise(m, METHODS[method](wcfg, SPECIAL[method]), calib, device=args.device)
+                special = dict(SPECIAL[method], **({"loss_tokens": args.awq_loss_tokens} if method == "Awq" else {}))
+                quantize_blockwise(m, METHODS[method](wcfg, special), calib, device=args.device)
                 dt = time.time() - t
                 s = evaluate_mme(m.answer, data, batch_size=64).scores
                 kl = kl_x1e3(f_logits, answer_logits(m, requests))

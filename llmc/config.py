@@ -99,8 +99,6 @@ UNSUPPORTED_LLMC_KEYS: dict[str, str] = {
                      "the model adapter.",
     "eval.eval_token_consist": "accepted but informational: token consistency between the "
                                "original and the quantized model is not measured.",
-    "quant.special.trans_version": "accepted but informational: a single scale-search variant "
-                                   "is implemented.",
 }
 
 #: Entries of :data:`UNSUPPORTED_LLMC_KEYS` that are accepted and have no effect.
@@ -109,7 +107,6 @@ ACCEPTED_BUT_IGNORED: frozenset[str] = frozenset({
     "calib.type",
     "calib.preproc",
     "eval.eval_token_consist",
-    "quant.special.trans_version",
 })
 
 # Values of llmc-only keys (absent from the schema) that request nothing and are dropped
@@ -580,12 +577,17 @@ class AwqSpecial(_Special):
     _method: ClassVar[str] = "Awq"
 
     trans: Bool = True
-    trans_version: Literal["v1", "v2"] = Field("v2", description="accepted; informational")
+    trans_version: Literal["v1", "v2"] = Field(
+        "v2", description="scale candidates: v1 mean|x|^r; v2 mean|x|^r / mean|W|^(1-r) (group-normalised W)")
     weight_clip: Bool = True
     clip_sym: Bool | None = Field(None, description="defaults to quant.weight.symmetric")
     n_grid: Int = 20
     search: Literal["block", "layer"] = Field(
         "block", description="scale-search loss: the block's output (default) or the layers' outputs")
+    loss_tokens: Literal["auto", "all", "last"] = Field(
+        "auto", description="positions the block scale search and the clip search fit: every token, or the last one "
+        "of each calibration sequence (where a VQA prompt is answered); auto: last for custom_mm "
+        "calibration without answers, all otherwise")
 
     @field_validator("n_grid")
     @classmethod

@@ -244,7 +244,7 @@ def run(cfg: Config, run_dir: Path, *, device: str | None = None, progress: Prog
                 progress.log(f"online Hadamard on the inputs of {len(online.layers)} layers "
                              f"({', '.join(online.layers[:1])}, ...)")
 
-    method = make_method(cfg.quant)
+    method = make_method(cfg.quant, cfg.calib)
     trans_state: dict[int, dict] = {}
     need_trans = cfg.save is not None and cfg.save.save_trans or any("transformed" in ev.eval_pos for ev in cfg.evals)
 

@@ -180,6 +180,63 @@ def test_awq_transform_keeps_the_float_model_equivalent(which, search, zoo, tiny
     torch.testing.assert_close(m.answer_logits(reqs), ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("loss_tokens", ["all", "last"])
+@pytest.mark.parametrize("which", ["Llava", "Vila"])
+def test_awq_block_search_never_worse_than_rtn_on_its_loss(which, loss_tokens, zoo, tiny_vila_installed):
+    """The joint search has ``s = 1`` among its candidates and simulates the block exactly as it
+    will be quantized: after the transform, RTN of the block is no worse than RTN of the
+    original block on the search's loss (and strictly better where a scale was chosen)."""
+    from llmc.quant.blockwise import BlockContext, capture_first_block_inputs, run_block
+    from llmc.quant.methods import RTN, Awq, _token_relative_mse
+    from llmc.quant.quantizer import WeightQuantConfig
+
+    path = ASSETS / ("tiny-llava" if which == "Llava" else "tiny-vila")
+    cfg = WeightQuantConfig(bit=2, group_size=32)
+
+    def block_loss(transform: bool) -> float:
+        m = get_model_class(which)(path, "float32", "cpu")
+        inputs = capture_first_block_inputs(m, _calib(m, zoo, 8))
+        block = m.get_blocks()[0]
+        ref = run_block(block, inputs, "cpu")
+        ctx = BlockContext(0, m.block_name(0), block, inputs, m.get_subsets_in_block(block), torch.device("cpu"))
+        if transform:
+            Awq(cfg, {"n_grid": 10, "loss_tokens": loss_tokens}).transform_block(ctx)
+        for sub in ctx.subsets:
+            RTN(cfg).quantize_subset(ctx, sub, {}, None)
+        out = run_block(block, inputs, "cpu")
+        sel = (lambda t: t[..., -1:, :]) if loss_tokens == "last" else (lambda t: t)
+        return sum(_token_relative_mse(sel(o), sel(r)) for o, r in zip(out, ref))
+
+    rtn, awq = block_loss(False), block_loss(True)
+    assert awq < rtn, (awq, rtn)
+
+
+def test_awq_loss_tokens_last_fits_the_answer_position(zoo, tmp_path):
+    from llmc.config import CalibConfig, load_config
+    from llmc.quant.blockwise import capture_first_block_inputs, collect_inputs
+    from llmc.quant.methods import Awq, make_method
+    from llmc.quant.quantizer import WeightQuantConfig
+
+    m = get_model_class("Llava")(ASSETS / "tiny-llava", "float32", "cpu")
+    inputs = capture_first_block_inputs(m, _calib(m, zoo, 4))
+    block = m.get_blocks()[0]
+    layers = {"q": block.self_attn.q_proj}
+    every = collect_inputs(block, inputs, layers, "cpu")["q"].x
+    last = collect_inputs(block, inputs, layers, "cpu", last_only=True)["q"].x
+    assert last.shape == (4, 128) and every.shape[0] == sum(b.hidden.shape[1] for b in inputs)
+    # the last position's rows are among all rows
+    assert all(any(torch.equal(r, e) for e in every) for r in last)
+
+    cfg = load_config(_config(tmp_path, zoo, "Llava", ASSETS / "tiny-llava"))
+    assert make_method(cfg.quant, cfg.calib).loss_tokens == "last"  # VQA prompts: answer position
+    txt = CalibConfig(name="custom_txt", path=str(zoo.calib_set))
+    assert make_method(cfg.quant, txt).loss_tokens == "all"
+    answered = CalibConfig(name="custom_mm", path=str(zoo.calib_set), add_answer=True)
+    assert make_method(cfg.quant, answered).loss_tokens == "all"
+    with pytest.raises(ValueError, match="loss_tokens must be 'all' or 'last'"):
+        Awq(WeightQuantConfig(bit=4, group_size=32), {"loss_tokens": "first"})
+
+
 def _config(tmp_path, zoo, model, path, method="Awq", bit=4, extra=None, n_eval=24):
     cfg = {
         "base": {"seed": 0},

@@ -118,10 +118,11 @@ class LayerStats:
 
 @torch.no_grad()
 def collect_inputs(block: nn.Module, inputs: list[BlockInput], layers: dict[str, nn.Linear], device,
-                   max_rows: int = 4096, seed: int = 0,
+                   max_rows: int = 4096, seed: int = 0, last_only: bool = False,
                    on_batch: Callable[[str, torch.Tensor], None] | None = None) -> dict[str, LayerStats]:
     """Forward the block over ``inputs``; sample each layer's input rows (and stream them to
-    ``on_batch`` in full, e.g. for a Hessian)."""
+    ``on_batch`` in full, e.g. for a Hessian). ``last_only`` keeps only each sequence's last
+    position in the sampled rows (calibration sequences are unpadded: one sample per pass)."""
     per_batch = max(1, max_rows // max(1, len(inputs)))
     rows: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
     gen = torch.Generator().manual_seed(seed)
@@ -131,6 +132,8 @@ def collect_inputs(block: nn.Module, inputs: list[BlockInput], layers: dict[str,
             x = args[0].detach().reshape(-1, args[0].shape[-1])
             if on_batch:
                 on_batch(name, x)
+            if last_only:
+                x = args[0].detach()[..., -1, :].reshape(-1, x.shape[-1])
             if x.shape[0] > per_batch:
                 idx = torch.randperm(x.shape[0], generator=gen)[:per_batch].to(x.device)
                 x = x[idx]
@@ -158,6 +161,8 @@ class Method:
     """A blockwise weight quantization method."""
 
     name = "base"
+    #: rows the method fits on: ``"all"`` tokens, or the ``"last"`` of each calibration sequence
+    loss_tokens = "all"
 
     def __init__(self, wcfg: WeightQuantConfig, special: dict | None = None):
         self.wcfg = wcfg
@@ -233,7 +238,8 @@ def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], 
         errors: dict[str, float] = {}
         for subset in ctx.subsets:
             on_batch, state = method.stream(subset.layers)
-            stats = collect_inputs(block, inputs, subset.layers, device, on_batch=on_batch, seed=i)
+            stats = collect_inputs(block, inputs, subset.layers, device, on_batch=on_batch, seed=i,
+                                   last_only=method.loss_tokens == "last")
             before = {n: m.weight.detach().clone() for n, m in subset.layers.items()}
             method.quantize_subset(ctx, subset, stats, state)
             for n, m in subset.layers.items():

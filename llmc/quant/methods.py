@@ -23,62 +23,116 @@ class RTN(Method):
 class Awq(Method):
     """Activation-aware scales folded into the preceding op, then clip search and RTN.
 
-    The scale of each subset is searched on the *block output*: for every candidate ratio the
-    subset's weights are replaced by ``Q(W * s) / s`` (what folding ``1/s`` into the preceding op
-    and quantizing gives) and the block's output error on calibration inputs is measured, so
-    attention and the MLP's non-linearity count, as they do for the model. ``search: layer``
-    uses the layers' own outputs instead (the cheaper classic loss).
+    The scales are searched on the *block output*, jointly: the whole block is simulated as it
+    will be quantized (every layer's weight replaced by ``Q(W * c / r) / c * r`` for its column
+    scale ``c`` and, where a Linear absorbs the next subset's ``1/s``, its row scale ``r``), and
+    the subsets' scales are chosen one after the other, each given the scales already chosen
+    before it. Each subset's candidates are ``s = 1`` (no scaling: plain RTN) and the AWQ grid,
+    so the chosen scales never make this block's simulated output error worse than RTN's.
+    Attention, the MLP's non-linearity and the way the subsets' errors add up all count, as they
+    do for the model. ``search: layer`` uses each subset's own layer outputs instead (the cheaper
+    classic loss, with the other layers in float).
     """
 
     name = "Awq"
-    search_inputs = 16  # calibration inputs used by the block-output search
+    search_inputs = 64  # calibration inputs used by the block-output search
+
+    def __init__(self, wcfg: WeightQuantConfig, special: dict | None = None):
+        super().__init__(wcfg, special)
+        self.loss_tokens = self.special.get("loss_tokens") or "all"
+        if self.loss_tokens not in ("all", "last"):
+            raise ValueError(f"loss_tokens must be 'all' or 'last', got {self.loss_tokens!r}")
 
     def transform_block(self, ctx: BlockContext) -> None:
         if not self.special.get("trans", True):
             return
         n_grid = int(self.special.get("n_grid", 20))
-        for subset in ctx.subsets:
-            if subset.prev_op is None:
-                continue
-            stats = collect_inputs(ctx.block, ctx.inputs, subset.layers, ctx.device, seed=ctx.index)
-            x = next(iter(stats.values())).x  # all layers of a subset read the same input
-            layers = list(subset.layers.values())
-            if self.special.get("search", "block") == "layer":
-                scales, _, _ = awq.search_scales(x.to(ctx.device), layers, self.wcfg, n_grid=n_grid)
-            else:
-                w_mean = _group_normalized_weight_mean(layers, self.wcfg) \
-                    if self.special.get("trans_version", "v2") == "v2" else None
-                scales = self._search_on_block(ctx, layers, x.abs().mean(0), n_grid, w_mean)
-            awq.apply_scales_(subset.prev_op, layers, scales.to(layers[0].weight.device))
+        subsets = [s for s in ctx.subsets if s.prev_op is not None]
+        if not subsets:
+            return
+        # every layer of a subset reads the same input: hook the first one of each
+        firsts = {sub.name: next(iter(sub.layers.values())) for sub in subsets}
+        stats = collect_inputs(ctx.block, ctx.inputs, firsts, ctx.device, seed=ctx.index)
+        if self.special.get("search", "block") == "layer":
+            chosen = [awq.search_scales(stats[sub.name].x.to(ctx.device), list(sub.layers.values()),
+                                        self.wcfg, n_grid=n_grid)[0] for sub in subsets]
+        else:
+            v2 = self.special.get("trans_version", "v2") == "v2"
+            chosen = self._search_on_block(ctx, subsets, {sub.name: stats[sub.name].x.abs().mean(0) for sub in subsets},
+                                           n_grid, v2)
+        for sub, scales in zip(subsets, chosen):
+            layers = list(sub.layers.values())
+            awq.apply_scales_(sub.prev_op, layers, scales.to(layers[0].weight.device))
+
+    def _candidates(self, x_mean: torch.Tensor, w_mean: torch.Tensor | None, n_grid: int):
+        yield torch.ones_like(x_mean)  # no scaling
+        for i in range(1 if w_mean is None else 0, n_grid):  # v1's ratio 0 is the ones above
+            r = i / n_grid
+            if w_mean is None:  # v1: activation statistics only
+                s = x_mean.pow(r).clamp(min=1e-4)
+            else:  # v2 ("duo"): salient inputs up, channels with large weights down
+                s = (x_mean.pow(r) / (w_mean.to(x_mean.device).pow(1 - r) + 1e-4)).clamp(min=1e-4)
+            yield s / (s.max() * s.min()).sqrt()
 
     @torch.no_grad()
-    def _search_on_block(self, ctx: BlockContext, layers, x_mean: torch.Tensor, n_grid: int,
-                         w_mean: torch.Tensor | None = None) -> torch.Tensor:
+    def _search_on_block(self, ctx: BlockContext, subsets, x_means: dict, n_grid: int, v2: bool) -> list[torch.Tensor]:
         step = max(1, len(ctx.inputs) // self.search_inputs)
         inputs = ctx.inputs[::step][: self.search_inputs]
         ref = run_block(ctx.block, inputs, ctx.device)
+        last = self.loss_tokens == "last"
         q = IntQuantizer(self.wcfg)
-        orig = [fc.weight.data.clone() for fc in layers]
-        x_mean = x_mean.to(orig[0].device, torch.float32)
-        best, best_loss = None, float("inf")
+        linears = [fc for sub in ctx.subsets for fc in sub.layers.values()]
+        orig = {fc: fc.weight.data.clone() for fc in linears}
+        col: dict = {}  # layer -> scale of its input columns
+        row: dict = {}  # layer -> scale its output rows are divided by (folded 1/s of the next subset)
+
+        def simulate(fc):
+            w = orig[fc].float()
+            c, r = col.get(fc), row.get(fc)
+            if c is not None:
+                w = w * c
+            if r is not None:
+                w = w / r.unsqueeze(1)
+            wq = q.fake(w)
+            if c is not None:
+                wq = wq / c
+            if r is not None:
+                wq = wq * r.unsqueeze(1)
+            fc.weight.data = wq.to(orig[fc].dtype)
+
+        chosen = []
         try:
-            for i in range(n_grid):
-                r = i / n_grid
-                if w_mean is None:  # v1: activation statistics only
-                    s = x_mean.pow(r).clamp(min=1e-4)
-                else:  # v2 ("duo"): salient inputs up, channels with large weights down
-                    s = (x_mean.pow(r) / (w_mean.to(x_mean.device).pow(1 - r) + 1e-4)).clamp(min=1e-4)
-                s = s / (s.max() * s.min()).sqrt()
-                for fc, w in zip(layers, orig):
-                    fc.weight.data = (q.fake(w.float() * s) / s).to(w.dtype)
-                out = run_block(ctx.block, inputs, ctx.device)
-                loss = sum(_token_relative_mse(o, r) for o, r in zip(out, ref))
-                if loss < best_loss:
-                    best, best_loss = s.clone(), loss
+            for fc in linears:
+                simulate(fc)
+            for sub in subsets:
+                layers = list(sub.layers.values())
+                prev = sub.prev_op if sub.prev_op in orig else None  # a Linear of this block absorbs 1/s
+                x_mean = x_means[sub.name].to(orig[layers[0]].device, torch.float32)
+                w_mean = _group_normalized_weight_mean([orig[fc] for fc in layers], self.wcfg) if v2 else None
+                best, best_loss = None, float("inf")
+                for s in self._candidates(x_mean, w_mean, n_grid):
+                    for fc in layers:
+                        col[fc] = s
+                        simulate(fc)
+                    if prev is not None:
+                        row[prev] = s
+                        simulate(prev)
+                    out = run_block(ctx.block, inputs, ctx.device)
+                    loss = sum(_token_relative_mse(o[..., -1:, :], r[..., -1:, :]) if last
+                               else _token_relative_mse(o, r) for o, r in zip(out, ref))
+                    if loss < best_loss:
+                        best, best_loss = s.clone(), loss
+                for fc in layers:
+                    col[fc] = best
+                    simulate(fc)
+                if prev is not None:
+                    row[prev] = best
+                    simulate(prev)
+                chosen.append(best)
         finally:
-            for fc, w in zip(layers, orig):
+            for fc, w in orig.items():
                 fc.weight.data = w
-        return best
+        return chosen
 
     def quantize_subset(self, ctx, subset, stats: dict[str, LayerStats], state) -> None:
         clip_cfg = self.wcfg
@@ -114,9 +168,9 @@ class Gptq(Method):
             self.record(subset.layers[n], res["scale"], res["zero"])
 
 
-def _group_normalized_weight_mean(layers, wcfg: WeightQuantConfig) -> torch.Tensor:
+def _group_normalized_weight_mean(weights: list[torch.Tensor], wcfg: WeightQuantConfig) -> torch.Tensor:
     """Mean over output rows of |W| normalised by each quantization group's max (AWQ v2)."""
-    w = torch.cat([fc.weight.detach().float() for fc in layers])
+    w = torch.cat([w.detach().float() for w in weights])
     gw = wcfg.group_width(w.shape[1])
     g = w.abs().reshape(w.shape[0], -1, gw)
     g = g / g.amax(dim=-1, keepdim=True).clamp_min(1e-8)
@@ -144,9 +198,20 @@ def weight_config(qcfg) -> WeightQuantConfig:
     return WeightQuantConfig(bit=w.bit, symmetric=w.symmetric, granularity=w.granularity, group_size=w.group_size)
 
 
-def make_method(qcfg) -> Method:
+def make_method(qcfg, calib=None) -> Method:
+    """The configured method; ``calib`` (the config's calib section) resolves ``loss_tokens: auto``."""
     special = qcfg.special.model_dump() if hasattr(qcfg.special, "model_dump") else dict(qcfg.special or {})
+    if special.get("loss_tokens") == "auto":
+        special["loss_tokens"] = default_loss_tokens(calib)
     return METHODS[qcfg.method](weight_config(qcfg), special)
+
+
+def default_loss_tokens(calib) -> str:
+    """``"last"`` for VQA prompts without answers (``custom_mm``, ``add_answer: false``): each
+    sequence's last position is where the model answers; ``"all"`` for text and answered samples."""
+    if calib is not None and getattr(calib, "name", None) == "custom_mm" and not getattr(calib, "add_answer", False):
+        return "last"
+    return "all"
 
 
 __all__ = ["RTN", "Awq", "Gptq", "METHODS", "make_method", "weight_config"]
