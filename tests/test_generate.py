@@ -272,6 +272,19 @@ def test_method_activation_and_export_choices_reach_the_config(method, act, expo
         assert cfg.quant.special.rotate == expect["rotate"]
 
 
+@pytest.mark.parametrize("placement,mode", [("single", "single"), ("offload", "offload"), ("auto", "auto")])
+def test_placement_choice_reaches_the_config(placement, mode, tmp_path):
+    import yaml
+
+    from llmc.config import load_config
+
+    a = _answers("place")
+    a.generate.placement = placement
+    text = render.plan(a, tmp_path / "m", tmp_path / "c").config_text
+    assert load_config(yaml.safe_load(text)).model.placement == mode
+    assert ("offload:" in text) is (placement == "offload") and ("device_map:" in text) is (placement == "auto")
+
+
 def test_choices_the_engine_rejects_are_reported_in_one_line(tmp_path):
     a = _answers("bad")
     a.generate.method, a.generate.export, a.generate.symmetric = "Awq", "autoawq", True

@@ -201,6 +201,13 @@ async def test_generate_previews_writes_registers_and_smoke_tests(zoo, tmp_path)
         await _press(pilot, "#write")
         gptq = yaml.safe_load((tmp_path / "configs" / "my_llava_gptq.yml").read_text())
         assert gptq["save"]["save_vllm"] is True and gptq["quant"]["weight"]["symmetric"] is True
+        assert "offload" not in gptq["model"] and "device_map" not in gptq["model"]
+        s.query_one("#placement", Select).value = "offload"  # blocks kept in CPU memory
+        await pilot.pause()
+        await _press(pilot, "#preview")
+        await _press(pilot, "#write")
+        gptq = yaml.safe_load((tmp_path / "configs" / "my_llava_gptq.yml").read_text())
+        assert gptq["model"]["offload"] is True and a.generate.placement == "offload"
         s.query_one("#act", Select).value = 8
         await pilot.pause()
         await _press(pilot, "#preview")

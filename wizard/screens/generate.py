@@ -14,6 +14,9 @@ from ..services.errors import WizardError
 from .base import StepScreen
 
 
+#: where the decoder blocks live while quantizing and evaluating
+PLACEMENT_CHOICES = [("blocks: one device", "single"), ("blocks: offload to CPU", "offload"),
+                     ("blocks: spread over GPUs", "auto")]
 #: activation bits offered (0: 16-bit, no activation quantization)
 ACT_CHOICES = [("activations: 16-bit", 0), ("activations: 8-bit", 8), ("activations: 4-bit", 4)]
 
@@ -36,6 +39,7 @@ class GenerateScreen(StepScreen):
             yield Select(ACT_CHOICES, id="act", allow_blank=False, value=0)
             yield Select([("no export", "none"), ("export: vLLM (compressed-tensors)", "vllm"),
                           ("export: AutoAWQ", "autoawq")], id="export", allow_blank=False, value="none")
+            yield Select(PLACEMENT_CHOICES, id="placement", allow_blank=False, value="single")
         with Horizontal(classes="row buttons"):
             yield Button("Preview", id="preview", variant="primary")
             yield Button("Write + register", id="write", variant="success", disabled=True)
@@ -57,6 +61,7 @@ class GenerateScreen(StepScreen):
             act.set_options([*ACT_CHOICES, (f"activations: {g.act_bit}-bit", g.act_bit)])
         act.value = g.act_bit or 0
         self.query_one("#export", Select).value = g.export or "none"
+        self.query_one("#placement", Select).value = g.placement
         self.plan = None
 
     def _read_form(self) -> None:
@@ -70,6 +75,7 @@ class GenerateScreen(StepScreen):
         g.act_bit = self.query_one("#act", Select).value or None
         export = self.query_one("#export", Select).value
         g.export = None if export == "none" else export
+        g.placement = self.query_one("#placement", Select).value
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         from ..services import render

@@ -130,6 +130,9 @@ class Generate(_Section):
     eval_samples: int | None = Field(None, ge=1)
     #: QuaRot-style rotation before RTN/GPTQ (uses the projector last-layer pick)
     rotate: Literal["hadamard", "random"] | None = None
+    #: where the decoder blocks live: one device; CPU memory, each block moved to the device
+    #: for its turn (``model.offload``); or spread over every GPU (``model.device_map: auto``)
+    placement: Literal["single", "offload", "auto"] = "single"
 
     @field_validator("method", mode="before")
     @classmethod

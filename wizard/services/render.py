@@ -27,7 +27,7 @@ from pathlib import Path
 import jinja2
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
-TEMPLATE_VERSION = "3"
+TEMPLATE_VERSION = "4"
 HEADER_RE = re.compile(r"^# llmc-wizard: generated; template (\S+) v(\S+); body-sha256 ([0-9a-f]{64})\s*$")
 
 
@@ -192,7 +192,7 @@ def plan(answers, models_dir: Path, configs_dir: Path) -> RenderPlan:
         display_name=g.name, model_type=model_type, weights=str(weights), calib_path=str(g.calib_path or ""),
         eval_path=str(g.eval_path or ""), n_calib=g.n_calib, eval_samples=g.eval_samples, method=g.method,
         bit=g.bit, group_size=g.group_size, symmetric=symmetric, act_bit=g.act_bit, export=g.export,
-        save_path=str(Path(g.out_dir or "runs") / f"{mod}-{g.method.lower()}"),
+        placement=g.placement, save_path=str(Path(g.out_dir or "runs") / f"{mod}-{g.method.lower()}"),
         config_path=str(config_path), rotate=g.rotate if g.method in ("RTN", "GPTQ", "Quarot") else None))
     _check_config(config)
     ast.parse(adapter)  # generated Python always parses (names are escaped); fail loudly if not
