@@ -100,6 +100,15 @@ class Awq(Method):
                 wq = wq * r.unsqueeze(1)
             fc.weight.data = wq.to(orig[fc].dtype)
 
+        def use(layers, prev, s):
+            """Simulate ``layers`` scaled by ``s`` (and ``prev`` absorbing ``1/s``)."""
+            for fc in layers:
+                col[fc] = s
+                simulate(fc)
+            if prev is not None:
+                row[prev] = s
+                simulate(prev)
+
         chosen = []
         try:
             for fc in linears:
@@ -111,23 +120,13 @@ class Awq(Method):
                 w_mean = _group_normalized_weight_mean([orig[fc] for fc in layers], self.wcfg) if v2 else None
                 best, best_loss = None, float("inf")
                 for s in self._candidates(x_mean, w_mean, n_grid):
-                    for fc in layers:
-                        col[fc] = s
-                        simulate(fc)
-                    if prev is not None:
-                        row[prev] = s
-                        simulate(prev)
+                    use(layers, prev, s)
                     out = run_block(ctx.block, inputs, ctx.device)
                     loss = sum(_token_relative_mse(o[..., -1:, :], r[..., -1:, :]) if last
                                else _token_relative_mse(o, r) for o, r in zip(out, ref))
                     if loss < best_loss:
                         best, best_loss = s.clone(), loss
-                for fc in layers:
-                    col[fc] = best
-                    simulate(fc)
-                if prev is not None:
-                    row[prev] = best
-                    simulate(prev)
+                use(layers, prev, best)
                 chosen.append(best)
         finally:
             for fc, w in orig.items():
