@@ -254,14 +254,14 @@ def run(cfg: Config, run_dir: Path, *, device: str | None = None, progress: Prog
 
     def on_block(rep, n):
         progress.event("block", i=rep.index, n=n, seconds=round(rep.seconds, 3), block_error=rep.block_error,
-                       **peak_gpu_memory())
+                       last_error=rep.last_error, **peak_gpu_memory())
         for layer, err in rep.layer_errors.items():
             progress.event("layer_error", block=rep.index, layer=layer, error=err)
         worst = max(rep.layer_errors.items(), key=lambda kv: kv[1])
-        progress.log(f"block {rep.index + 1}/{n}: {rep.seconds:.2f}s, output error {rep.block_error:.4f}, "
-                     f"worst layer {worst[0]} {worst[1]:.4f}")
+        progress.log(f"block {rep.index + 1}/{n}: {rep.seconds:.2f}s, output error {rep.block_error:.4f} "
+                     f"(last token {rep.last_error:.4f}), worst layer {worst[0]} {worst[1]:.4f}")
         results["blocks"].append({"i": rep.index, "seconds": rep.seconds, "block_error": rep.block_error,
-                                  "layer_errors": rep.layer_errors})
+                                  "last_error": rep.last_error, "layer_errors": rep.layer_errors})
 
     with progress.phase("quantize", method=cfg.quant.method, n_blocks=len(adapter.get_blocks())):
         t = time.time()

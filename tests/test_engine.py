@@ -118,7 +118,7 @@ def test_blockwise_rtn_equals_layer_rtn(zoo):
     cfg = WeightQuantConfig(bit=4, group_size=32)
     before = {n: p.detach().clone() for n, p in m.get_blocks().named_parameters()}
     reports = quantize_blockwise(m, RTN(cfg), _calib(m, zoo, 4))
-    assert len(reports) == 2 and all(r.block_error > 0 for r in reports)
+    assert len(reports) == 2 and all(r.block_error > 0 and r.last_error > 0 for r in reports)
     q = IntQuantizer(cfg)
     for n, p in m.get_blocks().named_parameters():
         if n.endswith("proj.weight"):
@@ -294,6 +294,7 @@ def test_full_run_then_reload_answers_identically(model, weights, method, zoo, t
     blocks = [e for e in _events(out) if e["event"] == "block"]
     assert [b["i"] for b in blocks] == [0, 1] and all(("peak_gpu_mem_mib" in b) == torch.cuda.is_available()
                                                       for b in blocks)
+    assert all(0 < b["last_error"] < 1 and 0 < b["block_error"] < 1 for b in blocks)
     errs = [e["error"] for e in _events(out) if e["event"] == "layer_error"]
     assert len(errs) == 2 * 7 and all(0 < x < 0.5 for x in errs)
     # the saved fake-quant model, reloaded through the model's own loader, answers like the in-memory one

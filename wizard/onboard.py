@@ -203,7 +203,8 @@ def step_run(ctx: Context) -> dict:
         while True:
             for e in h.events.poll():
                 if e["event"] == "block":
-                    ctx.log(f"  block {e['i'] + 1}/{e['n']} error {e['block_error']:.4f}")
+                    ctx.log(f"  block {e['i'] + 1}/{e['n']} error {e['block_error']:.4f}"
+                            f" (last token {e.get('last_error', 0.0):.4f})")
                 elif e["event"] == "phase" and e.get("state") == "end":
                     ctx.log(f"  {e['name']} done in {e['seconds']:.1f}s")
                 elif e["event"] == "error":

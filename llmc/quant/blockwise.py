@@ -200,8 +200,16 @@ class BlockContext:
 class BlockReport:
     index: int
     seconds: float
-    block_error: float
+    block_error: float  #: relative output error over every token of the calibration inputs
     layer_errors: dict[str, float]
+    #: the same at each sequence's last position (where a VQA prompt is answered)
+    last_error: float = 0.0
+
+
+def _relative(new: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
+    num = sum(float((n - r).float().norm() ** 2) for n, r in zip(new, ref))
+    den = sum(float(r.float().norm() ** 2) for r in ref)
+    return (num / max(den, 1e-24)) ** 0.5
 
 
 def check_layers(adapter: BaseModel, wcfg: WeightQuantConfig) -> None:
@@ -245,9 +253,8 @@ def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], 
             for n, m in subset.layers.items():
                 errors[n] = relative_error(stats[n].x, before[n], m.weight.detach())
         q_out = run_block(block, inputs, device)
-        num = sum(float((q - f).float().norm() ** 2) for q, f in zip(q_out, fp_out))
-        den = sum(float(f.float().norm() ** 2) for f in fp_out)
-        rep = BlockReport(i, time.time() - t0, (num / max(den, 1e-24)) ** 0.5, errors)
+        rep = BlockReport(i, time.time() - t0, _relative(q_out, fp_out), errors,
+                          _relative([q[..., -1:, :] for q in q_out], [f[..., -1:, :] for f in fp_out]))
         reports.append(rep)
         if offload:
             placement.unpin(block)
