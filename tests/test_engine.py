@@ -193,6 +193,8 @@ def test_awq_block_search_never_worse_than_rtn_on_its_loss(which, loss_tokens, z
     path = ASSETS / ("tiny-llava" if which == "Llava" else "tiny-vila")
     cfg = WeightQuantConfig(bit=2, group_size=32)
 
+    awq_method = Awq(cfg, {"n_grid": 10, "loss_tokens": loss_tokens})
+
     def block_loss(transform: bool) -> float:
         m = get_model_class(which)(path, "float32", "cpu")
         inputs = capture_first_block_inputs(m, _calib(m, zoo, 8))
@@ -200,7 +202,7 @@ def test_awq_block_search_never_worse_than_rtn_on_its_loss(which, loss_tokens, z
         ref = run_block(block, inputs, "cpu")
         ctx = BlockContext(0, m.block_name(0), block, inputs, m.get_subsets_in_block(block), torch.device("cpu"))
         if transform:
-            Awq(cfg, {"n_grid": 10, "loss_tokens": loss_tokens}).transform_block(ctx)
+            awq_method.transform_block(ctx)
         for sub in ctx.subsets:
             RTN(cfg).quantize_subset(ctx, sub, {}, None)
         out = run_block(block, inputs, "cpu")
@@ -209,6 +211,37 @@ def test_awq_block_search_never_worse_than_rtn_on_its_loss(which, loss_tokens, z
 
     rtn, awq = block_loss(False), block_loss(True)
     assert awq < rtn, (awq, rtn)
+    # the simulation is the real thing: folded scales + RTN give exactly the loss the search saw
+    # (on the positions loss_tokens names; row scales of v_proj/up_proj included)
+    assert awq == pytest.approx(awq_method.search_loss[0], rel=1e-4)
+
+
+@pytest.mark.parametrize("which", ["Llava", "Vila"])
+def test_awq_block_simulation_matches_the_folded_quantized_block(which, zoo, tiny_vila_installed):
+    """With one non-trivial candidate per subset (so every subset is scaled, v_proj and up_proj
+    absorbing the next subset's 1/s), the search's simulated loss equals the real block's:
+    scales folded by apply_scales_, then RTN."""
+    from llmc.quant.blockwise import BlockContext, capture_first_block_inputs, run_block
+    from llmc.quant.methods import RTN, Awq, _token_relative_mse
+    from llmc.quant.quantizer import WeightQuantConfig
+
+    class OneCandidate(Awq):
+        def _candidates(self, x_mean, w_mean, n_grid):
+            s = x_mean.pow(0.5).clamp(min=1e-4)
+            yield s / (s.max() * s.min()).sqrt()
+
+    cfg = WeightQuantConfig(bit=3, group_size=32)
+    m = get_model_class(which)(ASSETS / ("tiny-llava" if which == "Llava" else "tiny-vila"), "float32", "cpu")
+    inputs = capture_first_block_inputs(m, _calib(m, zoo, 4))
+    block = m.get_blocks()[0]
+    ref = run_block(block, inputs, "cpu")
+    ctx = BlockContext(0, m.block_name(0), block, inputs, m.get_subsets_in_block(block), torch.device("cpu"))
+    method = OneCandidate(cfg, {})
+    method.transform_block(ctx)
+    for sub in ctx.subsets:
+        RTN(cfg).quantize_subset(ctx, sub, {}, None)
+    real = sum(_token_relative_mse(o, r) for o, r in zip(run_block(block, inputs, "cpu"), ref))
+    assert real == pytest.approx(method.search_loss[0], rel=1e-4)
 
 
 def test_awq_loss_tokens_last_fits_the_answer_position(zoo, tmp_path):
@@ -235,6 +268,12 @@ def test_awq_loss_tokens_last_fits_the_answer_position(zoo, tmp_path):
     assert make_method(cfg.quant, answered).loss_tokens == "all"
     with pytest.raises(ValueError, match="loss_tokens must be 'all' or 'last'"):
         Awq(WeightQuantConfig(bit=4, group_size=32), {"loss_tokens": "first"})
+    from llmc.data.calib import load_custom_mm
+    from llmc.quant.blockwise import quantize_blockwise
+
+    two = m.batch_process(load_custom_mm(zoo.calib_set, 2))  # a padded two-sample batch
+    with pytest.raises(ValueError, match="needs one unpadded calibration sample per forward pass"):
+        quantize_blockwise(m, Awq(WeightQuantConfig(bit=4, group_size=32), {"loss_tokens": "last"}), [two])
 
 
 def _config(tmp_path, zoo, model, path, method="Awq", bit=4, extra=None, n_eval=24):

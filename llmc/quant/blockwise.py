@@ -228,6 +228,9 @@ def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], 
     offload = placement is not None and placement.offload
     check_layers(adapter, method.wcfg)
     inputs = capture_first_block_inputs(adapter, batches)
+    if method.loss_tokens == "last" and any(bi.hidden.shape[0] > 1 for bi in inputs):
+        raise ValueError("loss_tokens: last fits each sequence's last position, which needs one unpadded "
+                         "calibration sample per forward pass; pass single-sample batches or use loss_tokens: all")
     blocks = adapter.get_blocks()
     reports = []
     for i, block in enumerate(blocks):

@@ -24,10 +24,10 @@ class Awq(Method):
     """Activation-aware scales folded into the preceding op, then clip search and RTN.
 
     The scales are searched on the *block output*, jointly: the whole block is simulated as it
-    will be quantized (every layer's weight replaced by ``Q(W * c / r) / c * r`` for its column
-    scale ``c`` and, where a Linear absorbs the next subset's ``1/s``, its row scale ``r``), and
-    the subsets' scales are chosen one after the other, each given the scales already chosen
-    before it. Each subset's candidates are ``s = 1`` (no scaling: plain RTN) and the AWQ grid,
+    will be quantized (every layer's weight replaced by ``Q(W * c) / c`` for its column scale
+    ``c``; a Linear that absorbs the next subset's ``1/s`` in its rows quantizes to the same
+    function, since groups lie along rows), and the subsets' scales are chosen one after the
+    other, each given the scales already chosen before it. Each subset's candidates are ``s = 1`` (no scaling: plain RTN) and the AWQ grid,
     so the chosen scales never make this block's simulated output error worse than RTN's.
     Attention, the MLP's non-linearity and the way the subsets' errors add up all count, as they
     do for the model. ``search: layer`` uses each subset's own layer outputs instead (the cheaper
@@ -42,6 +42,8 @@ class Awq(Method):
         self.loss_tokens = self.special.get("loss_tokens") or "all"
         if self.loss_tokens not in ("all", "last"):
             raise ValueError(f"loss_tokens must be 'all' or 'last', got {self.loss_tokens!r}")
+        #: block index -> the block search's loss with every chosen scale in place (simulated)
+        self.search_loss: dict[int, float] = {}
 
     def transform_block(self, ctx: BlockContext) -> None:
         if not self.special.get("trans", True):
@@ -51,15 +53,16 @@ class Awq(Method):
         if not subsets:
             return
         # every layer of a subset reads the same input: hook the first one of each
-        firsts = {sub.name: next(iter(sub.layers.values())) for sub in subsets}
+        firsts = {str(k): next(iter(sub.layers.values())) for k, sub in enumerate(subsets)}
         stats = collect_inputs(ctx.block, ctx.inputs, firsts, ctx.device, seed=ctx.index)
+        xs = [stats[str(k)].x for k in range(len(subsets))]
         if self.special.get("search", "block") == "layer":
-            chosen = [awq.search_scales(stats[sub.name].x.to(ctx.device), list(sub.layers.values()),
-                                        self.wcfg, n_grid=n_grid)[0] for sub in subsets]
+            chosen = [awq.search_scales(x.to(ctx.device), list(sub.layers.values()), self.wcfg, n_grid=n_grid)[0]
+                      for x, sub in zip(xs, subsets)]
         else:
             v2 = self.special.get("trans_version", "v2") == "v2"
-            chosen = self._search_on_block(ctx, subsets, {sub.name: stats[sub.name].x.abs().mean(0) for sub in subsets},
-                                           n_grid, v2)
+            chosen, self.search_loss[ctx.index] = self._search_on_block(
+                ctx, subsets, [x.abs().mean(0) for x in xs], n_grid, v2)
         for sub, scales in zip(subsets, chosen):
             layers = list(sub.layers.values())
             awq.apply_scales_(sub.prev_op, layers, scales.to(layers[0].weight.device))
@@ -75,7 +78,8 @@ class Awq(Method):
             yield s / (s.max() * s.min()).sqrt()
 
     @torch.no_grad()
-    def _search_on_block(self, ctx: BlockContext, subsets, x_means: dict, n_grid: int, v2: bool) -> list[torch.Tensor]:
+    def _search_on_block(self, ctx: BlockContext, subsets, x_means: list, n_grid: int,
+                         v2: bool) -> tuple[list[torch.Tensor], float]:
         step = max(1, len(ctx.inputs) // self.search_inputs)
         inputs = ctx.inputs[::step][: self.search_inputs]
         ref = run_block(ctx.block, inputs, ctx.device)
@@ -83,55 +87,38 @@ class Awq(Method):
         q = IntQuantizer(self.wcfg)
         linears = [fc for sub in ctx.subsets for fc in sub.layers.values()]
         orig = {fc: fc.weight.data.clone() for fc in linears}
-        col: dict = {}  # layer -> scale of its input columns
-        row: dict = {}  # layer -> scale its output rows are divided by (folded 1/s of the next subset)
-
-        def simulate(fc):
-            w = orig[fc].float()
-            c, r = col.get(fc), row.get(fc)
-            if c is not None:
-                w = w * c
-            if r is not None:
-                w = w / r.unsqueeze(1)
-            wq = q.fake(w)
-            if c is not None:
-                wq = wq / c
-            if r is not None:
-                wq = wq * r.unsqueeze(1)
-            fc.weight.data = wq.to(orig[fc].dtype)
-
-        def use(layers, prev, s):
-            """Simulate ``layers`` scaled by ``s`` (and ``prev`` absorbing ``1/s``)."""
+        # Each layer is simulated as Q(W * c) / c for its column scale c. Where a Linear of the
+        # block absorbs the next subset's 1/s (v_proj <- o_proj, up_proj <- down_proj) its rows
+        # are divided by s; quantization groups lie along rows, so Q(W / s_row) = Q(W) / s_row
+        # and that Linear's simulated output needs no change.
+        def use(layers, s):
             for fc in layers:
-                col[fc] = s
-                simulate(fc)
-            if prev is not None:
-                row[prev] = s
-                simulate(prev)
+                fc.weight.data = (q.fake(orig[fc].float() * s) / s).to(orig[fc].dtype)
 
         chosen = []
         try:
             for fc in linears:
-                simulate(fc)
-            for sub in subsets:
+                fc.weight.data = q.fake(orig[fc].float()).to(orig[fc].dtype)
+            for sub, x_mean in zip(subsets, x_means):
                 layers = list(sub.layers.values())
-                prev = sub.prev_op if sub.prev_op in orig else None  # a Linear of this block absorbs 1/s
-                x_mean = x_means[sub.name].to(orig[layers[0]].device, torch.float32)
+                x_mean = x_mean.to(orig[layers[0]].device, torch.float32)
                 w_mean = _group_normalized_weight_mean([orig[fc] for fc in layers], self.wcfg) if v2 else None
                 best, best_loss = None, float("inf")
                 for s in self._candidates(x_mean, w_mean, n_grid):
-                    use(layers, prev, s)
+                    use(layers, s)
                     out = run_block(ctx.block, inputs, ctx.device)
                     loss = sum(_token_relative_mse(o[..., -1:, :], r[..., -1:, :]) if last
                                else _token_relative_mse(o, r) for o, r in zip(out, ref))
                     if loss < best_loss:
                         best, best_loss = s.clone(), loss
-                use(layers, prev, best)
+                if best is None:  # every candidate's loss was NaN: leave this subset unscaled
+                    best = torch.ones_like(x_mean)
+                use(layers, best)
                 chosen.append(best)
         finally:
             for fc, w in orig.items():
                 fc.weight.data = w
-        return chosen
+        return chosen, best_loss
 
     def quantize_subset(self, ctx, subset, stats: dict[str, LayerStats], state) -> None:
         clip_cfg = self.wcfg
