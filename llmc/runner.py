@@ -327,9 +327,10 @@ def run(cfg: Config, run_dir: Path, *, device: str | None = None, progress: Prog
     results["table"] = table
     (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     progress.log("results:\n" + table)
-    results.update(peak_gpu_memory())
+    peak = peak_gpu_memory()
+    results.update(peak)
     progress.event("done", seconds=round(results["timings"]["total"], 3), results=str(run_dir / "results.json"),
-                   **peak_gpu_memory())
+                   **peak)
     return results
 
 

@@ -97,6 +97,12 @@ def _is_cache(value) -> bool:
     return any(c.__name__.endswith("Cache") for c in type(value).__mro__)
 
 
+def last_positions(t: torch.Tensor) -> torch.Tensor:
+    """Each sequence's last position, ``(..., 1, hidden)``: where a VQA prompt is answered
+    (calibration sequences are unpadded, one sample per forward pass)."""
+    return t[..., -1:, :]
+
+
 def _block_out(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
@@ -133,7 +139,7 @@ def collect_inputs(block: nn.Module, inputs: list[BlockInput], layers: dict[str,
             if on_batch:
                 on_batch(name, x)
             if last_only:
-                x = args[0].detach()[..., -1, :].reshape(-1, x.shape[-1])
+                x = last_positions(args[0].detach()).reshape(-1, x.shape[-1])
             if x.shape[0] > per_batch:
                 idx = torch.randperm(x.shape[0], generator=gen)[:per_batch].to(x.device)
                 x = x[idx]
@@ -257,7 +263,7 @@ def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], 
                 errors[n] = relative_error(stats[n].x, before[n], m.weight.detach())
         q_out = run_block(block, inputs, device)
         rep = BlockReport(i, time.time() - t0, _relative(q_out, fp_out), errors,
-                          _relative([q[..., -1:, :] for q in q_out], [f[..., -1:, :] for f in fp_out]))
+                          _relative([last_positions(q) for q in q_out], [last_positions(f) for f in fp_out]))
         reports.append(rep)
         if offload:
             placement.unpin(block)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from . import awq
-from .blockwise import BlockContext, LayerStats, Method, collect_inputs, run_block
+from .blockwise import BlockContext, LayerStats, Method, collect_inputs, last_positions, run_block
 from .gptq import GPTQ
 from .quantizer import IntQuantizer, WeightQuantConfig
 from .rtn import rtn_
@@ -27,8 +27,9 @@ class Awq(Method):
     will be quantized (every layer's weight replaced by ``Q(W * c) / c`` for its column scale
     ``c``; a Linear that absorbs the next subset's ``1/s`` in its rows quantizes to the same
     function, since groups lie along rows), and the subsets' scales are chosen one after the
-    other, each given the scales already chosen before it. Each subset's candidates are ``s = 1`` (no scaling: plain RTN) and the AWQ grid,
-    so the chosen scales never make this block's simulated output error worse than RTN's.
+    other, each given the scales already chosen before it. Each subset's candidates are
+    ``s = 1`` (no scaling: plain RTN) and the AWQ grid, so the chosen scales never make this
+    block's simulated output error worse than RTN's.
     Attention, the MLP's non-linearity and the way the subsets' errors add up all count, as they
     do for the model. ``search: layer`` uses each subset's own layer outputs instead (the cheaper
     classic loss, with the other layers in float).
@@ -107,7 +108,7 @@ class Awq(Method):
                 for s in self._candidates(x_mean, w_mean, n_grid):
                     use(layers, s)
                     out = run_block(ctx.block, inputs, ctx.device)
-                    loss = sum(_token_relative_mse(o[..., -1:, :], r[..., -1:, :]) if last
+                    loss = sum(_token_relative_mse(last_positions(o), last_positions(r)) if last
                                else _token_relative_mse(o, r) for o, r in zip(out, ref))
                     if loss < best_loss:
                         best, best_loss = s.clone(), loss
