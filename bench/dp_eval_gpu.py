@@ -74,7 +74,7 @@ def evaluate(n_procs: int, model: Path, data: Path, out: Path, cpu: bool, limit:
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"{n_procs}-process evaluation failed (rc={proc.returncode}):\n{proc.stderr[-4000:]}")

@@ -11,6 +11,7 @@ from textual.widgets import Button, DataTable, Input, Select, SelectionList, Sta
 
 from wizard.app import WizardApp, demo_answers
 from wizard.services.answers import Answers
+from wizard.services.child import wait_gone
 
 pytestmark = pytest.mark.slow
 SIZE = (130, 48)
@@ -218,6 +219,16 @@ async def test_generate_previews_writes_registers_and_smoke_tests(zoo, tmp_path)
         await _press(pilot, "#smoke")
         await _until(pilot, lambda: "smoke test" in _text(s, "#status") and "…" not in _text(s, "#status"))
         assert "smoke test passed" in _text(s, "#status"), _text(s, "#status")
+        assert "eval sample:" in "\n".join(s.query_one("#log").lines)  # the child's log lines
+        # run again and cancel: the child process loading the model is killed
+        first = s.child_pid
+        await _press(pilot, "#smoke")
+        await _until(pilot, lambda: s.child_pid not in (None, first))
+        assert s.query_one("#smoke", Button).disabled
+        await _press(pilot, "#cancel")
+        await _until(pilot, lambda: "cancelled" in _text(s, "#status"))
+        assert wait_gone(s.child_pid)
+        assert not s.query_one("#smoke", Button).disabled and s.query_one("#cancel", Button).disabled
 
 
 async def test_run_launches_follows_cancels_and_shows_scores(zoo, tmp_path):
@@ -274,6 +285,13 @@ async def test_run_launches_follows_cancels_and_shows_scores(zoo, tmp_path):
         await _until(pilot, lambda: t.query_one("#answers", DataTable).row_count == 2, 120)
         answers = [t.query_one("#answers", DataTable).get_row_at(i)[1] for i in range(2)]
         assert all(x in ("Yes", "No") for x in answers)
+        # ask again and cancel while the child process loads the models
+        first = t.child_pid
+        await _press(pilot, "#ask")
+        await _until(pilot, lambda: t.child_pid not in (None, first))
+        await _press(pilot, "#cancel")
+        await _until(pilot, lambda: "cancelled" in _text(t, "#status"))
+        assert wait_gone(t.child_pid) and not t.query_one("#ask", Button).disabled
 
 
 async def test_try_without_a_run_says_what_to_do(tmp_path):

@@ -44,6 +44,7 @@ class GenerateScreen(StepScreen):
             yield Button("Preview", id="preview", variant="primary")
             yield Button("Write + register", id="write", variant="success", disabled=True)
             yield Button("Smoke test", id="smoke", disabled=True)
+            yield Button("Cancel", id="cancel", variant="error", disabled=True)
         yield Static("", id="status")
         yield Static("", id="preview-code")
         yield Log(id="log", max_lines=500)
@@ -63,6 +64,7 @@ class GenerateScreen(StepScreen):
         self.query_one("#export", Select).value = g.export or "none"
         self.query_one("#placement", Select).value = g.placement
         self.plan = None
+        self.child_pid: int | None = None  # the smoke test's process, while it runs
 
     def _read_form(self) -> None:
         g = self.answers.generate
@@ -107,21 +109,31 @@ class GenerateScreen(StepScreen):
             self.query_one("#smoke", Button).disabled = False
             self.app.save_answers()
         elif event.button.id == "smoke" and self.plan is not None:
-            self.set_status("smoke test: import, build, one calibration sample, one eval sample…")
+            self.work_started("#smoke", "smoke test: import, build, one calibration sample, one eval sample…")
             self.smoke_worker()
+        elif event.button.id == "cancel":
+            self.cancel_event.set()
+            self.set_status("cancelling…")
 
     @work(thread=True, exclusive=True, exit_on_error=False)
     def smoke_worker(self) -> None:
-        from ..services.smoke import smoke_test
+        from ..services.smoke import smoke_test_in_child
 
         g = self.answers.generate
         log = self.query_one("#log", Log)
         try:
-            rep = smoke_test(self.plan.module, self.plan.model_type, Path(self.answers.source.weights_dir),
-                             Path(g.calib_path) if g.calib_path else None, Path(g.eval_path) if g.eval_path else None,
-                             models_dir=self.app.models_dir,
-                             log=lambda m: self.app.call_from_thread(log.write_line, m))
-            self.app.call_from_thread(self.set_status, f"smoke test passed: answered {rep.answer!r} "
+            # a child process, so that Cancel stops a model load or a forward pass mid-way
+            rep = smoke_test_in_child(
+                self.plan.module, self.plan.model_type, Path(self.answers.source.weights_dir),
+                Path(g.calib_path) if g.calib_path else None, Path(g.eval_path) if g.eval_path else None,
+                models_dir=self.app.models_dir, log=lambda m: self.app.call_from_thread(log.write_line, m),
+                cancelled=self.cancel_event.is_set, on_start=self._child_started)
+            self.app.call_from_thread(self.work_finished, "#smoke", f"smoke test passed: answered {rep.answer!r} "
                                       f"(expected {rep.expected!r})", False)
         except WizardError as e:
-            self.app.call_from_thread(self.set_status, str(e), True)
+            self.app.call_from_thread(self.work_finished, "#smoke", str(e), True)
+        except Exception as e:  # noqa: BLE001 - shown to the user
+            self.app.call_from_thread(self.work_finished, "#smoke", f"smoke test failed: {type(e).__name__}: {e}", True)
+
+    def _child_started(self, pid: int) -> None:
+        self.child_pid = pid

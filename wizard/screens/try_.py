@@ -8,30 +8,10 @@ from pathlib import Path
 from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal
-from textual.widgets import Button, DataTable, Input, Label, Static
+from textual.widgets import Button, DataTable, Input, Label, Log, Static
 
 from ..services.errors import WizardError
 from .base import StepScreen
-
-
-def compare_answers(model_type: str, float_dir: Path, quant_dir: Path, image, question: str, device="cpu",
-                    models_dir: Path | None = None) -> tuple[str, str]:
-    """Float and quantized answers, each model loaded through the adapter."""
-    from llmc.eval.vqa import VQARequest
-    from llmc.models import get_model_class
-
-    if models_dir is not None:
-        from ..services.register import import_adapter
-
-        module = next((p.stem for p in Path(models_dir).glob("*.py")
-                       if f"MODEL_TYPE = {model_type!r}" in p.read_text()), None)
-        if module:
-            import_adapter(module, models_dir)
-    cls = get_model_class(model_type)
-    req = [VQARequest(question, [image], {"max_new_tokens": 16})]
-    a = cls(float_dir, "auto", device).answer(req)[0]
-    b = cls(quant_dir, "auto", device).answer(req)[0]
-    return a, b
 
 
 class TryScreen(StepScreen):
@@ -46,13 +26,17 @@ class TryScreen(StepScreen):
         with Horizontal(classes="row"):
             yield Label("Question ")
             yield Input(id="question", placeholder="(the sample's question)")
-        yield Button("Ask both models", id="ask", variant="primary")
+        with Horizontal(classes="row buttons"):
+            yield Button("Ask both models", id="ask", variant="primary")
+            yield Button("Cancel", id="cancel", variant="error", disabled=True)
         yield Static("", id="status")
         yield DataTable(id="answers")
+        yield Log(id="log", max_lines=200)
 
     def on_mount(self) -> None:
         super().on_mount()
         self.query_one("#answers", DataTable).add_columns("model", "answer")
+        self.child_pid: int | None = None  # the process answering, while it runs
 
     def _saved_model(self) -> Path:
         run_dir = self.answers.run.run_dir
@@ -66,6 +50,10 @@ class TryScreen(StepScreen):
     def on_button_pressed(self, event: Button.Pressed) -> None:
         from PIL import Image
 
+        if event.button.id == "cancel":
+            self.cancel_event.set()
+            self.set_status("cancelling…")
+            return
         try:
             quant_dir = self._saved_model()
             image_path = self.query_one("#image", Input).value.strip()
@@ -93,19 +81,32 @@ class TryScreen(StepScreen):
             self.set_status(str(e), error=True)
             return
         self._asked = f"{question}" + (f" (expected: {expected})" if expected else "")
-        self.set_status(f"asking: {self._asked}")
+        self.work_started("#ask", f"asking: {self._asked}")
         self.ask_worker(quant_dir, image, question)
 
     @work(thread=True, exclusive=True, exit_on_error=False)
     def ask_worker(self, quant_dir: Path, image, question: str) -> None:
+        from ..services.ask import compare_answers_in_child
+
         plan_type = self._model_type()
+        log = self.query_one("#log", Log)
         try:
-            a, b = compare_answers(plan_type, Path(self.answers.source.weights_dir), quant_dir, image, question,
-                                   self.app.device or "cpu", self.app.models_dir)
+            # a child process, so that Cancel stops the two model loads mid-way
+            a, b = compare_answers_in_child(
+                plan_type, Path(self.answers.source.weights_dir), quant_dir, image, question,
+                self.app.device or "cpu", self.app.models_dir,
+                log=lambda m: self.app.call_from_thread(log.write_line, m),
+                cancelled=self.cancel_event.is_set, on_start=self._child_started)
+        except WizardError as e:
+            self.app.call_from_thread(self.work_finished, "#ask", str(e), True)
+            return
         except Exception as e:  # noqa: BLE001 - shown to the user
-            self.app.call_from_thread(self.set_status, f"failed: {type(e).__name__}: {e}", True)
+            self.app.call_from_thread(self.work_finished, "#ask", f"failed: {type(e).__name__}: {e}", True)
             return
         self.app.call_from_thread(self._show, a, b)
+
+    def _child_started(self, pid: int) -> None:
+        self.child_pid = pid
 
     def _model_type(self) -> str:
         from ..services.render import class_name
@@ -118,4 +119,4 @@ class TryScreen(StepScreen):
         t.clear()
         t.add_row("float (original)", a)
         t.add_row(f"quantized ({self.answers.generate.method} W{self.answers.generate.bit})", b)
-        self.set_status(f"asked: {self._asked}")
+        self.work_finished("#ask", f"asked: {self._asked}", False)

@@ -63,3 +63,42 @@ def smoke_test(module: str, model_type: str, weights: Path, calib_path: Path | N
         rep.expected = row["answer"]
     rep.ok = True
     return rep
+
+
+def smoke_test_in_child(module: str, model_type: str, weights: Path, calib_path: Path | None,
+                        eval_path: Path | None, device: str = "cpu", models_dir: Path | None = None, log=None,
+                        cancelled=None, on_start=None) -> SmokeReport:
+    """:func:`smoke_test` in a child process: ``cancelled()`` turning true kills it (WizardError)."""
+    from .child import run_child
+
+    args = ["--module", module, "--model-type", model_type, "--weights", weights, "--device", device]
+    for flag, value in (("--calib", calib_path), ("--eval", eval_path), ("--models-dir", models_dir)):
+        if value is not None:
+            args += [flag, value]
+    res = run_child("wizard.services.smoke", args, what="smoke test", on_line=log, cancelled=cancelled,
+                    on_start=on_start)
+    return SmokeReport(ok=res["ok"], steps=[tuple(s) for s in res["steps"]], answer=res["answer"],
+                       expected=res["expected"])
+
+
+def main(argv=None) -> int:
+    import argparse
+    from dataclasses import asdict
+
+    from .child import child_main
+
+    ap = argparse.ArgumentParser(prog="python -m wizard.services.smoke", description=__doc__)
+    ap.add_argument("--module", required=True)
+    ap.add_argument("--model-type", required=True)
+    ap.add_argument("--weights", required=True, type=Path)
+    ap.add_argument("--calib", type=Path)
+    ap.add_argument("--eval", type=Path)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--models-dir", type=Path)
+    a = ap.parse_args(argv)
+    return child_main(lambda: asdict(smoke_test(a.module, a.model_type, a.weights, a.calib, a.eval, a.device,
+                                                a.models_dir, log=print)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
