@@ -251,10 +251,10 @@ def quick_mme(answer_fn, scenes) -> dict[str, float]:
 
 
 def train(name: str, out: Path, steps: int, batch: int, lr: float, pool_size: int, seed: int = 0,
-          log_every: int = 250) -> dict[str, float]:
+          log_every: int = 250, threads: int = 2) -> dict[str, float]:
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     tokenizer = build_tokenizer()
     yes_id = tokenizer(" Yes", add_special_tokens=False).input_ids[0]
     no_id = tokenizer(" No", add_special_tokens=False).input_ids[0]
@@ -351,8 +351,10 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--pool", type=int, default=6000)
     ap.add_argument("--log-every", type=int, default=250)
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads (the result depends on it)")
     args = ap.parse_args(argv)
-    train(args.model, args.out, args.steps, args.batch, args.lr, args.pool, log_every=args.log_every)
+    train(args.model, args.out, args.steps, args.batch, args.lr, args.pool, log_every=args.log_every,
+          threads=args.threads)
     return 0
 
 
