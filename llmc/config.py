@@ -802,16 +802,13 @@ class Config(_Section):
             if not getattr(self.save, f"save_{fmt}"):
                 continue
             key = ("save", f"save_{fmt}")
-            if self.quant.act is not None:
-                raise _KeyedError("exports weight-only checkpoints; activation quantization "
-                                  "(quant.act) is not exported: remove quant.act or this key", key=key)
             special = self.quant.special
             if isinstance(special, GptqSpecial) and special.actorder and not special.static_groups \
                     and self.quant.weight.granularity == "per_group":
                 raise _KeyedError("GPTQ act-order groups cannot be stored in this format; "
                                   "set quant.special.static_groups: true", key=key)
             try:
-                check_format(fmt, weight_config(self.quant))
+                check_format(fmt, weight_config(self.quant), self.quant.act)
             except ExportError as exc:
                 raise _KeyedError(str(exc).split(": ", 1)[1], key=key) from None
 

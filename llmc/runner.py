@@ -317,7 +317,7 @@ def run(cfg: Config, run_dir: Path, *, device: str | None = None, progress: Prog
         if cfg.save and getattr(cfg.save, f"save_{fmt}"):
             with progress.phase(f"save_{fmt}"):
                 out = export_quantized(adapter, method.qparams, method.wcfg, fmt,
-                                       Path(cfg.save.save_path or run_dir) / fmt)
+                                       Path(cfg.save.save_path or run_dir) / fmt, act=cfg.quant.act)
                 progress.log(f"saved {FORMATS[fmt]} checkpoint: {out}")
                 progress.event("saved", kind=fmt, path=str(out))
                 results[f"saved_{fmt}"] = str(out)

@@ -55,6 +55,47 @@ def test_vllm_export_loads_in_transformers_and_answers_like_the_fake_model(zoo, 
     torch.testing.assert_close(real.answer_logits(reqs), fake.answer_logits(reqs), rtol=0, atol=0)
 
 
+def test_w8a8_export_is_int_quantized_and_loads_with_dynamic_token_activations(zoo, tmp_path):
+    from llmc.quant.actquant import ActQuantConfig, attach_act_quant_
+    from llmc.runner import run
+
+    cfg = _cfg(zoo, tmp_path, "Llava", "tiny-llava", "SmoothQuant", {"bit": 8, "symmetric": True},
+               {"save_vllm": True})
+    cfg["quant"]["weight"] = {"bit": 8, "symmetric": True, "granularity": "per_channel"}
+    cfg["quant"]["act"] = {"bit": 8, "symmetric": True, "granularity": "per_token"}
+    run(load_config(cfg), tmp_path / "out", device="cpu")
+    out = tmp_path / "out" / "vllm"
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    group = qc["config_groups"]["group_0"]
+    assert qc["format"] == group["format"] == "int-quantized"
+    assert group["weights"]["strategy"] == "channel" and group["weights"]["num_bits"] == 8
+    assert group["input_activations"]["strategy"] == "token" and group["input_activations"]["dynamic"] is True
+    sd = load_file(out / "model.safetensors")
+    fake = load_file(tmp_path / "out" / "fake" / "model.safetensors")
+    codes = sorted(k for k, t in sd.items() if t.dtype == torch.int8)
+    assert len(codes) == 14 and all(k.endswith(".weight") and "language_model" in k for k in codes)
+    for k in codes:  # int8 codes times the (out, 1) scale are exactly the evaluated weights
+        scale = sd[k[: -len("weight")] + "weight_scale"]
+        assert scale.shape == (sd[k].shape[0], 1)
+        assert torch.equal(sd[k].float() * scale, fake[k])
+
+    # transformers + compressed-tensors: the loaded model quantizes each Linear input per token
+    # at run time. Its grid divides the absmax by 127.5 where ours (and vLLM's int8 GEMM) uses
+    # 127, so the logits agree closely, not bit for bit; without activation quantization they
+    # would differ far more.
+    real = get_model_class("Llava")(out, "float32", "cpu")
+    fake_model = get_model_class("Llava")(tmp_path / "out" / "fake", "float32", "cpu")
+    reqs = _requests(8)
+    weights_only = fake_model.answer_logits(reqs)
+    hooks = attach_act_quant_(fake_model, ActQuantConfig(8, True, "per_token"))
+    ours = fake_model.answer_logits(reqs)
+    hooks.remove()
+    theirs = real.answer_logits(reqs)
+    assert torch.equal(theirs.argmax(-1), ours.argmax(-1))
+    gap, gap_weights_only = (theirs - ours).abs().max(), (theirs - weights_only).abs().max()
+    assert gap < 0.5 * gap_weights_only, (float(gap), float(gap_weights_only))
+
+
 def test_autoawq_export_of_a_custom_code_vlm_unpacks_to_the_fake_weights(zoo, tmp_path, tiny_vila_installed):
     from llmc.export import unpack_awq_gemm
     from llmc.runner import run
@@ -98,3 +139,18 @@ def test_export_settings_that_cannot_work_fail_at_load_time(weight, save, specia
         load_config(_cfg(zoo, tmp_path, "Llava", "tiny-llava", "GPTQ", weight, save, special))
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("weight,save,message", [
+    ({"bit": 4, "symmetric": False}, {"save_autoawq": True},
+     "save.save_autoawq: this format is weight-only; remove quant.act, or export W8A8 with save_vllm"),
+    ({"bit": 8, "symmetric": True}, {"save_vllm": True},
+     "save.save_vllm: W8A8 export needs per-channel weights (vLLM's int8 kernels); "
+     "set quant.weight.granularity: per_channel"),
+])
+def test_activation_quantization_exports_only_as_w8a8(weight, save, message, zoo, tmp_path):
+    raw = _cfg(zoo, tmp_path, "Llava", "tiny-llava", "RTN", weight, save)
+    raw["quant"]["act"] = {"bit": 8}
+    with pytest.raises(ConfigError) as err:
+        load_config(raw)
+    assert message in str(err.value) and "\n" not in str(err.value)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from wizard.services import render
 from wizard.services.errors import WizardError
@@ -296,7 +297,14 @@ def test_choices_the_engine_rejects_are_reported_in_one_line(tmp_path):
     with pytest.raises(WizardError, match="AutoAWQ export needs per-group weights"):
         render.plan(a, tmp_path / "m", tmp_path / "c")
     a.generate.method, a.generate.act_bit, a.generate.export = "SmoothQuant", 8, "vllm"
-    with pytest.raises(WizardError, match=r"activation quantization \(quant.act\) is not exported"):
+    with pytest.raises(WizardError, match=r"W8A8 export needs 8-bit weights, got 4; set quant.weight.bit: 8"):
+        render.plan(a, tmp_path / "m", tmp_path / "c")
+    a.generate.bit = 8  # per-channel (group 0) W8A8: the vLLM export writes it as int-quantized
+    cfg = yaml.safe_load(render.plan(a, tmp_path / "m", tmp_path / "c").config_text)
+    assert cfg["save"]["save_vllm"] is True and cfg["quant"]["act"]["bit"] == 8
+    assert cfg["quant"]["weight"]["granularity"] == "per_channel"
+    a.generate.act_bit = 4
+    with pytest.raises(WizardError, match=r"set quant.act to bit: 8, symmetric: true, granularity: per_token"):
         render.plan(a, tmp_path / "m", tmp_path / "c")
     a.generate.export, a.generate.bit = None, 9
     with pytest.raises(WizardError, match=r"quant.weight.bit: 9 is out of range; use 2..8"):

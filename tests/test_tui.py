@@ -212,7 +212,7 @@ async def test_generate_previews_writes_registers_and_smoke_tests(zoo, tmp_path)
         s.query_one("#act", Select).value = 8
         await pilot.pause()
         await _press(pilot, "#preview")
-        assert "activation quantization (quant.act) is not exported" in _text(s, "#status")
+        assert "W8A8 export needs 8-bit weights, got 4" in _text(s, "#status")  # GPTQ W4 + A8
         assert s.query_one("#write", Button).disabled
         s.query_one("#export", Select).value = "none"
         await pilot.pause()

@@ -2,7 +2,9 @@
 
 * :func:`save_compressed_tensors`: compressed-tensors ``pack-quantized`` (symmetric int4 / int8,
   per-group or per-channel), loadable by vLLM, transformers and compressed-tensors;
-* :func:`save_autoawq`: AutoAWQ ``GEMM`` (asymmetric int4, per-group).
+* :func:`save_autoawq`: AutoAWQ ``GEMM`` (asymmetric int4, per-group);
+* :func:`llmc.export.model.export_quantized`: a whole model through its adapter, in either
+  format, or as compressed-tensors ``int-quantized`` W8A8 when activations are quantized too.
 
 Both take the model's state dict holding the ORIGINAL float weights of the layers to quantize,
 recompute the integer codes with :class:`llmc.quant.quantizer.IntQuantizer` (so the stored

@@ -1,4 +1,5 @@
-"""compressed-tensors ``pack-quantized`` export (symmetric int4 / int8 weights).
+"""compressed-tensors export: ``pack-quantized`` (symmetric int4 / int8 weights) and, with
+dynamic activation quantization, ``int-quantized`` W8A8.
 
 Each quantized ``Linear`` named ``<name>`` is stored as
 
@@ -9,7 +10,12 @@ Each quantized ``Linear`` named ``<name>`` is stored as
 
 and ``config.json`` gains a ``quantization_config`` with ``quant_method: compressed-tensors``
 and ``format: pack-quantized``. Loaders (compressed-tensors, vLLM, transformers) dequantize a
-weight as ``code * scale``. The codes are computed by :class:`IntQuantizer` from the float
+weight as ``code * scale``.
+
+W8A8 (``quant.act`` 8-bit symmetric per-token, weights 8-bit symmetric per-channel) is written
+as ``format: int-quantized``: ``<name>.weight`` holds the int8 codes, ``<name>.weight_scale`` the
+``(out, 1)`` scale, and the scheme's ``input_activations`` declares dynamic per-token int8, the
+scheme vLLM runs with its int8 GEMM. The codes are computed by :class:`IntQuantizer` from the float
 weight against the stored scale, so the dequantized weight equals our fake quantization
 exactly when the scale dtype is float32; for fp16 / bf16 models the scale is rounded once to
 that dtype (the same as compressed-tensors' own compressor does) and the codes follow it.
@@ -34,14 +40,26 @@ from llmc.export.packing import (
 from llmc.quant.quantizer import WeightQuantConfig
 
 FORMAT = "pack-quantized"
+W8A8_FORMAT = "int-quantized"
 SUPPORTED_BITS = (4, 8)
 
 
-def check_config(wcfg: WeightQuantConfig) -> None:
-    """Raise ``ValueError`` unless ``wcfg`` can be written as pack-quantized."""
+def check_config(wcfg: WeightQuantConfig, act=None) -> None:
+    """Raise ``ValueError`` unless ``wcfg`` (and the activation config ``act``: anything with
+    ``bit``, ``symmetric``, ``granularity``) can be written as pack-quantized / int-quantized."""
     wcfg.validate()
     if not wcfg.symmetric:
         raise ValueError("pack-quantized export needs symmetric weights; set quant.weight.symmetric: true")
+    if act is not None:
+        if (act.bit, act.symmetric, act.granularity) != (8, True, "per_token"):
+            raise ValueError("with activation quantization the export writes W8A8 (int8, dynamic per-token "
+                             "activations); set quant.act to bit: 8, symmetric: true, granularity: per_token")
+        if wcfg.bit != 8:
+            raise ValueError(f"W8A8 export needs 8-bit weights, got {wcfg.bit}; set quant.weight.bit: 8")
+        if wcfg.granularity != "per_channel":
+            raise ValueError("W8A8 export needs per-channel weights (vLLM's int8 kernels); "
+                             "set quant.weight.granularity: per_channel")
+        return
     if wcfg.bit not in SUPPORTED_BITS:
         raise ValueError(
             f"pack-quantized export supports {' or '.join(map(str, SUPPORTED_BITS))}-bit weights, "
@@ -78,9 +96,10 @@ def pack_layer(
     return pack_codes(q, scale, wcfg)
 
 
-def quantization_config(wcfg: WeightQuantConfig, ignore: Iterable[str]) -> dict:
-    """The ``quantization_config`` entry of ``config.json`` for ``wcfg``."""
-    check_config(wcfg)
+def quantization_config(wcfg: WeightQuantConfig, ignore: Iterable[str], act=None) -> dict:
+    """The ``quantization_config`` entry of ``config.json`` for ``wcfg`` (and ``act``: W8A8)."""
+    check_config(wcfg, act)
+    fmt = FORMAT if act is None else W8A8_FORMAT
     per_group = wcfg.granularity == "per_group"
     weights = {
         "num_bits": wcfg.bit,
@@ -94,17 +113,22 @@ def quantization_config(wcfg: WeightQuantConfig, ignore: Iterable[str]) -> dict:
         "observer": "minmax",
         "observer_kwargs": {},
     }
+    inputs = None
+    if act is not None:
+        inputs = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "token", "dynamic": True,
+                  "group_size": None, "actorder": None, "block_structure": None, "observer": None,
+                  "observer_kwargs": {}}
     return {
         "quant_method": "compressed-tensors",
-        "format": FORMAT,
+        "format": fmt,
         "quantization_status": "compressed",
         "config_groups": {
             "group_0": {
                 "targets": ["Linear"],
                 "weights": weights,
-                "input_activations": None,
+                "input_activations": inputs,
                 "output_activations": None,
-                "format": FORMAT,
+                "format": fmt,
             }
         },
         "ignore": list(ignore),

@@ -39,12 +39,19 @@ class ExportError(ValueError):
     """The model or its quantization cannot be written in the requested format."""
 
 
-def check_format(fmt: str, wcfg: WeightQuantConfig) -> None:
-    """Raise :class:`ExportError` naming the setting to change when ``wcfg`` cannot be exported."""
+def check_format(fmt: str, wcfg: WeightQuantConfig, act=None) -> None:
+    """Raise :class:`ExportError` naming the setting to change when ``wcfg`` (with the dynamic
+    activation quantization ``act``, if any) cannot be exported."""
     if fmt not in _MODULES:
         raise ExportError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if act is not None and fmt != "vllm":
+        raise ExportError(f"save_{fmt}: this format is weight-only; remove quant.act, or export W8A8 "
+                          "with save_vllm")
     try:
-        _MODULES[fmt].check_config(wcfg)
+        if act is None:
+            _MODULES[fmt].check_config(wcfg)
+        else:
+            _MODULES[fmt].check_config(wcfg, act)
     except ValueError as exc:
         raise ExportError(f"save_{fmt}: {exc}") from None
 
@@ -106,15 +113,16 @@ def _codes(layer: nn.Module, params, wcfg: WeightQuantConfig, name: str) -> tupl
 
 
 def export_quantized(adapter, qparams: dict[nn.Module, tuple | None], wcfg: WeightQuantConfig, fmt: str,
-                     out_dir: str | Path) -> Path:
+                     out_dir: str | Path, act=None) -> Path:
     """Write ``adapter``'s model with the layers of ``qparams`` packed in format ``fmt``.
 
-    ``fmt`` is ``"vllm"`` (compressed-tensors pack-quantized) or ``"autoawq"``. Every other
+    ``fmt`` is ``"vllm"`` (compressed-tensors pack-quantized; int-quantized W8A8 when ``act``, the
+    dynamic activation quantization, is given) or ``"autoawq"``. Every other
     ``nn.Linear`` stays in float and is listed as ignored. The checkpoint is built in
     ``<out_dir>.partial`` and moved into place when complete; an existing ``out_dir`` is
     replaced only then.
     """
-    check_format(fmt, wcfg)
+    check_format(fmt, wcfg, act)
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
@@ -146,7 +154,9 @@ def export_quantized(adapter, qparams: dict[nn.Module, tuple | None], wcfg: Weig
             ignored[f.parent] += [key] + ([name] if name != key else [])
             continue
         q, scale, zero = _codes(layer, qparams[layer], wcfg, name)
-        if fmt == "vllm":
+        if fmt == "vllm" and act is not None:  # int-quantized: int8 codes as the weight itself
+            packed[f][key] = {"weight": q.to(torch.int8), "weight_scale": store_scale(scale, layer.weight.dtype)}
+        elif fmt == "vllm":
             p, s, shape = compressed.pack_codes(q, store_scale(scale, layer.weight.dtype), wcfg)
             packed[f][key] = {"weight_packed": p, "weight_scale": s, "weight_shape": shape}
         else:
@@ -175,7 +185,8 @@ def export_quantized(adapter, qparams: dict[nn.Module, tuple | None], wcfg: Weig
         cfg_path = folder / "config.json"
         cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
         ignore = list(dict.fromkeys(ignored.get(folder, []) + unsaved))
-        cfg["quantization_config"] = _MODULES[fmt].quantization_config(wcfg, ignore)
+        cfg["quantization_config"] = (_MODULES[fmt].quantization_config(wcfg, ignore) if act is None
+                                      else _MODULES[fmt].quantization_config(wcfg, ignore, act))
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
 
     if out.exists():
