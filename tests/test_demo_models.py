@@ -76,3 +76,27 @@ def test_committed_models_beat_chance_and_match_recorded_scores(name, zoo, reque
     recorded = json.loads(SCORES_FILE.read_text())[name]
     assert res.scores.categories == pytest.approx(recorded["categories"], abs=1e-6)
     assert model_facts(name).total == pytest.approx(res.scores.total)
+
+
+def test_batched_training_splice_matches_the_models_own():
+    """The GPU training path's batched image splice gives tiny-vila's own loss."""
+    import random
+
+    import torch
+
+    from wizard.demo import train
+
+    torch.manual_seed(0)
+    tok = train.build_tokenizer()
+    model, processor = train.build_tiny_vila(tok)
+    model.eval()
+    pool = train.Pool(lambda imgs: processor(imgs, return_tensors="pt")["pixel_values"], 24)
+    idx, prompts, targets = train.sample_rows(random.Random(0), pool, 8)
+    ids, labels, mask = train.encode_rows(tok, prompts, targets, 1, -200)
+    with torch.no_grad():
+        own = model(ids, images=pool.pixels[idx], attention_mask=mask, labels=labels).loss
+        batched = model.llm(**train.splice_image(model, ids, labels, mask, pool.pixels[idx])).loss
+    torch.testing.assert_close(batched, own, rtol=1e-5, atol=1e-5)
+    ids[0, ids[0] == -200] = tok.pad_token_id  # a row without its image token is refused
+    with pytest.raises(ValueError, match="exactly one image token"):
+        train.splice_image(model, ids, labels, mask, pool.pixels[idx])
