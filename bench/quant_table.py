@@ -7,6 +7,7 @@ distribution from the float model's (×1e3). Prints a markdown table (and writes
 
     python bench/quant_table.py [--models tiny-llava tiny-vila] [--bits 4 3 2] [--out docs/quant_table.md]
     python bench/quant_table.py --bits 3 2 --methods RTN Awq --calib-offset 64 --awq-loss-tokens all
+    python bench/quant_table.py --weights tiny-vila=/tmp/tv2 --bits 3 2 --awq-clip-tokens all
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def main(argv=None) -> int:
     ap.add_argument("--n-calib", type=int, default=64)
     ap.add_argument("--calib-offset", type=int, default=0, help="skip this many calibration samples first")
     ap.add_argument("--awq-loss-tokens", choices=["all", "last"], default=SPECIAL["Awq"]["loss_tokens"])
+    ap.add_argument("--awq-clip-tokens", choices=["same", "all", "last"], default="same")
+    ap.add_argument("--weights", nargs="+", default=[], metavar="NAME=PATH",
+                    help="other weights for a demo model (e.g. a retrained one)")
     ap.add_argument("--group-size", type=int, default=32)
     ap.add_argument("--cache", type=Path, default=None, help="demo zoo cache (default: the usual one)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -66,8 +70,14 @@ def main(argv=None) -> int:
     requests = [VQARequest(r["question"], [r["image"]], {"max_new_tokens": 8}) for r in rows]
     lines = ["| model | method | bits | existence | count | color | position | total | % of float | KL×1e3 | quantize s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    paths = {name: path for name, (_, path) in MODELS.items()}
+    for w in args.weights:
+        name, _, path = w.partition("=")
+        if name not in MODELS or not path:
+            raise SystemExit(f"--weights {w!r}: expected NAME=PATH with NAME one of {', '.join(MODELS)}")
+        paths[name] = Path(path)
     for name in args.models:
-        mtype, path = MODELS[name]
+        mtype, path = MODELS[name][0], paths[name]
         cls = get_model_class(mtype)
         fl = cls(path, "float32", args.device)
         f_scores = evaluate_mme(fl.answer, data, batch_size=64).scores
@@ -84,7 +94,8 @@ def main(argv=None) -> int:
                 calib = [m.batch_process([s]) for s in samples]
                 t = time.time()
                 wcfg = WeightQuantConfig(bit=bit, symmetric=False, granularity="per_group", group_size=args.group_size)
-                special = dict(SPECIAL[method], **({"loss_tokens": args.awq_loss_tokens} if method == "Awq" else {}))
+                awq = {"loss_tokens": args.awq_loss_tokens, "clip_tokens": args.awq_clip_tokens}
+                special = dict(SPECIAL[method], **(awq if method == "Awq" else {}))
                 quantize_blockwise(m, METHODS[method](wcfg, special), calib, device=args.device)
                 dt = time.time() - t
                 s = evaluate_mme(m.answer, data, batch_size=64).scores

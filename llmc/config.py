@@ -585,9 +585,11 @@ class AwqSpecial(_Special):
     search: Literal["block", "layer"] = Field(
         "block", description="scale-search loss: the block's output (default) or the layers' outputs")
     loss_tokens: Literal["auto", "all", "last"] = Field(
-        "auto", description="positions the block scale search and the clip search fit: every token, or the last one "
+        "auto", description="positions the block scale search (and by default the clip search) fit: every token, or the last one "
         "of each calibration sequence (where a VQA prompt is answered); auto: last for custom_mm "
         "calibration without answers, all otherwise")
+    clip_tokens: Literal["same", "all", "last"] = Field(
+        "same", description="positions the clip search fits; same: those of loss_tokens")
 
     @field_validator("n_grid")
     @classmethod

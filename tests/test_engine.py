@@ -276,6 +276,33 @@ def test_awq_loss_tokens_last_fits_the_answer_position(zoo, tmp_path):
         quantize_blockwise(m, Awq(WeightQuantConfig(bit=4, group_size=32), {"loss_tokens": "last"}), [two])
 
 
+def test_awq_clip_tokens_choose_the_clip_search_rows(zoo):
+    """clip_tokens: same follows loss_tokens; all / last set the clip search's rows on their own."""
+    from llmc.quant.blockwise import quantize_blockwise
+    from llmc.quant.methods import Awq
+    from llmc.quant.quantizer import WeightQuantConfig
+
+    wcfg = WeightQuantConfig(bit=3, group_size=32)
+    assert Awq(wcfg, {"loss_tokens": "last"}).clip_tokens == "last"
+    assert Awq(wcfg, {"loss_tokens": "last", "clip_tokens": "all"}).clip_tokens == "all"
+    assert Awq(wcfg, {"loss_tokens": "all", "clip_tokens": "last"}).clip_tokens == "last"
+    with pytest.raises(ValueError, match="clip_tokens must be 'same', 'all' or 'last'"):
+        Awq(wcfg, {"clip_tokens": "first"})
+
+    def quantized(special):
+        m = get_model_class("Llava")(ASSETS / "tiny-llava", "float32", "cpu")
+        method = Awq(wcfg, {"trans": False, "n_grid": 10, **special})  # the clip search alone
+        quantize_blockwise(m, method, _calib(m, zoo, 4))
+        return {n: p.detach().clone() for n, p in m.get_blocks()[0].named_parameters()}, method
+
+    same, _ = quantized({"loss_tokens": "last"})
+    last, _ = quantized({"loss_tokens": "all", "clip_tokens": "last"})
+    every, method = quantized({"loss_tokens": "last", "clip_tokens": "all"})
+    assert all(torch.equal(same[n], last[n]) for n in same)  # the scale search is off: rows alone decide
+    assert any(not torch.equal(same[n], every[n]) for n in same)
+    assert method.loss_tokens == "last" and method.clip_tokens == "all"
+
+
 def _config(tmp_path, zoo, model, path, method="Awq", bit=4, extra=None, n_eval=24):
     cfg = {
         "base": {"seed": 0},

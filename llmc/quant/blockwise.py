@@ -169,6 +169,8 @@ class Method:
     name = "base"
     #: rows the method fits on: ``"all"`` tokens, or the ``"last"`` of each calibration sequence
     loss_tokens = "all"
+    #: rows its layer-level fits (the layer inputs it is given, e.g. AWQ's clip search) read
+    clip_tokens = "all"
 
     def __init__(self, wcfg: WeightQuantConfig, special: dict | None = None):
         self.wcfg = wcfg
@@ -234,9 +236,10 @@ def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], 
     offload = placement is not None and placement.offload
     check_layers(adapter, method.wcfg)
     inputs = capture_first_block_inputs(adapter, batches)
-    if method.loss_tokens == "last" and any(bi.hidden.shape[0] > 1 for bi in inputs):
-        raise ValueError("loss_tokens: last fits each sequence's last position, which needs one unpadded "
-                         "calibration sample per forward pass; pass single-sample batches or use loss_tokens: all")
+    last = [k for k in ("loss_tokens", "clip_tokens") if getattr(method, k) == "last"]
+    if last and any(bi.hidden.shape[0] > 1 for bi in inputs):
+        raise ValueError(f"{last[0]}: last fits each sequence's last position, which needs one unpadded "
+                         f"calibration sample per forward pass; pass single-sample batches or use {last[0]}: all")
     blocks = adapter.get_blocks()
     reports = []
     for i, block in enumerate(blocks):
@@ -256,7 +259,7 @@ def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], 
         for subset in ctx.subsets:
             on_batch, state = method.stream(subset.layers)
             stats = collect_inputs(block, inputs, subset.layers, device, on_batch=on_batch, seed=i,
-                                   last_only=method.loss_tokens == "last")
+                                   last_only=method.clip_tokens == "last")
             before = {n: m.weight.detach().clone() for n, m in subset.layers.items()}
             method.quantize_subset(ctx, subset, stats, state)
             for n, m in subset.layers.items():

@@ -43,6 +43,10 @@ class Awq(Method):
         self.loss_tokens = self.special.get("loss_tokens") or "all"
         if self.loss_tokens not in ("all", "last"):
             raise ValueError(f"loss_tokens must be 'all' or 'last', got {self.loss_tokens!r}")
+        clip = self.special.get("clip_tokens") or "same"
+        self.clip_tokens = self.loss_tokens if clip == "same" else clip
+        if self.clip_tokens not in ("all", "last"):
+            raise ValueError(f"clip_tokens must be 'same', 'all' or 'last', got {clip!r}")
         #: block index -> the block search's loss with every chosen scale in place (simulated)
         self.search_loss: dict[int, float] = {}
 
