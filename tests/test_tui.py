@@ -247,6 +247,8 @@ async def test_run_launches_follows_cancels_and_shows_scores(zoo, tmp_path):
         await pilot.pause()
         await pilot.press("ctrl+r")
         assert "not found" in _text(s, "#status")  # error path
+        await _press(pilot, "#dp-run")
+        assert "no quantized model yet" in _text(s, "#status")
         # a full-size run, cancelled while it evaluates
         s.query_one("#calib", Input).value = str(zoo.calib_set)
         await pilot.pause()
@@ -277,6 +279,17 @@ async def test_run_launches_follows_cancels_and_shows_scores(zoo, tmp_path):
         past = s.query_one("#past", DataTable)
         states = sorted(past.get_row_at(i)[1] for i in range(past.row_count))
         assert states == ["cancelled", "done"]
+        # data-parallel evaluation of the saved quantized model: 2 CPU processes (gloo) score it
+        # exactly as the engine scored it in memory
+        s.query_one("#gpus", Input).value = "2"
+        await pilot.pause()
+        assert "of the quantized model over 2 GPUs" in _text(s, "#dp-command")
+        await _press(pilot, "#dp-run")
+        await _until(pilot, lambda: "…" not in _text(s, "#status"), 300)
+        assert "over 2 process(es): total" in _text(s, "#status"), _text(s, "#status")
+        dp = json.loads((s.handle.run_dir / "dp_eval_2.json").read_text())
+        assert dp["world_size"] == 2 and dp["total"] == results["evals"]["mme"]["fake_quant"]["total"]
+        assert not s.query_one("#dp-run", Button).disabled
         # Try: float vs quantized answers side by side
         app.switch_screen("Try")
         await pilot.pause()

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -60,6 +61,7 @@ class RunScreen(StepScreen):
         with Horizontal(classes="row"):
             yield Label("GPUs for evaluation ")
             yield Input(id="gpus", type="integer", classes="narrow", value="1")
+            yield Button("Evaluate data-parallel", id="dp-run")
         yield Static("", id="dp-command")
         with Horizontal(classes="row buttons"):
             yield Button("Run (ctrl+r)", id="run", variant="primary")
@@ -91,6 +93,7 @@ class RunScreen(StepScreen):
         self.query_one("#scores", DataTable).add_columns("score", "original", "quantized", "delta")
         self.query_one("#past", DataTable).add_columns("run", "state", "command")
         self.timer = self.set_interval(0.25, self.poll, pause=True)
+        self.dp_pid: int | None = None  # the data-parallel evaluation's launcher, while it runs
         self.on_enter()
 
     def on_enter(self) -> None:
@@ -107,8 +110,6 @@ class RunScreen(StepScreen):
         """With several GPUs, the data-parallel evaluation command (accelerate launch)."""
         from llmc.eval.dp import format_command, launch_command
 
-        from ..services.render import class_name
-
         try:
             n = int(self.query_one("#gpus", Input).value or 1)
         except ValueError:
@@ -117,14 +118,91 @@ class RunScreen(StepScreen):
         if n <= 1:
             target.update("")
             return
+        model = self._quantized_model()
+        which = "the quantized model" if model else "the original model (no finished run yet)"
+        cmd = launch_command(n, self._dp_args(model))
+        target.update(f"data-parallel evaluation of {which} over {n} GPUs:\n" + format_command(cmd))
+
+    def _quantized_model(self) -> str | None:
+        """The fake-quant model the current run saved, if it finished."""
+        run_dir = self.answers.run.run_dir
+        results = Path(run_dir) / "results.json" if run_dir else None
+        if results is None or not results.exists():
+            return None
+        return json.loads(results.read_text()).get("saved_fake")
+
+    def _dp_args(self, model: str | None, out: Path | None = None) -> list[str]:
+        from ..services.render import class_name
+
         g = self.answers.generate
         args = ["--model-type", class_name(g.class_name or g.name or "model"),
-                "--model-path", str(self.answers.source.weights_dir or "<weights>"),
+                "--model-path", model or str(self.answers.source.weights_dir or "<weights>"),
                 "--data", self.query_one("#eval", Input).value or "<eval set>"]
         n_img = self.query_one("#eval-n", Input).value
         if n_img:
             args += ["--limit", n_img]
-        target.update("data-parallel evaluation over " f"{n} GPUs:\n" + format_command(launch_command(n, args)))
+        if out is not None:
+            args += ["--out", str(out)]
+        return args
+
+    def start_dp_eval(self) -> None:
+        """Launch the data-parallel evaluation of the quantized model (accelerate, one process per GPU)."""
+        try:
+            n = int(self.query_one("#gpus", Input).value or 1)
+        except ValueError:
+            n = 0
+        model = self._quantized_model()
+        if n < 1:
+            self.set_status("GPUs must be a whole number ≥ 1", error=True)
+            return
+        if not model:
+            self.set_status("no quantized model yet — run the quantization first (ctrl+r)", error=True)
+            return
+        data = self.query_one("#eval", Input).value.strip()
+        if not data or not Path(data).exists():
+            self.set_status(f"evaluation set {data!r} not found — enter the MME-format folder", error=True)
+            return
+        out = Path(self.answers.run.run_dir) / f"dp_eval_{n}.json"
+        self.cancel_event.clear()
+        self.query_one("#dp-run", Button).disabled = True
+        self.query_one("#stop", Button).disabled = False
+        self.set_status(f"data-parallel evaluation over {n} process(es)…")
+        self.dp_worker(n, self._dp_args(model, out), out)
+
+    @work(thread=True, exclusive=True, group="dp", exit_on_error=False)
+    def dp_worker(self, n: int, args: list[str], out: Path) -> None:
+        import socket
+
+        import torch
+
+        from llmc.eval.dp import format_command, launch_command
+
+        from ..services.child import run_child
+
+        cpu = not torch.cuda.is_available()
+        with socket.socket() as sock:  # a free rendezvous port
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        cmd = launch_command(n, args, cpu=cpu, port=port)
+        log = self.query_one("#log", Log)
+        self.app.call_from_thread(log.write_line, "$ " + format_command(cmd))
+        try:
+            # accelerate's launcher module: the same command, without needing its console script
+            run_child("accelerate.commands.launch", cmd[2:], what="data-parallel evaluation", needs_result=False,
+                      on_line=lambda m: self.app.call_from_thread(log.write_line, m), env=self.app.engine_env(),
+                      cancelled=self.cancel_event.is_set, on_start=lambda pid: setattr(self, "dp_pid", pid))
+            res = json.loads(out.read_text())
+            text = (f"data-parallel evaluation over {res['world_size']} process(es): total {res['total']:.2f} "
+                    f"in {res['seconds']:.1f}s ({out.name})")
+            self.app.call_from_thread(self._dp_done, text, False)
+        except (WizardError, OSError, ValueError, KeyError) as e:
+            self.app.call_from_thread(self._dp_done, str(e), True)
+
+    def _dp_done(self, text: str, error: bool) -> None:
+        self.query_one("#dp-run", Button).disabled = False
+        if self.handle is None or self.handle.poll() is not None:
+            self.query_one("#stop", Button).disabled = True
+        self.set_status(text, error=error)
 
     def refresh_past(self) -> None:
         from ..services.runner import list_runs
@@ -135,7 +213,8 @@ class RunScreen(StepScreen):
             table.add_row(r.run_dir.name, r.state, r.label[-80:], key=str(r.run_dir))
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        {"run": self.action_run, "stop": self.action_stop, "reattach": self.reattach}[event.button.id]()
+        {"run": self.action_run, "stop": self.action_stop, "reattach": self.reattach,
+         "dp-run": self.start_dp_eval}[event.button.id]()
 
     def action_run(self) -> None:
         from ..services import render, runner
@@ -195,6 +274,7 @@ class RunScreen(StepScreen):
         self.timer.resume()
 
     def action_stop(self) -> None:
+        self.cancel_event.set()  # a data-parallel evaluation, if one runs
         if self.handle is None or self.handle.poll() is not None:
             return
         self.handle.cancel()

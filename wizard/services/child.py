@@ -64,8 +64,11 @@ def _kill_group(proc: subprocess.Popen, grace: float = 2.0) -> None:
 
 def run_child(module: str, args: list[str], *, what: str, on_line: Callable[[str], None] | None = None,
               cancelled: Callable[[], bool] | None = None, on_start: Callable[[int], None] | None = None,
-              poll_s: float = 0.1, env: dict | None = None) -> dict:
+              poll_s: float = 0.1, env: dict | None = None, needs_result: bool = True) -> dict:
     """Run ``python -m module args``; return the child's result dict.
+
+    ``needs_result=False`` runs a module that does not speak the protocol (it writes its own
+    output files): a zero exit code is then success and the result is ``{}``.
 
     Raises :class:`WizardError` with the child's own message, with the tail of its output when it
     died without one, or ``"<what> cancelled"`` after ``cancelled()`` turned true (the process
@@ -115,6 +118,8 @@ def run_child(module: str, args: list[str], *, what: str, on_line: Callable[[str
     rc = proc.wait()
     if error is not None:
         raise WizardError(error["message"], error.get("fix"))
+    if rc == 0 and result is None and not needs_result:
+        return {}
     if rc != 0 or result is None:
         last = "\n".join(tail[-8:])
         raise WizardError(f"{what} failed (exit code {rc})" + (f":\n{last}" if last else ""),
