@@ -804,6 +804,9 @@ class Config(_Section):
             if not getattr(self.save, f"save_{fmt}"):
                 continue
             key = ("save", f"save_{fmt}")
+            if self.quant.act is not None and not self.quant.skip_layers:
+                raise _KeyedError("activations are quantized in the decoder blocks only, so a W8A8 export "
+                                  "keeps the head in float; set quant.skip_layers: true", key=key)
             special = self.quant.special
             if isinstance(special, GptqSpecial) and special.actorder and not special.static_groups \
                     and self.quant.weight.granularity == "per_group":

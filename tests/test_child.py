@@ -76,3 +76,27 @@ def test_cancel_kills_the_child_and_its_children(child_env):
     assert wait_gone(pids[0]) and wait_gone(grandchild)
     with pytest.raises(ProcessLookupError):
         os.kill(grandchild, 0)
+
+
+def test_a_failing_callback_does_not_orphan_the_child(child_env):
+    pids: list[int] = []
+
+    def boom(line: str) -> None:
+        raise RuntimeError("the app is gone")
+
+    with pytest.raises(RuntimeError, match="the app is gone"):
+        run_child("fake_service", ["hang"], what="demo", on_line=boom, on_start=pids.append, env=child_env)
+    assert wait_gone(pids[0])
+
+
+def test_undecodable_output_and_a_closed_stdin(child_env, tmp_path):
+    (tmp_path / "odd_service.py").write_text(textwrap.dedent('''
+        import sys
+        from wizard.services.child import child_main
+        sys.stdout.buffer.write(b"bytes \\xff\\xfe not utf-8\\n"); sys.stdout.flush()
+        raise SystemExit(child_main(lambda: {"stdin": sys.stdin.read()}))
+    '''))
+    lines: list[str] = []
+    res = run_child("odd_service", [], what="demo", on_line=lines.append, env=child_env)
+    assert res == {"stdin": ""}  # reads end of file at once, never the caller's terminal
+    assert lines == ["bytes \ufffd\ufffd not utf-8"]

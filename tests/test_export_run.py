@@ -154,3 +154,13 @@ def test_activation_quantization_exports_only_as_w8a8(weight, save, message, zoo
     with pytest.raises(ConfigError) as err:
         load_config(raw)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_w8a8_export_needs_the_head_in_float(zoo, tmp_path):
+    raw = _cfg(zoo, tmp_path, "Llava", "tiny-llava", "RTN", {"bit": 8, "symmetric": True}, {"save_vllm": True})
+    raw["quant"]["weight"] = {"bit": 8, "symmetric": True, "granularity": "per_channel"}
+    raw["quant"]["act"] = {"bit": 8}
+    assert load_config(raw).save.save_vllm  # the W8A8 export, head in float (skip_layers: true)
+    raw["quant"]["skip_layers"] = False
+    with pytest.raises(ConfigError, match="keeps the head in float; set quant.skip_layers: true"):
+        load_config(raw)

@@ -249,9 +249,9 @@ def splice_image(model, ids, labels, mask, px) -> dict:
     per row is what makes the model train fast on a GPU.
     """
     where = (ids == -200).nonzero()
-    p = int(where[0, 1])
-    if where.shape[0] != ids.shape[0] or not bool((where[:, 1] == p).all()):
+    if where.shape[0] != ids.shape[0] or not bool((where[:, 1] == where[0, 1]).all()):
         raise ValueError("each training row needs exactly one image token, at the same index")
+    p = int(where[0, 1])
     feats = model.encode_images(px)
     embed = model.llm.get_input_embeddings()
     n, f = ids.shape[0], feats.shape[1]

@@ -101,3 +101,9 @@ class StepScreen(Screen):
 
     def action_cancel(self) -> None:
         self.cancel_event.set()
+
+    def _stopping(self) -> bool:
+        """For a worker thread: Cancel was pressed, or the app is shutting its workers down."""
+        from textual.worker import get_current_worker
+
+        return self.cancel_event.is_set() or get_current_worker().is_cancelled

@@ -110,6 +110,8 @@ class GenerateScreen(StepScreen):
             self.app.save_answers()
         elif event.button.id == "smoke" and self.plan is not None:
             self.work_started("#smoke", "smoke test: import, build, one calibration sample, one eval sample…")
+            for b in ("#preview", "#write"):  # the child imports the written adapter: leave it alone
+                self.query_one(b, Button).disabled = True
             self.smoke_worker()
         elif event.button.id == "cancel":
             self.cancel_event.set()
@@ -127,13 +129,18 @@ class GenerateScreen(StepScreen):
                 self.plan.module, self.plan.model_type, Path(self.answers.source.weights_dir),
                 Path(g.calib_path) if g.calib_path else None, Path(g.eval_path) if g.eval_path else None,
                 models_dir=self.app.models_dir, log=lambda m: self.app.call_from_thread(log.write_line, m),
-                cancelled=self.cancel_event.is_set, on_start=self._child_started)
+                cancelled=self._stopping, on_start=self._child_started)
             self.app.call_from_thread(self.work_finished, "#smoke", f"smoke test passed: answered {rep.answer!r} "
                                       f"(expected {rep.expected!r})", False)
         except WizardError as e:
             self.app.call_from_thread(self.work_finished, "#smoke", str(e), True)
         except Exception as e:  # noqa: BLE001 - shown to the user
             self.app.call_from_thread(self.work_finished, "#smoke", f"smoke test failed: {type(e).__name__}: {e}", True)
+
+    def work_finished(self, start_id: str, text: str, error: bool) -> None:
+        super().work_finished(start_id, text, error)
+        self.query_one("#preview", Button).disabled = False
+        self.query_one("#write", Button).disabled = self.plan is None
 
     def _child_started(self, pid: int) -> None:
         self.child_pid = pid

@@ -190,7 +190,7 @@ class RunScreen(StepScreen):
             # accelerate's launcher module: the same command, without needing its console script
             run_child("accelerate.commands.launch", cmd[2:], what="data-parallel evaluation", needs_result=False,
                       on_line=lambda m: self.app.call_from_thread(log.write_line, m), env=self.app.engine_env(),
-                      cancelled=self.cancel_event.is_set, on_start=lambda pid: setattr(self, "dp_pid", pid))
+                      cancelled=self._stopping, on_start=lambda pid: setattr(self, "dp_pid", pid))
             res = json.loads(out.read_text())
             text = (f"data-parallel evaluation over {res['world_size']} process(es): total {res['total']:.2f} "
                     f"in {res['seconds']:.1f}s ({out.name})")

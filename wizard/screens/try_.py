@@ -96,7 +96,7 @@ class TryScreen(StepScreen):
                 plan_type, Path(self.answers.source.weights_dir), quant_dir, image, question,
                 self.app.device or "cpu", self.app.models_dir,
                 log=lambda m: self.app.call_from_thread(log.write_line, m),
-                cancelled=self.cancel_event.is_set, on_start=self._child_started)
+                cancelled=self._stopping, on_start=self._child_started)
         except WizardError as e:
             self.app.call_from_thread(self.work_finished, "#ask", str(e), True)
             return

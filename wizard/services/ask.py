@@ -43,7 +43,7 @@ def compare_answers_in_child(model_type: str, float_dir: Path, quant_dir: Path, 
             image.save(path)
             image = path
         args = ["--model-type", model_type, "--float", float_dir, "--quant", quant_dir, "--image", image,
-                "--question", question, "--device", device]
+                f"--question={question}", "--device", device]  # "=": a question may start with "-"
         if models_dir is not None:
             args += ["--models-dir", models_dir]
         res = run_child("wizard.services.ask", args, what="asking both models", on_line=log, cancelled=cancelled,

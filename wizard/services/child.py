@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import WizardError
+from .install import kill_process_group
 
 RESULT = "@@result "
 ERROR = "@@error "
@@ -47,21 +47,6 @@ def child_main(fn: Callable[[], dict]) -> int:
     return 0
 
 
-def _kill_group(proc: subprocess.Popen, grace: float = 2.0) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-
-
 def run_child(module: str, args: list[str], *, what: str, on_line: Callable[[str], None] | None = None,
               cancelled: Callable[[], bool] | None = None, on_start: Callable[[int], None] | None = None,
               poll_s: float = 0.1, env: dict | None = None, needs_result: bool = True) -> dict:
@@ -75,47 +60,57 @@ def run_child(module: str, args: list[str], *, what: str, on_line: Callable[[str
     group is gone by then). ``on_start`` receives the child's pid.
     """
     cmd = [sys.executable, "-m", module, *[str(a) for a in args]]
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8", **(env or {})}
     # whatever imports here imports there: this package, installed model code put on sys.path
-    paths = [str(Path(__file__).resolve().parents[2])] + [p for p in sys.path if p and os.path.isdir(p)]
+    # (not this interpreter's own library folders: they would shadow another Python's)
+    own = tuple(os.path.realpath(p) for p in {sys.prefix, sys.base_prefix})
+    paths = [str(Path(__file__).resolve().parents[2])] + [
+        p for p in sys.path if p and os.path.isdir(p) and not os.path.realpath(p).startswith(own)]
     paths += full_env.get("PYTHONPATH", "").split(os.pathsep)
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in dict.fromkeys(paths) if p)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                            start_new_session=True, env=full_env)
-    if on_start:
-        on_start(proc.pid)
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, encoding="utf-8", errors="replace", bufsize=1, start_new_session=True,
+                            env=full_env)
     lines: queue.Queue[str | None] = queue.Queue()
 
     def reader() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line.rstrip("\n"))
-        lines.put(None)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.put(line.rstrip("\n"))
+        finally:
+            lines.put(None)
 
     threading.Thread(target=reader, daemon=True).start()
     result: dict | None = None
     error: dict | None = None
     tail: list[str] = []
-    done = False
-    while not done:
-        if cancelled and cancelled():
-            _kill_group(proc)
-            raise WizardError(f"{what} cancelled", "start it again when ready")
-        try:
-            line = lines.get(timeout=poll_s)
-        except queue.Empty:
-            continue
-        if line is None:
-            done = True
-        elif line.startswith(RESULT):
-            result = json.loads(line[len(RESULT):])
-        elif line.startswith(ERROR):
-            error = json.loads(line[len(ERROR):])
-        else:
-            tail = (tail + [line])[-20:]
-            if on_line:
-                on_line(line)
-    rc = proc.wait()
+    try:
+        if on_start:
+            on_start(proc.pid)
+        done = False
+        while not done:
+            if cancelled and cancelled():
+                kill_process_group(proc)
+                raise WizardError(f"{what} cancelled", "start it again when ready")
+            try:
+                line = lines.get(timeout=poll_s)
+            except queue.Empty:
+                continue
+            if line is None:
+                done = True
+            elif line.startswith(RESULT):
+                result = json.loads(line[len(RESULT):])
+            elif line.startswith(ERROR):
+                error = json.loads(line[len(ERROR):])
+            else:
+                tail = (tail + [line])[-20:]
+                if on_line:
+                    on_line(line)
+        rc = proc.wait()
+    finally:  # whatever went wrong here (a callback raising, bad output), the child goes too
+        if proc.poll() is None:
+            kill_process_group(proc)
     if error is not None:
         raise WizardError(error["message"], error.get("fix"))
     if rc == 0 and result is None and not needs_result:
