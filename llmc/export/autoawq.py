@@ -49,9 +49,12 @@ AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)
 
 
-def check_config(wcfg: WeightQuantConfig) -> None:
-    """Raise ``ValueError`` unless ``wcfg`` can be written as AutoAWQ GEMM."""
+def check_config(wcfg: WeightQuantConfig, act=None) -> None:
+    """Raise ``ValueError`` unless ``wcfg`` can be written as AutoAWQ GEMM (weight-only: ``act``,
+    an activation quantization, is refused)."""
     wcfg.validate()
+    if act is not None:
+        raise ValueError("this format is weight-only; remove quant.act, or export W8A8 with save_vllm")
     if wcfg.symmetric:
         raise ValueError("AutoAWQ export needs asymmetric weights (zero points); set quant.weight.symmetric: false")
     if wcfg.bit != BITS:
@@ -148,9 +151,9 @@ def unpack_awq_codes(qweight: Tensor, qzeros: Tensor, out_features: int) -> tupl
     return unpack(qweight).t().contiguous(), unpack(qzeros).t().contiguous()
 
 
-def quantization_config(wcfg: WeightQuantConfig, ignore: Iterable[str]) -> dict:
+def quantization_config(wcfg: WeightQuantConfig, ignore: Iterable[str], act=None) -> dict:
     """The ``quantization_config`` entry of ``config.json`` (transformers' ``AwqConfig``)."""
-    check_config(wcfg)
+    check_config(wcfg, act)
     return {
         "quant_method": "awq",
         "bits": BITS,

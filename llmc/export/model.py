@@ -31,7 +31,7 @@ from llmc.quant.quantizer import IntQuantizer, WeightQuantConfig
 
 #: ``save.save_<fmt>`` -> human name; the output folder is ``<save_path>/<fmt>``
 FORMATS = {"vllm": "compressed-tensors pack-quantized (vLLM)", "autoawq": "AutoAWQ GEMM"}
-#: the module implementing each format: ``check_config``, ``quantization_config``
+#: the module implementing each format: ``check_config(wcfg, act)``, ``quantization_config(wcfg, ignore, act)``
 _MODULES = {"vllm": compressed, "autoawq": autoawq}
 
 
@@ -44,14 +44,8 @@ def check_format(fmt: str, wcfg: WeightQuantConfig, act=None) -> None:
     activation quantization ``act``, if any) cannot be exported."""
     if fmt not in _MODULES:
         raise ExportError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
-    if act is not None and fmt != "vllm":
-        raise ExportError(f"save_{fmt}: this format is weight-only; remove quant.act, or export W8A8 "
-                          "with save_vllm")
     try:
-        if act is None:
-            _MODULES[fmt].check_config(wcfg)
-        else:
-            _MODULES[fmt].check_config(wcfg, act)
+        _MODULES[fmt].check_config(wcfg, act)
     except ValueError as exc:
         raise ExportError(f"save_{fmt}: {exc}") from None
 
@@ -185,8 +179,7 @@ def export_quantized(adapter, qparams: dict[nn.Module, tuple | None], wcfg: Weig
         cfg_path = folder / "config.json"
         cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
         ignore = list(dict.fromkeys(ignored.get(folder, []) + unsaved))
-        cfg["quantization_config"] = (_MODULES[fmt].quantization_config(wcfg, ignore) if act is None
-                                      else _MODULES[fmt].quantization_config(wcfg, ignore, act))
+        cfg["quantization_config"] = _MODULES[fmt].quantization_config(wcfg, ignore, act)
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
 
     if out.exists():
