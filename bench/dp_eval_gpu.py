@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,12 +26,6 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def quantize(work: Path) -> tuple[Path, Path]:
@@ -58,7 +51,7 @@ def quantize(work: Path) -> tuple[Path, Path]:
 
 
 def evaluate(n_procs: int, model: Path, data: Path, out: Path, cpu: bool, limit: int | None) -> dict:
-    from llmc.eval.dp import format_command, launch_command
+    from llmc.eval.dp import format_command, free_port, launch_command
 
     args = ["--model-type", "Llava", "--model-path", str(model), "--data", str(data), "--batch-size", "64",
             "--out", str(out), "--rank-log", str(out.with_suffix("")), "--predictions"]
@@ -67,7 +60,7 @@ def evaluate(n_procs: int, model: Path, data: Path, out: Path, cpu: bool, limit:
     if n_procs == 1:
         cmd = [sys.executable, "-m", "llmc.eval.dp", *args] + (["--cpu"] if cpu else [])
     else:
-        cmd = launch_command(n_procs, args, cpu=cpu, port=_free_port())
+        cmd = launch_command(n_procs, args, cpu=cpu, port=free_port())
         # accelerate's launcher module, so that a PYTHONPATH install (no console script) works too
         cmd[:2] = [sys.executable, "-m", "accelerate.commands.launch"]
     print("$ " + format_command(cmd), flush=True)

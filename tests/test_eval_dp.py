@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,18 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from llmc.eval.dp import launch_command
+from llmc.eval.dp import free_port, launch_command
 from llmc.eval.vqa import evaluate_mme
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "wizard" / "demo" / "assets" / "tiny-llava"
 LIMIT = 32  # images; 64 questions
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_launch_command_shapes():
@@ -72,7 +65,7 @@ def test_two_cpu_processes_match_single_process(zoo, tmp_path):
     args = ["--model-type", "Llava", "--model-path", str(WEIGHTS), "--data", str(data),
             "--limit", str(LIMIT), "--batch-size", "16", "--out", str(out), "--rank-log", str(ranks),
             "--predictions"]
-    cmd = launch_command(2, args, cpu=True, port=_free_port())
+    cmd = launch_command(2, args, cpu=True, port=free_port())
     cmd[0] = str(Path(sys.executable).with_name("accelerate"))
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")

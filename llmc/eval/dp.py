@@ -51,6 +51,15 @@ def launch_command(n_procs: int, args: list[str], cpu: bool = False, port: int |
     return [*cmd, "-m", "llmc.eval.dp", *tail]
 
 
+def free_port() -> int:
+    """A TCP port free on this host now, for ``launch_command(..., port=)``'s rendezvous."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def format_command(cmd: list[str]) -> str:
     """A shell-ready rendering of :func:`launch_command`'s argv (for the wizard to show)."""
     return shlex.join(cmd)

@@ -35,6 +35,8 @@ class StepScreen(Screen):
     def __init__(self) -> None:
         super().__init__()
         self.cancel_event = threading.Event()
+        #: the child process doing this step's work (smoke test, answers, evaluation), once started
+        self.child_pid: int | None = None
 
     @property
     def answers(self):
@@ -101,6 +103,9 @@ class StepScreen(Screen):
 
     def action_cancel(self) -> None:
         self.cancel_event.set()
+
+    def _child_started(self, pid: int) -> None:
+        self.child_pid = pid
 
     def _stopping(self) -> bool:
         """For a worker thread: Cancel was pressed, or the app is shutting its workers down."""

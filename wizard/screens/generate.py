@@ -64,7 +64,6 @@ class GenerateScreen(StepScreen):
         self.query_one("#export", Select).value = g.export or "none"
         self.query_one("#placement", Select).value = g.placement
         self.plan = None
-        self.child_pid: int | None = None  # the smoke test's process, while it runs
 
     def _read_form(self) -> None:
         g = self.answers.generate
@@ -141,6 +140,3 @@ class GenerateScreen(StepScreen):
         super().work_finished(start_id, text, error)
         self.query_one("#preview", Button).disabled = False
         self.query_one("#write", Button).disabled = self.plan is None
-
-    def _child_started(self, pid: int) -> None:
-        self.child_pid = pid

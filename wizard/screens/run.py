@@ -93,7 +93,6 @@ class RunScreen(StepScreen):
         self.query_one("#scores", DataTable).add_columns("score", "original", "quantized", "delta")
         self.query_one("#past", DataTable).add_columns("run", "state", "command")
         self.timer = self.set_interval(0.25, self.poll, pause=True)
-        self.dp_pid: int | None = None  # the data-parallel evaluation's launcher, while it runs
         self.on_enter()
 
     def on_enter(self) -> None:
@@ -110,10 +109,7 @@ class RunScreen(StepScreen):
         """With several GPUs, the data-parallel evaluation command (accelerate launch)."""
         from llmc.eval.dp import format_command, launch_command
 
-        try:
-            n = int(self.query_one("#gpus", Input).value or 1)
-        except ValueError:
-            n = 1
+        n = self._gpus() or 1
         target = self.query_one("#dp-command", Static)
         if n <= 1:
             target.update("")
@@ -122,6 +118,13 @@ class RunScreen(StepScreen):
         which = "the quantized model" if model else "the original model (no finished run yet)"
         cmd = launch_command(n, self._dp_args(model))
         target.update(f"data-parallel evaluation of {which} over {n} GPUs:\n" + format_command(cmd))
+
+    def _gpus(self) -> int | None:
+        """The GPU count typed in (empty: 1), or None when it is not a whole number."""
+        try:
+            return int(self.query_one("#gpus", Input).value or 1)
+        except ValueError:
+            return None
 
     def _quantized_model(self) -> str | None:
         """The fake-quant model the current run saved, if it finished."""
@@ -147,12 +150,9 @@ class RunScreen(StepScreen):
 
     def start_dp_eval(self) -> None:
         """Launch the data-parallel evaluation of the quantized model (accelerate, one process per GPU)."""
-        try:
-            n = int(self.query_one("#gpus", Input).value or 1)
-        except ValueError:
-            n = 0
+        n = self._gpus()
         model = self._quantized_model()
-        if n < 1:
+        if n is None or n < 1:
             self.set_status("GPUs must be a whole number ≥ 1", error=True)
             return
         if not model:
@@ -171,26 +171,20 @@ class RunScreen(StepScreen):
 
     @work(thread=True, exclusive=True, group="dp", exit_on_error=False)
     def dp_worker(self, n: int, args: list[str], out: Path) -> None:
-        import socket
-
         import torch
 
-        from llmc.eval.dp import format_command, launch_command
+        from llmc.eval.dp import format_command, free_port, launch_command
 
         from ..services.child import run_child
 
-        cpu = not torch.cuda.is_available()
-        with socket.socket() as sock:  # a free rendezvous port
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        cmd = launch_command(n, args, cpu=cpu, port=port)
+        cmd = launch_command(n, args, cpu=not torch.cuda.is_available(), port=free_port())
         log = self.query_one("#log", Log)
         self.app.call_from_thread(log.write_line, "$ " + format_command(cmd))
         try:
             # accelerate's launcher module: the same command, without needing its console script
             run_child("accelerate.commands.launch", cmd[2:], what="data-parallel evaluation", needs_result=False,
                       on_line=lambda m: self.app.call_from_thread(log.write_line, m), env=self.app.engine_env(),
-                      cancelled=self._stopping, on_start=lambda pid: setattr(self, "dp_pid", pid))
+                      cancelled=self._stopping, on_start=self._child_started)
             res = json.loads(out.read_text())
             text = (f"data-parallel evaluation over {res['world_size']} process(es): total {res['total']:.2f} "
                     f"in {res['seconds']:.1f}s ({out.name})")

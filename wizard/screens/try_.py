@@ -36,7 +36,6 @@ class TryScreen(StepScreen):
     def on_mount(self) -> None:
         super().on_mount()
         self.query_one("#answers", DataTable).add_columns("model", "answer")
-        self.child_pid: int | None = None  # the process answering, while it runs
 
     def _saved_model(self) -> Path:
         run_dir = self.answers.run.run_dir
@@ -104,9 +103,6 @@ class TryScreen(StepScreen):
             self.app.call_from_thread(self.work_finished, "#ask", f"failed: {type(e).__name__}: {e}", True)
             return
         self.app.call_from_thread(self._show, a, b)
-
-    def _child_started(self, pid: int) -> None:
-        self.child_pid = pid
 
     def _model_type(self) -> str:
         from ..services.render import class_name
