@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def run_child(module: str, args: list[str], *, what: str, on_line: Callable[[str
     threading.Thread(target=reader, daemon=True).start()
     result: dict | None = None
     error: dict | None = None
-    tail: list[str] = []
+    tail: deque[str] = deque(maxlen=8)  # the last lines, for a crash report
     try:
         if on_start:
             on_start(proc.pid)
@@ -104,7 +105,7 @@ def run_child(module: str, args: list[str], *, what: str, on_line: Callable[[str
             elif line.startswith(ERROR):
                 error = json.loads(line[len(ERROR):])
             else:
-                tail = (tail + [line])[-20:]
+                tail.append(line)
                 if on_line:
                     on_line(line)
         rc = proc.wait()
@@ -116,7 +117,7 @@ def run_child(module: str, args: list[str], *, what: str, on_line: Callable[[str
     if rc == 0 and result is None and not needs_result:
         return {}
     if rc != 0 or result is None:
-        last = "\n".join(tail[-8:])
+        last = "\n".join(tail)
         raise WizardError(f"{what} failed (exit code {rc})" + (f":\n{last}" if last else ""),
                           "read the log above; fix the adapter or the inputs and try again")
     return result
