@@ -582,8 +582,9 @@ class AwqSpecial(_Special):
     weight_clip: Bool = True
     clip_sym: Bool | None = Field(None, description="defaults to quant.weight.symmetric")
     n_grid: Int = 20
-    search: Literal["block", "layer"] = Field(
-        "block", description="scale-search loss: the block's output (default) or the layers' outputs")
+    search: Literal["block", "layer", "output"] = Field(
+        "block", description="scale-search loss: the block's output (default), the layers' outputs, or the "
+        "model's answers (KL from the float model's at each prompt's last position; also gates the clip)")
     loss_tokens: Literal["auto", "all", "last"] = Field(
         "auto", description="positions the block scale search (and by default the clip search) fit: every token, or the last one "
         "of each calibration sequence (where a VQA prompt is answered); auto: last for custom_mm "
@@ -792,6 +793,13 @@ class Config(_Section):
                         raise _KeyedError("a checkpoint cannot hold the online Hadamard before down_proj "
                                           "(quant.special.online_rotate); set it to false or remove "
                                           "quant.special.online_rotate", key=("save", k))
+        if isinstance(special, AwqSpecial) and special.search == "output":
+            from .quant.methods import default_loss_tokens
+
+            if (special.loss_tokens if special.loss_tokens != "auto" else default_loss_tokens(self.calib)) != "last":
+                raise _KeyedError("output fits the answer at each calibration prompt's last position; set "
+                                  "quant.special.loss_tokens: last (auto picks it for custom_mm calibration "
+                                  "without add_answer)", key=("quant", "special", "search"))
         if self.save is not None:
             self._check_exports()
         return self

@@ -217,6 +217,82 @@ def test_awq_block_search_never_worse_than_rtn_on_its_loss(which, loss_tokens, z
 
 
 @pytest.mark.parametrize("which", ["Llava", "Vila"])
+def test_awq_output_search_fits_the_models_answers(which, zoo, tiny_vila_installed):
+    """``search: output`` scores each candidate by the KL divergence of the model's answers (the
+    rest of the model run on the block's output) from the float model's: folding the chosen
+    scales and RTN reproduces the loss it saw, and that loss is below RTN's."""
+    from llmc.quant.blockwise import BlockContext, answer_tail, capture_first_block_inputs, run_block
+    from llmc.quant.methods import RTN, Awq, _answer_kl
+    from llmc.quant.quantizer import WeightQuantConfig
+
+    path = ASSETS / ("tiny-llava" if which == "Llava" else "tiny-vila")
+    cfg = WeightQuantConfig(bit=2, group_size=32)
+    method = Awq(cfg, {"n_grid": 10, "loss_tokens": "last", "search": "output"})
+    assert method.output_loss
+
+    def answer_loss(transform: bool) -> float:
+        m = get_model_class(which)(path, "float32", "cpu")
+        inputs = capture_first_block_inputs(m, _calib(m, zoo, 8))
+        block = m.get_blocks()[0]
+        float_answers = answer_tail(m, 0, "cpu")([b.hidden for b in inputs], inputs)
+        # the float model's own answers, computed from the first block's inputs
+        torch.testing.assert_close(torch.cat(float_answers).exp().sum(-1), torch.ones(8, 1))
+        ctx = BlockContext(0, m.block_name(0), block, inputs, m.get_subsets_in_block(block), torch.device("cpu"),
+                           answer_tail(m, 1, "cpu"), float_answers)
+        assert _answer_kl(ctx.tail(run_block(block, inputs, "cpu"), inputs), float_answers) == pytest.approx(0, abs=1e-6)
+        if transform:
+            method.transform_block(ctx)
+        for sub in ctx.subsets:
+            RTN(cfg).quantize_subset(ctx, sub, {}, None)
+        return _answer_kl(ctx.tail(run_block(block, inputs, "cpu"), inputs), float_answers)
+
+    rtn, awq = answer_loss(False), answer_loss(True)
+    assert awq < rtn, (awq, rtn)
+    # (a KL near 1e-4 nats: float32 rounding of folded vs simulated weights shows at 1e-3)
+    assert awq == pytest.approx(method.search_loss[0], rel=1e-2)
+
+
+def test_awq_output_search_keeps_a_clip_only_where_it_lowers_the_answer_loss(zoo):
+    """The clip search lowers each group's output error, but its ratios are kept for a subset
+    only where they also bring the model's answers closer to the float model's: a rejected clip
+    leaves exactly the weights of a run without any clip search."""
+    from llmc.quant.blockwise import quantize_blockwise
+    from llmc.quant.methods import Awq
+    from llmc.quant.quantizer import WeightQuantConfig
+
+    wcfg = WeightQuantConfig(bit=2, group_size=32)
+
+    def quantized(special):
+        m = get_model_class("Llava")(ASSETS / "tiny-llava", "float32", "cpu")
+        method = Awq(wcfg, {"n_grid": 10, "loss_tokens": "last", "search": "output", **special})
+        quantize_blockwise(m, method, _calib(m, zoo, 8))
+        return m, method
+
+    gated, method = quantized({})
+    plain, _ = quantized({"weight_clip": False})
+    # every subset with a clip search got a verdict (q/k are never clipped)
+    assert set(method.clip_verdicts) == {f"{gated.block_name(i)}.{n}" for i in range(2)
+                                          for n in ("self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj,mlp.up_proj", "mlp.down_proj")}
+    kept = [name for name, (k, *_) in method.clip_verdicts.items() if k]
+    rejected = [name for name, (k, *_) in method.clip_verdicts.items() if not k]
+    assert kept and rejected, method.clip_verdicts
+    # here block 0 rejects every clip: it is the clip-free run's block 0, bit for bit
+    assert all(name.startswith(gated.block_name(0) + ".") for name in rejected[:4]) and kept[0].startswith(gated.block_name(1))
+    g0, p0 = gated.named_linears(gated.get_blocks()[0]), plain.named_linears(plain.get_blocks()[0])
+    assert all(torch.equal(g0[n].weight, p0[n].weight) for n in g0)
+    # a kept clip changes the weights it covers
+    layers = kept[0][len(gated.block_name(1)) + 1:]
+    g1, p1 = gated.named_linears(gated.get_blocks()[1]), plain.named_linears(plain.get_blocks()[1])
+    assert all(not torch.equal(g1[n].weight, p1[n].weight) for n in layers.split(","))
+    for name, (k, without, with_clip) in method.clip_verdicts.items():
+        assert k == (with_clip < without), name
+    with pytest.raises(ValueError, match="search: output fits the answer at each calibration prompt's last position"):
+        Awq(wcfg, {"loss_tokens": "all", "search": "output"})
+    with pytest.raises(ValueError, match="search must be 'block', 'layer' or 'output'"):
+        Awq(wcfg, {"search": "model"})
+
+
+@pytest.mark.parametrize("which", ["Llava", "Vila"])
 def test_awq_block_simulation_matches_the_folded_quantized_block(which, zoo, tiny_vila_installed):
     """With one non-trivial candidate per subset (so every subset is scaled, v_proj and up_proj
     absorbing the next subset's 1/s), the search's simulated loss equals the real block's:
@@ -303,7 +379,7 @@ def test_awq_clip_tokens_choose_the_clip_search_rows(zoo):
     assert method.loss_tokens == "last" and method.clip_tokens == "all"
 
 
-def _config(tmp_path, zoo, model, path, method="Awq", bit=4, extra=None, n_eval=24):
+def _config(tmp_path, zoo, model, path, method="Awq", bit=4, extra=None, n_eval=24, special=None):
     cfg = {
         "base": {"seed": 0},
         "model": {"type": model, "path": str(path), "torch_dtype": "float32"},
@@ -315,7 +391,7 @@ def _config(tmp_path, zoo, model, path, method="Awq", bit=4, extra=None, n_eval=
         "save": {"save_path": str(tmp_path / "out"), "save_trans": True, "save_fake": True},
     }
     if method == "Awq":
-        cfg["quant"]["special"] = {"trans": True, "weight_clip": True, "n_grid": 10}
+        cfg["quant"]["special"] = {"trans": True, "weight_clip": True, "n_grid": 10, **(special or {})}
     for k, v in (extra or {}).items():
         cfg[k].update(v)
     p = tmp_path / "cfg.yml"
@@ -345,7 +421,9 @@ def test_full_run_then_reload_answers_identically(model, weights, method, zoo, t
     from llmc.runner import run
 
     os.environ["LLMC_CACHE"] = str(tmp_path / "cache")
-    cfg = load_config(_config(tmp_path, zoo, model, ASSETS / weights, method=method))
+    # AWQ as the demo presets run it: the scale search on the model's answers
+    cfg = load_config(_config(tmp_path, zoo, model, ASSETS / weights, method=method,
+                              special={"search": "output", "clip_tokens": "all"}))
     res = run(cfg, tmp_path / "out")
     out = tmp_path / "out"
     saved = json.loads((out / "results.json").read_text())
@@ -363,6 +441,13 @@ def test_full_run_then_reload_answers_identically(model, weights, method, zoo, t
     assert all(0 < b["last_error"] < 1 and 0 < b["block_error"] < 1 for b in blocks)
     errs = [e["error"] for e in _events(out) if e["event"] == "layer_error"]
     assert len(errs) == 2 * 7 and all(0 < x < 0.5 for x in errs)
+    verdicts = [e for e in _events(out) if e["event"] == "clip_verdict"]
+    if method == "Awq":  # one per clipped subset (v, o, gate+up, down) and block, with both answer losses
+        assert [(v["block"], v["layers"]) for v in verdicts][:4] == [
+            (0, "self_attn.v_proj"), (0, "self_attn.o_proj"), (0, "mlp.gate_proj,mlp.up_proj"), (0, "mlp.down_proj")]
+        assert len(verdicts) == 8 and all(v["kept"] == (v["answer_kl_clipped"] < v["answer_kl"]) for v in verdicts)
+    else:
+        assert verdicts == []
     # the saved fake-quant model, reloaded through the model's own loader, answers like the in-memory one
     cls = get_model_class(model)
     live = get_model_class(model)(ASSETS / weights, "float32", "cpu")
@@ -381,7 +466,7 @@ def _inmemory_answers(cfg, model, weights, zoo, reqs):
 
     m = get_model_class(model)(ASSETS / weights, "float32", "cpu")
     torch.manual_seed(cfg.base.seed)
-    quantize_blockwise(m, make_method(cfg.quant), load_calib(cfg.calib, m))
+    quantize_blockwise(m, make_method(cfg.quant, cfg.calib), load_calib(cfg.calib, m))
     return m.answer(reqs)
 
 
@@ -425,6 +510,8 @@ def test_calibrating_on_evaluation_images_warns_loudly(zoo, tmp_path):
     (lambda c: c["quant"]["weight"].update(bit=9), "quant.weight.bit: 9 is out of range; use 2..8"),
     (lambda c: c["model"].update(type="Lava"), "did you mean 'Llava'?"),
     (lambda c: c["quant"].update(method="Aqw"), "quant.method: unknown method 'Aqw'; did you mean 'Awq'?"),
+    (lambda c: c["calib"].update(add_answer=True) or c["quant"].setdefault("special", {}).update(search="output"),
+     "quant.special.search: output fits the answer at each calibration prompt's last position; set quant.special.loss_tokens: last"),
 ])
 def test_bad_configs_fail_check_with_one_clear_line(edit, message, zoo, tmp_path):
     p = _config(tmp_path, zoo, "Llava", ASSETS / "tiny-llava")

@@ -107,6 +107,37 @@ def _block_out(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def _device_of(module: nn.Module, default):
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device(default)
+
+
+def answer_tail(adapter: BaseModel, first: int, device) -> Callable[[list[torch.Tensor], list[BlockInput]], list[torch.Tensor]]:
+    """A function from the inputs of block ``first`` (one hidden-state tensor per calibration
+    input) to the model's next-token log-probabilities at each sequence's last position: the
+    remaining blocks, the pre-head norm and the head run on them, each where its weights are."""
+    blocks = adapter.get_blocks()
+    norms, heads = adapter.get_pre_head_layernorm_layers(), adapter.get_head_layers()
+    if not heads:
+        raise ValueError(f"{type(adapter).__name__} has no output head: the output-loss search needs one")
+
+    @torch.no_grad()
+    def tail(hidden: list[torch.Tensor], inputs: list[BlockInput]) -> list[torch.Tensor]:
+        out = []
+        for h, bi in zip(hidden, inputs):
+            for j in range(first, len(blocks)):
+                dev = _device_of(blocks[j], device)
+                h = _block_out(blocks[j](h.to(dev), *_to(bi.args, dev), **_to(bi.kwargs, dev)))
+            h = last_positions(h)
+            for norm in norms:
+                h = norm(h.to(_device_of(norm, device)))
+            logits = heads[0](h.to(_device_of(heads[0], device)))
+            out.append(torch.log_softmax(logits.float(), -1).to(device))
+        return out
+
+    return tail
+
+
 @torch.no_grad()
 def run_block(block: nn.Module, inputs: list[BlockInput], device) -> list[torch.Tensor]:
     outs = []
@@ -171,6 +202,9 @@ class Method:
     loss_tokens = "all"
     #: rows its layer-level fits (the layer inputs it is given, e.g. AWQ's clip search) read
     clip_tokens = "all"
+    #: whether it fits on the model's answers: the pipeline then gives each block's context the
+    #: float model's next-token log-probabilities and a function computing them from the block's output
+    output_loss = False
 
     def __init__(self, wcfg: WeightQuantConfig, special: dict | None = None):
         self.wcfg = wcfg
@@ -202,6 +236,10 @@ class BlockContext:
     inputs: list[BlockInput]
     subsets: list[Subset]
     device: torch.device
+    #: (``output_loss`` methods) the block's outputs -> the model's last-position log-probabilities
+    tail: Callable[[list[torch.Tensor], list[BlockInput]], list[torch.Tensor]] | None = None
+    #: (``output_loss`` methods) the float model's last-position log-probabilities, one per input
+    float_answers: list[torch.Tensor] | None = None
 
 
 @dataclass
@@ -237,6 +275,7 @@ def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], 
     check_layers(adapter, method.wcfg)
     inputs = capture_first_block_inputs(adapter, batches)
     last = [k for k in ("loss_tokens", "clip_tokens") if getattr(method, k) == "last"]
+    float_answers = answer_tail(adapter, 0, device)([bi.hidden for bi in inputs], inputs) if method.output_loss else None
     if last and any(bi.hidden.shape[0] > 1 for bi in inputs):
         raise ValueError(f"{last[0]}: last fits each sequence's last position, which needs one unpadded "
                          f"calibration sample per forward pass; pass single-sample batches or use {last[0]}: all")
@@ -251,7 +290,8 @@ def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], 
         if offload:
             placement.pin(block)  # stays on the device for all of its quantization
         fp_out = run_block(block, inputs, device)
-        ctx = BlockContext(i, adapter.block_name(i), block, inputs, adapter.get_subsets_in_block(block), device)
+        ctx = BlockContext(i, adapter.block_name(i), block, inputs, adapter.get_subsets_in_block(block), device,
+                           answer_tail(adapter, i + 1, device) if method.output_loss else None, float_answers)
         method.transform_block(ctx)
         if stash:
             stash(i, block)

@@ -32,7 +32,10 @@ class Awq(Method):
     block's simulated output error worse than RTN's.
     Attention, the MLP's non-linearity and the way the subsets' errors add up all count, as they
     do for the model. ``search: layer`` uses each subset's own layer outputs instead (the cheaper
-    classic loss, with the other layers in float).
+    classic loss, with the other layers in float). ``search: output`` goes the other way: the
+    loss is the KL divergence of the model's answer (next-token distribution at each calibration
+    prompt's last position, through the rest of the model) from the float model's, and the clip
+    search's ratios are then kept for a subset only where they lower that loss too.
     """
 
     name = "Awq"
@@ -47,8 +50,17 @@ class Awq(Method):
         self.clip_tokens = self.loss_tokens if clip == "same" else clip
         if self.clip_tokens not in ("all", "last"):
             raise ValueError(f"clip_tokens must be 'same', 'all' or 'last', got {clip!r}")
+        self.search = self.special.get("search") or "block"
+        if self.search not in ("block", "layer", "output"):
+            raise ValueError(f"search must be 'block', 'layer' or 'output', got {self.search!r}")
+        self.output_loss = self.search == "output"
+        if self.output_loss and self.loss_tokens != "last":
+            raise ValueError("search: output fits the answer at each calibration prompt's last position; "
+                             "set loss_tokens: last (auto picks it for custom_mm calibration without answers)")
         #: block index -> the block search's loss with every chosen scale in place (simulated)
         self.search_loss: dict[int, float] = {}
+        #: (``search: output``) "<block>.<layers>" -> (clip kept, answer loss without, with the clip)
+        self.clip_verdicts: dict[str, tuple[bool, float, float]] = {}
 
     def transform_block(self, ctx: BlockContext) -> None:
         if not self.special.get("trans", True):
@@ -61,7 +73,7 @@ class Awq(Method):
         firsts = {str(k): next(iter(sub.layers.values())) for k, sub in enumerate(subsets)}
         stats = collect_inputs(ctx.block, ctx.inputs, firsts, ctx.device, seed=ctx.index)
         xs = [stats[str(k)].x for k in range(len(subsets))]
-        if self.special.get("search", "block") == "layer":
+        if self.search == "layer":
             chosen = [awq.search_scales(x.to(ctx.device), list(sub.layers.values()), self.wcfg, n_grid=n_grid)[0]
                       for x, sub in zip(xs, subsets)]
         else:
@@ -85,8 +97,7 @@ class Awq(Method):
     @torch.no_grad()
     def _search_on_block(self, ctx: BlockContext, subsets, x_means: list, n_grid: int,
                          v2: bool) -> tuple[list[torch.Tensor], float]:
-        step = max(1, len(ctx.inputs) // self.search_inputs)
-        inputs = ctx.inputs[::step][: self.search_inputs]
+        inputs, answers = self._search_set(ctx)
         ref = run_block(ctx.block, inputs, ctx.device)
         last = self.loss_tokens == "last"
         q = IntQuantizer(self.wcfg)
@@ -112,8 +123,11 @@ class Awq(Method):
                 for s in self._candidates(x_mean, w_mean, n_grid):
                     use(layers, s)
                     out = run_block(ctx.block, inputs, ctx.device)
-                    loss = sum(_token_relative_mse(last_positions(o), last_positions(r)) if last
-                               else _token_relative_mse(o, r) for o, r in zip(out, ref))
+                    if answers is not None:
+                        loss = _answer_kl(ctx.tail(out, inputs), answers)
+                    else:
+                        loss = sum(_token_relative_mse(last_positions(o), last_positions(r)) if last
+                                   else _token_relative_mse(o, r) for o, r in zip(out, ref))
                     if loss < best_loss:
                         best, best_loss = s.clone(), loss
                 if best is None:  # every candidate's loss was NaN: leave this subset unscaled
@@ -125,18 +139,51 @@ class Awq(Method):
                 fc.weight.data = w
         return chosen, best_loss
 
+    def _search_set(self, ctx: BlockContext):
+        """The calibration inputs the searches fit (evenly spaced, at most ``search_inputs``) and,
+        for ``search: output``, the float model's answers to them."""
+        step = max(1, len(ctx.inputs) // self.search_inputs)
+        inputs = ctx.inputs[::step][: self.search_inputs]
+        answers = ctx.float_answers[::step][: self.search_inputs] if self.output_loss else None
+        return inputs, answers
+
     def quantize_subset(self, ctx, subset, stats: dict[str, LayerStats], state) -> None:
         clip_cfg = self.wcfg
         if self.special.get("clip_sym") is not None and self.special["clip_sym"] != self.wcfg.symmetric:
             clip_cfg = WeightQuantConfig(self.wcfg.bit, bool(self.special["clip_sym"]), self.wcfg.granularity,
                                          self.wcfg.group_size)
+        clips = {}
         for n, layer in subset.layers.items():
-            clip = None
             # like AutoAWQ, no clip search for q/k: their errors are amplified by the softmax
             if self.special.get("weight_clip", True) and not n.endswith(("q_proj", "k_proj")):
-                clip = awq.search_clip_(layer, stats[n].x.to(ctx.device), clip_cfg,
-                                        n_grid=int(self.special.get("n_grid", 20)), name=f"{ctx.name}.{n}")
-            self.record(layer, *awq.awq_quantize_(layer, self.wcfg, clip, name=f"{ctx.name}.{n}"))
+                clips[n] = awq.search_clip_(layer, stats[n].x.to(ctx.device), clip_cfg,
+                                            n_grid=int(self.special.get("n_grid", 20)), name=f"{ctx.name}.{n}")
+        if clips and self.output_loss and not self._clip_lowers_answer_loss(ctx, subset, clips):
+            clips = {}
+        for n, layer in subset.layers.items():
+            self.record(layer, *awq.awq_quantize_(layer, self.wcfg, clips.get(n), name=f"{ctx.name}.{n}"))
+
+    @torch.no_grad()
+    def _clip_lowers_answer_loss(self, ctx: BlockContext, subset, clips: dict) -> bool:
+        """Whether the subset quantized with ``clips`` answers closer to the float model than
+        without them (the clip search minimises each group's output error, which can bias the
+        model's answers all the same)."""
+        inputs, answers = self._search_set(ctx)
+        q = IntQuantizer(self.wcfg)
+        orig = {n: fc.weight.data.clone() for n, fc in subset.layers.items()}
+        losses: list[float] = []
+        try:
+            for use_clip in (False, True):
+                for n, fc in subset.layers.items():
+                    clip = clips.get(n) if use_clip else None
+                    fc.weight.data = q.fake(orig[n].float(), clip).to(orig[n].dtype)
+                losses.append(_answer_kl(ctx.tail(run_block(ctx.block, inputs, ctx.device), inputs), answers))
+        finally:
+            for n, fc in subset.layers.items():
+                fc.weight.data = orig[n]
+        kept = losses[1] < losses[0]
+        self.clip_verdicts[f"{ctx.name}." + ",".join(clips)] = (kept, losses[0], losses[1])
+        return kept
 
 
 class Gptq(Method):
@@ -166,6 +213,11 @@ def _group_normalized_weight_mean(weights: list[torch.Tensor], wcfg: WeightQuant
     g = w.abs().reshape(w.shape[0], -1, gw)
     g = g / g.amax(dim=-1, keepdim=True).clamp_min(1e-8)
     return g.reshape(w.shape).mean(0)
+
+
+def _answer_kl(log_probs: list[torch.Tensor], ref_log_probs: list[torch.Tensor]) -> float:
+    """Summed over inputs: the KL divergence of the answers ``log_probs`` from the reference ones."""
+    return sum(float((r.exp() * (r - p)).sum(-1).mean()) for p, r in zip(log_probs, ref_log_probs))
 
 
 def _token_relative_mse(out: torch.Tensor, ref: torch.Tensor) -> float:
