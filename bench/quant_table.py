@@ -6,8 +6,8 @@ evaluation set through lmms-eval, and measure the mean KL divergence of the answ
 distribution from the float model's (×1e3). Prints a markdown table (and writes it with --out).
 
     python bench/quant_table.py [--models tiny-llava tiny-vila] [--bits 4 3 2] [--out docs/quant_table.md]
-    python bench/quant_table.py --bits 3 2 --methods RTN Awq --calib-offset 64 --awq-loss-tokens all
-    python bench/quant_table.py --weights tiny-vila=/tmp/tv2 --bits 3 2 --awq-clip-tokens all
+    python bench/quant_table.py --bits 3 2 --methods RTN Awq --calib-offset 64 --awq-search block --awq-loss-tokens all
+    python bench/quant_table.py --weights tiny-vila=/tmp/tv2 --bits 3 2 --awq-search block --awq-clip-tokens same
 """
 
 from __future__ import annotations
@@ -29,8 +29,11 @@ from llmc.quant.quantizer import WeightQuantConfig
 
 ASSETS = Path(__file__).resolve().parents[1] / "wizard" / "demo" / "assets"
 MODELS = {"tiny-llava": ("Llava", ASSETS / "tiny-llava"), "tiny-vila": ("Vila", ASSETS / "tiny-vila")}
-# Awq fits the last position of each calibration prompt: what `loss_tokens: auto` picks for custom_mm
-SPECIAL = {"RTN": {}, "Awq": {"trans": True, "weight_clip": True, "n_grid": 20, "loss_tokens": "last"},
+# Awq as the demo presets run it: the scale search fits the model's answers (the KL divergence
+# from the float model's at each calibration prompt's last position, what `loss_tokens: auto`
+# picks for custom_mm), the clip search every token, kept only where it lowers that KL too
+SPECIAL = {"RTN": {}, "Awq": {"trans": True, "weight_clip": True, "n_grid": 20, "loss_tokens": "last",
+                              "search": "output", "clip_tokens": "all"},
            "GPTQ": {"actorder": True, "static_groups": True, "percdamp": 0.01, "blocksize": 128}}
 
 
@@ -52,7 +55,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n-calib", type=int, default=64)
     ap.add_argument("--calib-offset", type=int, default=0, help="skip this many calibration samples first")
     ap.add_argument("--awq-loss-tokens", choices=["all", "last"], default=SPECIAL["Awq"]["loss_tokens"])
-    ap.add_argument("--awq-clip-tokens", choices=["same", "all", "last"], default="same")
+    ap.add_argument("--awq-clip-tokens", choices=["same", "all", "last"], default=SPECIAL["Awq"]["clip_tokens"])
+    ap.add_argument("--awq-search", choices=["block", "layer", "output"], default=SPECIAL["Awq"]["search"])
     ap.add_argument("--weights", nargs="+", default=[], metavar="NAME=PATH",
                     help="other weights for a demo model (e.g. a retrained one)")
     ap.add_argument("--group-size", type=int, default=32)
@@ -94,7 +98,7 @@ def main(argv=None) -> int:
                 calib = [m.batch_process([s]) for s in samples]
                 t = time.time()
                 wcfg = WeightQuantConfig(bit=bit, symmetric=False, granularity="per_group", group_size=args.group_size)
-                awq = {"loss_tokens": args.awq_loss_tokens, "clip_tokens": args.awq_clip_tokens}
+                awq = {"loss_tokens": args.awq_loss_tokens, "clip_tokens": args.awq_clip_tokens, "search": args.awq_search}
                 special = dict(SPECIAL[method], **(awq if method == "Awq" else {}))
                 quantize_blockwise(m, METHODS[method](wcfg, special), calib, device=args.device)
                 dt = time.time() - t
