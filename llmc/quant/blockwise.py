@@ -275,10 +275,10 @@ def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], 
     check_layers(adapter, method.wcfg)
     inputs = capture_first_block_inputs(adapter, batches)
     last = [k for k in ("loss_tokens", "clip_tokens") if getattr(method, k) == "last"]
-    float_answers = answer_tail(adapter, 0, device)([bi.hidden for bi in inputs], inputs) if method.output_loss else None
     if last and any(bi.hidden.shape[0] > 1 for bi in inputs):
         raise ValueError(f"{last[0]}: last fits each sequence's last position, which needs one unpadded "
                          f"calibration sample per forward pass; pass single-sample batches or use {last[0]}: all")
+    float_answers = answer_tail(adapter, 0, device)([bi.hidden for bi in inputs], inputs) if method.output_loss else None
     blocks = adapter.get_blocks()
     reports = []
     for i, block in enumerate(blocks):
