@@ -1,19 +1,18 @@
 """What AWQ's ``search: output`` costs against the block search, by model depth.
 
-Builds random-weight Llama models (hidden 256 by default, float32) with 2, 8 and 16 decoder blocks
-and the demo tokenizer, then quantizes each with AWQ W4 g128 twice through ``llmc.runner.run``:
-``search: block`` and ``search: output`` (both ``loss_tokens: last``, 16 calibration sequences of
-128 tokens, one per batch). ``search: output`` runs the rest of the model for every scale
-candidate, so its cost grows with the square of the depth. Prints the quantization time of each
-and their ratio.
+Builds random-weight Llama models (``bench/offload_gpu.py``'s: hidden 512 by default, run in
+float32) with 2, 8 and 16 decoder blocks, then quantizes each with AWQ W4 g128 twice through
+``llmc.runner.run``: ``search: block`` and ``search: output`` (both ``loss_tokens: last``, 16
+calibration lines of about 110 tokens, one per batch). ``search: output`` runs the rest of the
+model for every scale candidate, so its cost grows with the square of the depth. Prints the
+quantization time of each and their ratio.
 
-    python bench/awq_search_cost.py [--layers 2 8 16] [--hidden 256] [--device cpu|cuda]
+    python bench/awq_search_cost.py [--layers 2 8 16] [--hidden 512] [--device cpu|cuda]
 """
 
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 import tempfile
 import time
@@ -21,25 +20,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-TOKENIZER = ROOT / "wizard" / "demo" / "assets" / "tiny-llava"
+sys.path.insert(0, str(ROOT / "bench"))
 
-
-def build(root: Path, layers: int, hidden: int) -> None:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    tok = PreTrainedTokenizerFast.from_pretrained(str(TOKENIZER))
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 4,
-                      num_hidden_layers=layers, num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64,
-                      max_position_embeddings=512, tie_word_embeddings=False,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(str(root / "model"))
-    tok.save_pretrained(str(root / "model"))
-    rng = random.Random(0)
-    words = ["red", "green", "blue", "circle", "square", "triangle", "left", "right", "above", "below",
-             "the", "is", "of", "a", "there", "how", "many", "one", "two", "three"]
-    (root / "text.txt").write_text("\n".join(" ".join(rng.choice(words) for _ in range(60)) for _ in range(200)))
+from offload_gpu import build  # noqa: E402  (the same random-weight Llama and text file)
 
 
 def quantize_seconds(root: Path, search: str, device: str) -> float:
@@ -64,11 +47,11 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", nargs="+", type=int, default=[2, 8, 16])
-    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--hidden", type=int, default=512, help="a multiple of 128")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
     where = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    print(f"AWQ W4 g128, hidden {args.hidden}, 16 x 128-token calibration sequences, on {args.device} ({where})")
+    print(f"AWQ W4 g128, hidden {args.hidden}, 16 calibration lines, on {args.device} ({where})")
     print("| blocks | search: block s | search: output s | ratio |")
     print("|---|---|---|---|")
     for layers in args.layers:

@@ -126,13 +126,12 @@ def answer_tail(adapter: BaseModel, first: int, device) -> Callable[[list[torch.
         out = []
         for h, bi in zip(hidden, inputs):
             for j in range(first, len(blocks)):
-                dev = _device_of(blocks[j], device)
-                h = _block_out(blocks[j](h.to(dev), *_to(bi.args, dev), **_to(bi.kwargs, dev)))
+                h = run_block(blocks[j], [BlockInput(h, bi.args, bi.kwargs)], _device_of(blocks[j], device))[0]
             h = last_positions(h)
             for norm in norms:
                 h = norm(h.to(_device_of(norm, device)))
             logits = heads[0](h.to(_device_of(heads[0], device)))
-            out.append(torch.log_softmax(logits.float(), -1).to(device))
+            out.append(torch.log_softmax(logits.float(), -1))
         return out
 
     return tail
@@ -278,7 +277,13 @@ def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], 
     if last and any(bi.hidden.shape[0] > 1 for bi in inputs):
         raise ValueError(f"{last[0]}: last fits each sequence's last position, which needs one unpadded "
                          f"calibration sample per forward pass; pass single-sample batches or use {last[0]}: all")
-    float_answers = answer_tail(adapter, 0, device)([bi.hidden for bi in inputs], inputs) if method.output_loss else None
+    float_answers = None
+    if method.output_loss:
+        if offload:
+            raise ValueError("an output-loss search runs the rest of the model for every candidate; "
+                             "it does not work with offloaded blocks")
+        # kept in CPU memory: the blocks may sit on several cards
+        float_answers = [a.cpu() for a in answer_tail(adapter, 0, device)([bi.hidden for bi in inputs], inputs)]
     blocks = adapter.get_blocks()
     reports = []
     for i, block in enumerate(blocks):

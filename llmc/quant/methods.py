@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from . import awq
@@ -18,6 +21,11 @@ class RTN(Method):
     def quantize_subset(self, ctx, subset, stats, state) -> None:
         for n, layer in subset.layers.items():
             self.record(layer, *rtn_(layer, self.wcfg, f"{ctx.name}.{n}"))
+
+
+#: why ``search: output`` needs ``loss_tokens: last`` (and how to get it)
+OUTPUT_NEEDS_LAST = ("output fits the answer at each calibration prompt's last position; set "
+                     "quant.special.loss_tokens: last (auto picks it for custom_mm calibration without add_answer)")
 
 
 class Awq(Method):
@@ -55,8 +63,7 @@ class Awq(Method):
             raise ValueError(f"search must be 'block', 'layer' or 'output', got {self.search!r}")
         self.output_loss = self.search == "output"
         if self.output_loss and self.loss_tokens != "last":
-            raise ValueError("search: output fits the answer at each calibration prompt's last position; "
-                             "set loss_tokens: last (auto picks it for custom_mm calibration without answers)")
+            raise ValueError(f"search: {OUTPUT_NEEDS_LAST}")
         #: block index -> the block search's loss with every chosen scale in place (simulated)
         self.search_loss: dict[int, float] = {}
         #: (``search: output``) "<block>.<layers>" -> (clip kept, answer loss without, with the clip)
@@ -98,11 +105,10 @@ class Awq(Method):
     def _search_on_block(self, ctx: BlockContext, subsets, x_means: list, n_grid: int,
                          v2: bool) -> tuple[list[torch.Tensor], float]:
         inputs, answers = self._search_set(ctx)
-        ref = run_block(ctx.block, inputs, ctx.device)
+        ref = run_block(ctx.block, inputs, ctx.device) if answers is None else None
         last = self.loss_tokens == "last"
         q = IntQuantizer(self.wcfg)
         linears = [fc for sub in ctx.subsets for fc in sub.layers.values()]
-        orig = {fc: fc.weight.data.clone() for fc in linears}
         # Each layer is simulated as Q(W * c) / c for its column scale c. Where a Linear of the
         # block absorbs the next subset's 1/s (v_proj <- o_proj, up_proj <- down_proj) its rows
         # are divided by s; quantization groups lie along rows, so Q(W / s_row) = Q(W) / s_row
@@ -112,7 +118,7 @@ class Awq(Method):
                 fc.weight.data = (q.fake(orig[fc].float() * s) / s).to(orig[fc].dtype)
 
         chosen = []
-        try:
+        with _weights_restored(linears) as orig:
             for fc in linears:
                 fc.weight.data = q.fake(orig[fc].float()).to(orig[fc].dtype)
             for sub, x_mean in zip(subsets, x_means):
@@ -134,9 +140,6 @@ class Awq(Method):
                     best = torch.ones_like(x_mean)
                 use(layers, best)
                 chosen.append(best)
-        finally:
-            for fc, w in orig.items():
-                fc.weight.data = w
         return chosen, best_loss
 
     def _search_set(self, ctx: BlockContext):
@@ -170,17 +173,12 @@ class Awq(Method):
         model's answers all the same)."""
         inputs, answers = self._search_set(ctx)
         q = IntQuantizer(self.wcfg)
-        orig = {n: fc.weight.data.clone() for n, fc in subset.layers.items()}
         losses: list[float] = []
-        try:
+        with _weights_restored(subset.layers.values()) as orig:
             for use_clip in (False, True):
                 for n, fc in subset.layers.items():
-                    clip = clips.get(n) if use_clip else None
-                    fc.weight.data = q.fake(orig[n].float(), clip).to(orig[n].dtype)
+                    fc.weight.data = q.fake(orig[fc].float(), clips.get(n) if use_clip else None).to(orig[fc].dtype)
                 losses.append(_answer_kl(ctx.tail(run_block(ctx.block, inputs, ctx.device), inputs), answers))
-        finally:
-            for n, fc in subset.layers.items():
-                fc.weight.data = orig[n]
         kept = losses[1] < losses[0]
         self.clip_verdicts[f"{ctx.name}." + ",".join(clips)] = (kept, losses[0], losses[1])
         return kept
@@ -215,9 +213,26 @@ def _group_normalized_weight_mean(weights: list[torch.Tensor], wcfg: WeightQuant
     return g.reshape(w.shape).mean(0)
 
 
+@contextmanager
+def _weights_restored(layers) -> Iterator[dict]:
+    """``{layer: its weight tensor}``; every layer gets that tensor back on exit, whatever the
+    code inside assigned to ``layer.weight.data`` (simulated quantization)."""
+    orig = {fc: fc.weight.data.clone() for fc in layers}
+    try:
+        yield orig
+    finally:
+        for fc, w in orig.items():
+            fc.weight.data = w
+
+
 def _answer_kl(log_probs: list[torch.Tensor], ref_log_probs: list[torch.Tensor]) -> float:
-    """Summed over inputs: the KL divergence of the answers ``log_probs`` from the reference ones."""
-    return sum(float((r.exp() * (r - p)).sum(-1).mean()) for p, r in zip(log_probs, ref_log_probs))
+    """Summed over inputs: the KL divergence of the answers ``log_probs`` from the reference ones
+    (each reference is moved to its answer's device: blocks may sit on several cards)."""
+    total = 0.0
+    for p, r in zip(log_probs, ref_log_probs):
+        r = r.to(p.device)
+        total += float((r.exp() * (r - p)).sum(-1).mean())
+    return total
 
 
 def _token_relative_mse(out: torch.Tensor, ref: torch.Tensor) -> float:
