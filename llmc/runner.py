@@ -257,10 +257,9 @@ def run(cfg: Config, run_dir: Path, *, device: str | None = None, progress: Prog
                        last_error=rep.last_error, **peak_gpu_memory())
         for layer, err in rep.layer_errors.items():
             progress.event("layer_error", block=rep.index, layer=layer, error=err)
-        prefix = adapter.block_name(rep.index) + "."
-        for key, (kept, without, with_clip) in getattr(method, "clip_verdicts", {}).items():
-            if key.startswith(prefix):
-                progress.event("clip_verdict", block=rep.index, layers=key[len(prefix):], kept=kept,
+        for (i, layers), (kept, without, with_clip) in getattr(method, "clip_verdicts", {}).items():
+            if i == rep.index:
+                progress.event("clip_verdict", block=i, layers=layers, kept=kept,
                                answer_kl=without, answer_kl_clipped=with_clip)
         worst = max(rep.layer_errors.items(), key=lambda kv: kv[1])
         progress.log(f"block {rep.index + 1}/{n}: {rep.seconds:.2f}s, output error {rep.block_error:.4f} "

@@ -293,22 +293,22 @@ def test_awq_output_search_keeps_a_clip_only_where_it_lowers_the_answer_loss(zoo
     gated, method = quantized({})
     plain, _ = quantized({"weight_clip": False})
     # every subset with a clip search got a verdict (q/k are never clipped)
-    assert set(method.clip_verdicts) == {f"{gated.block_name(i)}.{n}" for i in range(2)
+    assert set(method.clip_verdicts) == {(i, n) for i in range(2)
                                           for n in ("self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj,mlp.up_proj", "mlp.down_proj")}
-    kept = [name for name, (k, *_) in method.clip_verdicts.items() if k]
-    rejected = [name for name, (k, *_) in method.clip_verdicts.items() if not k]
+    kept = [key for key, (k, *_) in method.clip_verdicts.items() if k]
+    rejected = [key for key, (k, *_) in method.clip_verdicts.items() if not k]
     assert kept and rejected, method.clip_verdicts
     # here block 0 rejects every clip: it is the clip-free run's block 0, bit for bit
-    assert all(name.startswith(gated.block_name(0) + ".") for name in rejected[:4]) and kept[0].startswith(gated.block_name(1))
+    assert all(i == 0 for i, _ in rejected[:4]) and kept[0][0] == 1
     g0, p0 = gated.named_linears(gated.get_blocks()[0]), plain.named_linears(plain.get_blocks()[0])
     assert all(torch.equal(g0[n].weight, p0[n].weight) for n in g0)
     # a kept clip changes the weights it covers
-    layers = kept[0][len(gated.block_name(1)) + 1:]
+    layers = kept[0][1]
     g1, p1 = gated.named_linears(gated.get_blocks()[1]), plain.named_linears(plain.get_blocks()[1])
     assert all(not torch.equal(g1[n].weight, p1[n].weight) for n in layers.split(","))
     # the verdicts were measured on the real thing: after block 0's last subset (down_proj), the
     # model answers with the lower of that verdict's two losses
-    _, without, with_clip = method.clip_verdicts[f"{gated.block_name(0)}.mlp.down_proj"]
+    _, without, with_clip = method.clip_verdicts[0, "mlp.down_proj"]
     assert after_block0["kl"] == pytest.approx(min(without, with_clip), rel=1e-3)
     with pytest.raises(ValueError, match="search: output fits the answer at each calibration prompt's last position"):
         Awq(wcfg, {"loss_tokens": "all", "search": "output"})

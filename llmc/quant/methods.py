@@ -66,8 +66,8 @@ class Awq(Method):
             raise ValueError(f"search: {OUTPUT_NEEDS_LAST}")
         #: block index -> the block search's loss with every chosen scale in place (simulated)
         self.search_loss: dict[int, float] = {}
-        #: (``search: output``) "<block>.<layers>" -> (clip kept, answer loss without, with the clip)
-        self.clip_verdicts: dict[str, tuple[bool, float, float]] = {}
+        #: (``search: output``) (block index, "layer[,layer]") -> (clip kept, answer loss without, with the clip)
+        self.clip_verdicts: dict[tuple[int, str], tuple[bool, float, float]] = {}
 
     def transform_block(self, ctx: BlockContext) -> None:
         if not self.special.get("trans", True):
@@ -180,7 +180,7 @@ class Awq(Method):
                     fc.weight.data = q.fake(orig[fc].float(), clips.get(n) if use_clip else None).to(orig[fc].dtype)
                 losses.append(_answer_kl(ctx.tail(run_block(ctx.block, inputs, ctx.device), inputs), answers))
         kept = losses[1] < losses[0]
-        self.clip_verdicts[f"{ctx.name}." + ",".join(clips)] = (kept, losses[0], losses[1])
+        self.clip_verdicts[ctx.index, ",".join(clips)] = (kept, losses[0], losses[1])
         return kept
 
 
