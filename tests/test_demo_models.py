@@ -103,7 +103,7 @@ def test_batched_training_splice_matches_the_models_own():
         train.splice_image(model, ids, labels, mask, pool.pixels[idx])
 
 
-def test_training_focus_weights_the_categories_and_stop_step_stops(tmp_path, capsys):
+def test_training_focus_weights_the_categories_and_stop_step_stops(tmp_path, capsys, one_thread):
     import random
 
     from wizard.demo import shapes, train
@@ -114,13 +114,17 @@ def test_training_focus_weights_the_categories_and_stop_step_stops(tmp_path, cap
     color_only = (0.0, 0.0, 1.0, 0.0)
     idx, prompts, _ = train.sample_rows(random.Random(0), pool, 32, caption_frac=0.0, focus=color_only)
     assert {pool.scenes[i].category for i in idx.tolist()} == {"color"}
-    assert all("shape in the image" in p for p in prompts)
+    assert all(any(f"Is there a {c} shape" in p for c in shapes.COLORS) for p in prompts)
     idx, _, _ = train.sample_rows(random.Random(0), pool, 64)  # no focus: every category turns up
     assert {pool.scenes[i].category for i in idx.tolist()} == set(shapes.CATEGORIES)
 
-    with pytest.raises(SystemExit):
-        train.main(["tiny-llava", "--out", str(tmp_path / "x"), "--focus", "1,2"])
-    assert "--focus '1,2': give 4 non-negative weights" in capsys.readouterr().err
+    for bad, message in [(["--focus", "1,2"], "--focus '1,2': give 4 non-negative weights"),
+                         (["--focus", "0,0,0,0"], "at least one positive"),
+                         (["--focus", "1,nan,1,1"], "give 4 non-negative weights"),
+                         (["--stop-step", "0"], "--stop-step 0: must be between 1 and --steps")]:
+        with pytest.raises(SystemExit):
+            train.main(["tiny-llava", "--out", str(tmp_path / "x"), *bad])
+        assert message in capsys.readouterr().err
 
     train.train("tiny-llava", tmp_path / "m", steps=10, batch=2, lr=1e-3, pool_size=8, log_every=1000,
                 threads=1, stop_step=2, focus=color_only)

@@ -579,7 +579,8 @@ def test_weight_activation_runs(quant, llava_run_config, tmp_path):
         assert "online Hadamard on the inputs of 2 layers" in (tmp_path / "out" / "run.log").read_text()
     assert res["label"].startswith(f"W{quant['weight']['bit']}A8 {quant['method']}")
     mme = res["evals"]["mme"]
-    # 16 images, 4 a category: one changed answer moves the total by up to 37.5; lose no more
+    # 16 images, 4 a category: one changed answer moves the total by 12.5 to 37.5; the quantized
+    # model may gain (noise on a half-learned category) but loses at most that much
     assert mme["fake_quant"]["total"] >= mme["pretrain"]["total"] - 37.5, mme
     log = (tmp_path / "out" / "run.log").read_text()
     assert "activation fake quantization (A8, per_token) on 14 layers" in log

@@ -93,7 +93,7 @@ def test_w8a8_export_is_int_quantized_and_loads_with_dynamic_token_activations(z
     theirs = real.answer_logits(reqs)
     assert torch.equal(theirs.argmax(-1), ours.argmax(-1))
     gap, gap_weights_only = (theirs - ours).abs().max(), (theirs - weights_only).abs().max()
-    assert gap < gap_weights_only, (float(gap), float(gap_weights_only))
+    assert gap < 0.8 * gap_weights_only, (float(gap), float(gap_weights_only))
 
 
 def test_autoawq_export_of_a_custom_code_vlm_unpacks_to_the_fake_weights(zoo, tmp_path, tiny_vila_installed):

@@ -284,7 +284,8 @@ def test_engine_rotates_before_quantizing_when_asked(quant, tmp_path, llava_run_
               if e["event"] == "phase" and e["state"] == "start"]
     assert phases.index("rotate") < phases.index("quantize")
     mme = res["evals"]["mme"]
-    # 16 images, 4 a category: one changed answer moves the total by up to 37.5; lose no more
+    # 16 images, 4 a category: one changed answer moves the total by 12.5 to 37.5; the quantized
+    # model may gain (noise on a half-learned category) but loses at most that much
     assert mme["fake_quant"]["total"] >= mme["pretrain"]["total"] - 37.5, mme
     # the transformed (rotated, float) checkpoint reloads through the model's own loader
     from llmc.models import get_model_class

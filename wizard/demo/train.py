@@ -8,7 +8,8 @@ The committed weights come from these runs on one GPU (``--threads 1``):
         --batch 64 --lr 4e-3 --pool 40000 --caption-frac 0.1 --focus 2,1,3,1 --seed 0 --log-every 500 --out DIR
 
 The tiny-llava run was stopped by a time limit at step 8616 of its 10,000-step schedule;
-``--stop-step`` repeats that, and a second run on an H200 reproduced its weights bit for bit.
+``--stop-step`` repeats that, and a second run on an H200 reproduced its weights bit for bit
+(the tiny-vila command was not re-run).
 
 Count and position are learned early. Color and existence ask whether any image token matches a
 word of the question, a circuit that forms late and only for some seeds. Sampling those
@@ -323,7 +324,7 @@ def train(name: str, out: Path, steps: int, batch: int, lr: float, pool_size: in
         expand, image_id = 1, -200
 
         def loss_fn(ids, labels, mask, px):
-            if device == "cpu":  # the model's own splice: how the committed weights were trained
+            if device == "cpu":  # the model's own splice
                 return model(ids, images=px, attention_mask=mask, labels=labels).loss
             return model.llm(**splice_image(model, ids, labels, mask, px)).loss
 
@@ -426,9 +427,14 @@ def main(argv=None) -> int:
             focus = tuple(float(w) for w in args.focus.split(","))
         except ValueError:
             focus = ()
-        if len(focus) != len(shapes.CATEGORIES) or min(focus) < 0 or sum(focus) <= 0:
-            ap.error(f"--focus {args.focus!r}: give {len(shapes.CATEGORIES)} non-negative weights, "
-                     f"one per category ({','.join(shapes.CATEGORIES)}), e.g. 2,1,3,1")
+        if (len(focus) != len(shapes.CATEGORIES) or not all(math.isfinite(w) and w >= 0 for w in focus)
+                or sum(focus) <= 0):
+            ap.error(f"--focus {args.focus!r}: give {len(shapes.CATEGORIES)} non-negative weights, at least one "
+                     f"positive, one per category ({','.join(shapes.CATEGORIES)}), e.g. 2,1,3,1")
+        if args.pool < len(shapes.CATEGORIES):
+            ap.error(f"--pool {args.pool}: --focus needs at least {len(shapes.CATEGORIES)} scenes, one per category")
+    if args.stop_step is not None and not 1 <= args.stop_step <= args.steps:
+        ap.error(f"--stop-step {args.stop_step}: must be between 1 and --steps ({args.steps})")
     train(args.model, args.out, args.steps, args.batch, args.lr, args.pool, log_every=args.log_every,
           threads=args.threads, device=args.device, caption_frac=args.caption_frac, seed=args.seed,
           time_limit=args.time_limit, focus=focus, stop_step=args.stop_step)
