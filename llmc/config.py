@@ -794,14 +794,13 @@ class Config(_Section):
                                           "(quant.special.online_rotate); set it to false or remove "
                                           "quant.special.online_rotate", key=("save", k))
         if isinstance(special, AwqSpecial) and special.search == "output":
+            from .quant.blockwise import OUTPUT_NO_OFFLOAD
             from .quant.methods import OUTPUT_NEEDS_LAST, default_loss_tokens
 
             if (special.loss_tokens if special.loss_tokens != "auto" else default_loss_tokens(self.calib)) != "last":
                 raise _KeyedError(OUTPUT_NEEDS_LAST, key=("quant", "special", "search"))
             if self.model.offload:
-                raise _KeyedError("output runs the rest of the model for every scale candidate, which "
-                                  "model.offload would stream over PCIe each time; use search: block, or "
-                                  "device_map: auto over several GPUs", key=("quant", "special", "search"))
+                raise _KeyedError(OUTPUT_NO_OFFLOAD, key=("quant", "special", "search"))
         if self.save is not None:
             self._check_exports()
         return self

@@ -107,6 +107,11 @@ def _block_out(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+#: why ``search: output`` refuses ``model.offload`` (and what to use instead)
+OUTPUT_NO_OFFLOAD = ("output runs the rest of the model for every scale candidate, which model.offload would "
+                     "stream over PCIe each time; use search: block, or device_map: auto over several GPUs")
+
+
 def _device_of(module: nn.Module, default):
     p = next(module.parameters(), None)
     return p.device if p is not None else torch.device(default)
@@ -280,8 +285,7 @@ def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], 
     float_answers = None
     if method.output_loss:
         if offload:
-            raise ValueError("an output-loss search runs the rest of the model for every candidate; "
-                             "it does not work with offloaded blocks")
+            raise ValueError(f"search: {OUTPUT_NO_OFFLOAD}")
         # kept in CPU memory: the blocks may sit on several cards
         float_answers = [a.cpu() for a in answer_tail(adapter, 0, device)([bi.hidden for bi in inputs], inputs)]
     blocks = adapter.get_blocks()
