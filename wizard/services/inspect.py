@@ -1,8 +1,9 @@
 """Inspect a model folder without reading its weights: structure, projector injection layers, quant layers.
 
-The model is built as a *skeleton*: every tensor lives on the meta device (``torch.device("meta")``,
-falling back to ``accelerate.init_empty_weights``), so only ``config.json`` is read and a 7B model
-costs no weight memory and well under a second to build. Two kinds of model folders:
+The model is built as a *skeleton* by :mod:`llmc.models.skeleton`: every tensor lives on the meta
+device (``torch.device("meta")``, falling back to ``accelerate.init_empty_weights``), so only
+``config.json`` is read and a 7B model costs no weight memory and well under a second to build.
+Two kinds of model folders:
 
 * **transformers-native** (``code_package=None``): ``AutoConfig`` + the class named in
   ``architectures[0]`` (else ``AutoModelForImageTextToText``, else ``AutoModelForCausalLM``).
@@ -19,18 +20,13 @@ No Textual imports here: the TUI and the CLI both use this module.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import importlib
-import inspect as pyinspect
 import json
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from llmc.models.projector import (
@@ -40,6 +36,15 @@ from llmc.models.projector import (
     norm_width,
     raw_params,
 )
+from llmc.models.skeleton import (  # noqa: F401 - the skeleton builder's parts, re-exported
+    CodeImportError,
+    SkeletonError,
+    _import_code,
+    _on_meta,
+    _pick_classes,
+    _read_config,
+)
+from llmc.models.skeleton import build_skeleton as _engine_build_skeleton
 from llmc.models.structure import find_decoder
 
 from .errors import WizardError
@@ -249,101 +254,18 @@ def inspect_module(model: nn.Module, architecture: str | None = None, model_kind
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_config(weights_dir: Path) -> dict:
-    if not weights_dir.is_dir():
-        raise WizardError(f"no such model folder: {weights_dir}", "check the path (download the model first)")
-    cfg = weights_dir / "config.json"
-    if not cfg.is_file():
-        raise WizardError(f"{weights_dir} has no config.json", "point at the folder that holds the model's config.json")
-    try:
-        return json.loads(cfg.read_text())
-    except json.JSONDecodeError as e:
-        raise WizardError(f"{cfg} is not valid JSON ({e})", "re-download the model's config.json") from e
+def build_skeleton(weights_dir: str | Path, code_package: str | None = None) -> tuple[nn.Module, str, str]:
+    """``(model on the meta device, architecture name, model kind)``; reads only ``config.json``.
 
-
-def _import_code(code_package: str):
-    """``<code_package>.model``, with an install hint when the package is missing."""
-    try:
-        importlib.import_module(code_package)
-    except ImportError as e:
-        raise CodePackageError(
-            f"cannot import the model's code package {code_package!r}: it is not installed ({e})",
-            "install it with `pip install -e <code repo>` (or the wizard's Install step)") from e
-    try:
-        return importlib.import_module(f"{code_package}.model")
-    except ImportError as e:
-        raise CodePackageError(f"cannot import {code_package}.model ({e})",
-                               f"check that {code_package!r} is a VILA-style package with a `model` module "
-                               "and that its dependencies are installed") from e
-
-
-def _pick_classes(mod, raw: dict) -> tuple[type, type]:
-    """The ``*ForCausalLM`` model class and its ``*Config`` class exported by ``mod``."""
-    classes = [c for _, c in pyinspect.getmembers(mod, pyinspect.isclass)]
-    models = [c for c in classes if c.__name__.endswith("ForCausalLM")]
-    if not models:
-        raise WizardError(f"{mod.__name__} exports no *ForCausalLM class", "check the --code package name")
-    arch = (raw.get("architectures") or [None])[0]
-    model_cls = next((c for c in models if c.__name__ == arch), models[0])
-    configs = [c for c in classes if c.__name__.endswith("Config")]
-    config_cls = getattr(model_cls, "config_class", None)
-    if config_cls is None or config_cls not in configs:
-        stem = model_cls.__name__[: -len("ForCausalLM")]
-        config_cls = (next((c for c in configs if getattr(c, "model_type", None) == raw.get("model_type")), None)
-                      or next((c for c in configs if c.__name__ == f"{stem}Config"), None)
-                      or (configs[0] if configs else None))
-    if config_cls is None:
-        raise WizardError(f"{mod.__name__} exports no *Config class", "check the --code package name")
-    return model_cls, config_cls
-
-
-def _on_meta(build: Callable[[], nn.Module]) -> nn.Module:
-    """Run ``build()`` with every tensor created on the meta device: no memory, no init cost.
-
-    ``torch.device("meta")`` puts parameters *and* buffers on meta at creation (fast: a 7B model
-    in ~0.1 s). Model code that computes with a tensor in ``__init__`` (``.item()``, ``.tolist()``)
-    fails there; it is retried under ``accelerate.init_empty_weights``, which keeps buffers real.
+    The engine's :func:`llmc.models.skeleton.build_skeleton`, with its errors as the wizard's:
+    :class:`CodePackageError` when the code package cannot be imported, else :class:`WizardError`.
     """
     try:
-        with torch.device("meta"):
-            return build()
-    except Exception:  # noqa: BLE001 - any failure is retried; a real config error fails again below
-        from accelerate import init_empty_weights
-
-        with init_empty_weights():
-            return build()
-
-
-def build_skeleton(weights_dir: str | Path, code_package: str | None = None) -> tuple[nn.Module, str, str]:
-    """``(model on the meta device, architecture name, model kind)``; reads only ``config.json``."""
-    weights_dir = Path(weights_dir)
-    raw = _read_config(weights_dir)
-    if code_package:
-        mod = _import_code(code_package)
-        model_cls, config_cls = _pick_classes(mod, raw)
-        config = config_cls(**{k: v for k, v in raw.items() if k != "model_type"})
-        model = _on_meta(lambda: model_cls(config))
-        return model, (raw.get("architectures") or [model_cls.__name__])[0], "custom-code"
-
-    import transformers
-
-    try:
-        config = transformers.AutoConfig.from_pretrained(str(weights_dir))
-    except (ValueError, KeyError) as e:
-        raise WizardError(
-            f"{weights_dir}: model_type {raw.get('model_type')!r} is not a transformers architecture ({e})",
-            "if the model ships its own code, pass its package with --code <package>") from e
-    arch = (getattr(config, "architectures", None) or [None])[0]
-    cls = getattr(transformers, arch, None) if arch else None
-    if isinstance(cls, type) and issubclass(cls, nn.Module):
-        build = getattr(cls, "_from_config", None) or cls
-        model = _on_meta(lambda: build(config))
-    else:
-        try:
-            model = _on_meta(lambda: transformers.AutoModelForImageTextToText.from_config(config))
-        except ValueError:  # not a vision-language config: a text-only LM
-            model = _on_meta(lambda: transformers.AutoModelForCausalLM.from_config(config))
-    return model, arch or type(model).__name__, "transformers"
+        return _engine_build_skeleton(weights_dir, code_package)
+    except CodeImportError as e:
+        raise CodePackageError(e.message, e.fix) from e
+    except SkeletonError as e:
+        raise WizardError(e.message, e.fix) from e
 
 
 def inspect_model(weights_dir: str | Path, code_package: str | None = None,
@@ -379,25 +301,24 @@ def format_report(r: ModelReport) -> str:
     return "\n".join(lines)
 
 
-def main_inspect(argv: list[str] | None = None) -> int:
-    """``llmc-wizard inspect <model_dir> [--code <pkg>] [--group-size N] [--json]``; returns the exit code."""
-    ap = argparse.ArgumentParser(prog="llmc-wizard inspect",
-                                 description="Report a model's structure from its config.json (no weights read).")
-    ap.add_argument("model_dir", type=Path, help="model folder (with config.json)")
-    ap.add_argument("--code", metavar="PKG", default=None,
-                    help="the model's own code package (VILA-style custom code), e.g. tiny_vila")
-    ap.add_argument("--group-size", metavar="N", type=int, default=None,
-                    help="list the decoder Linears whose in_features is not divisible by N")
-    ap.add_argument("--json", action="store_true", help="print the report as JSON")
-    args = ap.parse_args(argv)
+def print_report(model_dir: Path, code: str | None = None, group_size: int | None = None,
+                 as_json: bool = False) -> int:
+    """``llmc-wizard inspect MODEL_DIR``: print the report; errors are one line."""
     try:
-        report = inspect_model(args.model_dir, args.code, args.group_size)
-    except (WizardError, ValueError, ImportError, RuntimeError) as e:
+        report = inspect_model(model_dir, code, group_size)
+    except (WizardError, ValueError, ImportError, RuntimeError, OSError) as e:
         msg = " ".join(str(e).split())  # one line
         print(f"llmc-wizard inspect: error: {msg}", file=sys.stderr)
         return 1
-    print(report.to_json() if args.json else format_report(report))
+    print(report.to_json() if as_json else format_report(report))
     return 0
+
+
+def main_inspect(argv: list[str] | None = None) -> int:
+    """``llmc-wizard inspect ...`` with these arguments; returns the exit code."""
+    from ..cli import main
+
+    return main(["inspect", *(argv if argv is not None else sys.argv[1:])])
 
 
 if __name__ == "__main__":

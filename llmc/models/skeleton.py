@@ -1,0 +1,168 @@
+"""A model *skeleton*: the model built from its ``config.json`` alone, every tensor on the meta device.
+
+No weight file is opened and a 7B model costs no weight memory and well under a second to build.
+Two kinds of model folders:
+
+* **transformers-native** (``code_package=None``): ``AutoConfig`` + the class named by
+  ``model_cls_name`` (an adapter's ``model_cls_name``), else the class in ``architectures[0]``,
+  else ``AutoModelForImageTextToText``, else ``AutoModelForCausalLM``.
+* **custom code** (VILA-style, ``code_package="tiny_vila"``): ``<code_package>.model`` must export a
+  ``*ForCausalLM`` class and a ``*Config`` class; the config is built from ``config.json``.
+
+Errors are :class:`SkeletonError` (a ``ValueError`` carrying ``message`` and ``fix``);
+:class:`CodeImportError` when the model's code package cannot be imported. The engine must not
+import the wizard: ``wizard.services.inspect`` converts these into its own error types.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect as pyinspect
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["CodeImportError", "SkeletonError", "build_skeleton"]
+
+
+class SkeletonError(ValueError):
+    """The skeleton cannot be built: ``message`` names the bad input, ``fix`` says what to do."""
+
+    def __init__(self, message: str, fix: str = ""):
+        super().__init__(message, fix)
+        self.message = message
+        self.fix = fix
+
+    def __str__(self) -> str:
+        msg = " ".join(str(self.message).split())
+        return f"{msg}; {' '.join(self.fix.split())}" if self.fix else msg
+
+
+class CodeImportError(SkeletonError):
+    """The model's own code package cannot be imported (not installed, or broken)."""
+
+
+def _read_config(weights_dir: Path) -> dict:
+    if not weights_dir.is_dir():
+        raise SkeletonError(f"no such model folder: {weights_dir}", "check the path (download the model first)")
+    cfg = weights_dir / "config.json"
+    if not cfg.is_file():
+        raise SkeletonError(f"{weights_dir} has no config.json",
+                            "point at the folder that holds the model's config.json")
+    try:
+        raw = json.loads(cfg.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SkeletonError(f"{cfg} is not valid JSON ({e})", "re-download the model's config.json") from e
+    if not isinstance(raw, dict):
+        raise SkeletonError(f"{cfg} is not a JSON object", "re-download the model's config.json")
+    return raw
+
+
+def _import_code(code_package: str):
+    """``<code_package>.model``, with an install hint when the package is missing."""
+    try:
+        importlib.import_module(code_package)
+    except ImportError as e:
+        raise CodeImportError(
+            f"cannot import the model's code package {code_package!r}: it is not installed ({e})",
+            "install it with `pip install -e <code repo>` (or the wizard's Install step)") from e
+    try:
+        return importlib.import_module(f"{code_package}.model")
+    except ImportError as e:
+        raise CodeImportError(f"cannot import {code_package}.model ({e})",
+                              f"check that {code_package!r} is a VILA-style package with a `model` module "
+                              "and that its dependencies are installed") from e
+
+
+def _pick_classes(mod, raw: dict) -> tuple[type, type]:
+    """The ``*ForCausalLM`` model class and its ``*Config`` class exported by ``mod``."""
+    classes = [c for _, c in pyinspect.getmembers(mod, pyinspect.isclass)]
+    models = [c for c in classes if c.__name__.endswith("ForCausalLM")]
+    if not models:
+        raise SkeletonError(f"{mod.__name__} exports no *ForCausalLM class", "check the --code package name")
+    arch = (raw.get("architectures") or [None])[0]
+    model_cls = next((c for c in models if c.__name__ == arch), models[0])
+    configs = [c for c in classes if c.__name__.endswith("Config")]
+    config_cls = getattr(model_cls, "config_class", None)
+    if config_cls is None or config_cls not in configs:
+        stem = model_cls.__name__[: -len("ForCausalLM")]
+        config_cls = (next((c for c in configs if getattr(c, "model_type", None) == raw.get("model_type")), None)
+                      or next((c for c in configs if c.__name__ == f"{stem}Config"), None)
+                      or (configs[0] if configs else None))
+    if config_cls is None:
+        raise SkeletonError(f"{mod.__name__} exports no *Config class", "check the --code package name")
+    return model_cls, config_cls
+
+
+def _on_meta(build: Callable[[], nn.Module]) -> nn.Module:
+    """Run ``build()`` with every tensor created on the meta device: no memory, no init cost.
+
+    ``torch.device("meta")`` puts parameters *and* buffers on meta at creation (fast: a 7B model
+    in ~0.1 s). Model code that computes with a tensor in ``__init__`` (``.item()``, ``.tolist()``)
+    fails there; it is retried under ``accelerate.init_empty_weights``, which keeps buffers real.
+    """
+    try:
+        with torch.device("meta"):
+            return build()
+    except Exception:  # noqa: BLE001 - any failure is retried; a real config error fails again below
+        from accelerate import init_empty_weights
+
+        with init_empty_weights():
+            return build()
+
+
+def _transformers_builder(cls) -> Callable | None:
+    """How to build ``cls`` from a config: Auto classes have ``from_config``, models ``_from_config``."""
+    if not isinstance(cls, type):
+        return None
+    if issubclass(cls, nn.Module):
+        return getattr(cls, "_from_config", None) or cls
+    return getattr(cls, "from_config", None)  # AutoModelFor...
+
+
+def build_skeleton(weights_dir: str | Path, code_package: str | None = None,
+                   model_cls_name: str | None = None) -> tuple[nn.Module, str, str]:
+    """``(model on the meta device, architecture name, model kind)``; reads only ``config.json``.
+
+    ``model_cls_name`` (a ``transformers`` class name, as adapters declare it) builds the same class
+    the engine's run builds; without it the class named in ``architectures[0]`` is used.
+    """
+    weights_dir = Path(weights_dir)
+    raw = _read_config(weights_dir)
+    if code_package:
+        mod = _import_code(code_package)
+        model_cls, config_cls = _pick_classes(mod, raw)
+        config = config_cls(**{k: v for k, v in raw.items() if k != "model_type"})
+        model = _on_meta(lambda: model_cls(config))
+        return model, (raw.get("architectures") or [model_cls.__name__])[0], "custom-code"
+
+    import transformers
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(weights_dir))
+    except (ValueError, KeyError) as e:
+        raise SkeletonError(
+            f"{weights_dir}: model_type {raw.get('model_type')!r} is not a transformers architecture ({e})",
+            "if the model ships its own code, pass its package with --code <package>") from e
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    build = None
+    if model_cls_name:
+        build = _transformers_builder(getattr(transformers, model_cls_name, None))
+        if build is None:
+            raise SkeletonError(f"transformers has no model class {model_cls_name!r}",
+                                "fix the adapter's model_cls_name (or upgrade transformers)")
+    elif arch:
+        cls = getattr(transformers, arch, None)
+        if isinstance(cls, type) and issubclass(cls, nn.Module):
+            build = _transformers_builder(cls)
+    if build is not None:
+        model = _on_meta(lambda: build(config))
+    else:
+        try:
+            model = _on_meta(lambda: transformers.AutoModelForImageTextToText.from_config(config))
+        except ValueError:  # not a vision-language config: a text-only LM
+            model = _on_meta(lambda: transformers.AutoModelForCausalLM.from_config(config))
+    return model, arch or type(model).__name__, "transformers"
