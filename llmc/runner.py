@@ -1,7 +1,10 @@
 """Run a config end to end: load → evaluate original → calibrate → quantize → evaluate → save.
 
 Writes into the run directory: ``config.yml`` (effective), ``run.log``, ``events.jsonl``,
-``results.json`` and the saved models (``trans/``, ``fake/``).
+``results.json``, the saved models (``trans/``, ``fake/``, ``vllm/``, ``autoawq/``, under
+``save.save_path`` when it differs) and, last, the ``COMPLETE`` marker. The directory is locked
+for the whole run, must be empty unless ``overwrite``, and every output is staged and moved into
+place (:mod:`llmc.rundir`): a run directory holds a complete run or an incomplete one, never a mix.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import os
 import random
 import time
+import uuid
 from pathlib import Path
 
 import torch
@@ -22,6 +26,7 @@ from .models.placement import place
 from .progress import Progress
 from .quant.blockwise import quantize_blockwise
 from .quant.methods import make_method
+from .rundir import RunDir, atomic_write_text, open_run_dir, planned_outputs, staged, write_marker
 
 POSITIONS = ("pretrain", "transformed", "fake_quant")
 
@@ -167,21 +172,40 @@ def quant_label(cfg: Config) -> str:
 
 
 def run(cfg: Config, run_dir: Path, *, device: str | None = None, progress: Progress | None = None,
-        cancelled=None) -> dict:
+        cancelled=None, overwrite: bool = False, workspace: RunDir | None = None) -> dict:
+    """Run ``cfg`` into ``run_dir``. Unless the caller passes the ``workspace`` it already opened
+    (:func:`llmc.rundir.open_run_dir`), the directory is checked, locked and (with ``overwrite``)
+    emptied here, before the model loads; the lock is released when the run ends."""
+    run_dir = Path(run_dir)
+    own_ws = workspace is None
+    if own_ws:
+        workspace = open_run_dir(run_dir, outputs=planned_outputs(cfg, run_dir), overwrite=overwrite)
+    own_progress = progress is None
+    progress = progress or Progress(run_dir)
+    try:
+        return _run(cfg, run_dir, device=device, progress=progress, cancelled=cancelled)
+    finally:
+        if own_progress:
+            progress.close()
+        if own_ws:
+            workspace.close()
+
+
+def _run(cfg: Config, run_dir: Path, *, device: str | None, progress: Progress, cancelled) -> dict:
     from .models import get_model_class
 
     device = device or default_device()
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    progress = progress or Progress(run_dir)
-    (run_dir / "config.yml").write_text(cfg.effective_yaml())
     t_start = time.time()
-    progress.event("start", run_dir=str(run_dir), device=device, pid=os.getpid())
+    run_id = uuid.uuid4().hex
+    atomic_write_text(run_dir / "config.yml", cfg.effective_yaml())
+    progress.event("start", run_dir=str(run_dir), device=device, pid=os.getpid(), run_id=run_id)
     progress.log(f"effective config:\n{cfg.effective_yaml()}")
     _seed(cfg.base.seed)
-    results: dict = {"label": quant_label(cfg), "device": device, "evals": {}, "timings": {}, "blocks": []}
+    results: dict = {"label": quant_label(cfg), "run_id": run_id, "device": device, "evals": {}, "timings": {},
+                     "blocks": []}
+    saved: dict[str, Path] = {}
 
-    cls = get_model_class(cfg.model.type)
+    cls = get_model_class(cfg.model.type, [cfg.model.adapters] if cfg.model.adapters else [])
     with progress.phase("load_model"):
         t = time.time()
         mode = cfg.model.placement
@@ -292,9 +316,11 @@ def run(cfg: Config, run_dir: Path, *, device: str | None = None, progress: Prog
             return
         with progress.phase(f"save_{kind}"):
             out = Path(cfg.save.save_path or run_dir) / kind
-            adapter.save_pretrained(out)
+            with staged(out) as tmp:  # written as .<kind>.partial, moved into place when whole
+                adapter.save_pretrained(tmp)
             progress.event("saved", kind=kind, path=str(out))
             results[f"saved_{kind}"] = str(out)
+            saved[kind] = out
 
     if trans_state:
         fake_state = swap_in_trans()
@@ -320,21 +346,25 @@ def run(cfg: Config, run_dir: Path, *, device: str | None = None, progress: Prog
     for fmt in FORMATS:
         if cfg.save and getattr(cfg.save, f"save_{fmt}"):
             with progress.phase(f"save_{fmt}"):
-                out = export_quantized(adapter, method.qparams, method.wcfg, fmt,
+                out = export_quantized(adapter, method.qparams, method.wcfg, fmt,  # staged itself
                                        Path(cfg.save.save_path or run_dir) / fmt, act=cfg.quant.act)
                 progress.log(f"saved {FORMATS[fmt]} checkpoint: {out}")
                 progress.event("saved", kind=fmt, path=str(out))
                 results[f"saved_{fmt}"] = str(out)
+                saved[fmt] = out
 
     results["timings"]["total"] = time.time() - t_start
     table = format_table(results, results["label"])
     results["table"] = table
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2, default=str) + "\n")
     progress.log("results:\n" + table)
     peak = peak_gpu_memory()
     results.update(peak)
+    # the marker goes last: from here on (and only from here on) the run is complete
+    marker = write_marker(run_dir, run_id=run_id, started=t_start,
+                          outputs={"config": run_dir / "config.yml", "results": run_dir / "results.json", **saved})
     progress.event("done", seconds=round(results["timings"]["total"], 3), results=str(run_dir / "results.json"),
-                   **peak)
+                   complete=str(marker), **peak)
     return results
 
 

@@ -555,7 +555,7 @@ def test_bad_configs_fail_check_with_one_clear_line(edit, message, zoo, tmp_path
 
 
 def test_check_accepts_a_good_config_and_prints_it(zoo, tmp_path):
-    r = _llmc("check", str(_config(tmp_path, zoo, "Llava", ASSETS / "tiny-llava")))
+    r = _llmc("check", str(_config(tmp_path, zoo, "Llava", ASSETS / "tiny-llava")), "--print-config")
     assert r.returncode == 0, r.stderr
     assert "method: Awq" in r.stdout and "config OK" in r.stderr
 

@@ -39,7 +39,7 @@ def test_vllm_export_loads_in_transformers_and_answers_like_the_fake_model(zoo, 
                            {"save_vllm": True}))
     res = run(cfg, tmp_path / "out", device="cpu")
     out = Path(res["saved_vllm"])
-    assert out == tmp_path / "out" / "vllm" and not (tmp_path / "out" / "vllm.partial").exists()
+    assert out == tmp_path / "out" / "vllm" and not (tmp_path / "out" / ".vllm.partial").exists()
     sd = load_file(out / "model.safetensors")
     packed = sorted(k[: -len(".weight_packed")] for k in sd if k.endswith(".weight_packed"))
     assert len(packed) == 14 and all("language_model" in k for k in packed)  # 2 blocks x 7 linears

@@ -16,7 +16,6 @@ layer's key is found by the longest matching name suffix and confirmed by compar
 from __future__ import annotations
 
 import json
-import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 from llmc.export import autoawq, compressed
 from llmc.export.packing import store_scale
 from llmc.quant.quantizer import IntQuantizer, WeightQuantConfig
+from llmc.rundir import staged
 
 #: ``save.save_<fmt>`` -> human name; the output folder is ``<save_path>/<fmt>``
 FORMATS = {"vllm": "compressed-tensors pack-quantized (vLLM)", "autoawq": "AutoAWQ GEMM"}
@@ -113,14 +113,17 @@ def export_quantized(adapter, qparams: dict[nn.Module, tuple | None], wcfg: Weig
     ``fmt`` is ``"vllm"`` (compressed-tensors pack-quantized; int-quantized W8A8 when ``act``, the
     dynamic activation quantization, is given) or ``"autoawq"``. Every other
     ``nn.Linear`` stays in float and is listed as ignored. The checkpoint is built in
-    ``<out_dir>.partial`` and moved into place when complete; an existing ``out_dir`` is
-    replaced only then.
+    ``.<out_dir>.partial`` and moved into place when complete (:func:`llmc.rundir.staged`); an
+    existing ``out_dir`` is replaced only then.
     """
     check_format(fmt, wcfg, act)
     out = Path(out_dir)
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    with staged(out) as tmp:
+        _export_into(adapter, qparams, wcfg, fmt, tmp, act)
+    return out
+
+
+def _export_into(adapter, qparams, wcfg: WeightQuantConfig, fmt: str, tmp: Path, act) -> None:
     adapter.save_pretrained(tmp)
     keys = _SavedKeys(tmp)
 
@@ -181,11 +184,6 @@ def export_quantized(adapter, qparams: dict[nn.Module, tuple | None], wcfg: Weig
         ignore = list(dict.fromkeys(ignored.get(folder, []) + unsaved))
         cfg["quantization_config"] = _MODULES[fmt].quantization_config(wcfg, ignore, act)
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
-
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
 
 
 __all__ = ["FORMATS", "ExportError", "check_format", "export_quantized"]

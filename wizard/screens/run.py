@@ -127,12 +127,12 @@ class RunScreen(StepScreen):
             return None
 
     def _quantized_model(self) -> str | None:
-        """The fake-quant model the current run saved, if it finished."""
+        """The fake-quant model the current run saved, if it completed (its marker)."""
+        from llmc.rundir import complete_results
+
         run_dir = self.answers.run.run_dir
-        results = Path(run_dir) / "results.json" if run_dir else None
-        if results is None or not results.exists():
-            return None
-        return json.loads(results.read_text()).get("saved_fake")
+        results = complete_results(run_dir) if run_dir else None
+        return results.get("saved_fake") if results else None
 
     def _dp_args(self, model: str | None, out: Path | None = None) -> list[str]:
         from ..services.render import class_name
@@ -333,12 +333,13 @@ class RunScreen(StepScreen):
             self.query_one("#log", Log).write_line(f"WARNING: {e['message']}")
 
     def finish(self, rc: int) -> None:
+        from llmc.rundir import complete_results
+
         run_dir = self.handle.run_dir
-        results = run_dir / "results.json"
+        data = complete_results(run_dir) if rc == 0 else None  # done only with the completeness marker
         if self.t0:
             self.query_one("#elapsed", Static).update(f"elapsed {time.time() - self.t0:.0f}s (finished)")
-        if rc == 0 and results.exists():
-            data = json.loads(results.read_text())
+        if data is not None:
             table = self.query_one("#scores", DataTable)
             table.clear()
             for row in score_rows(data):

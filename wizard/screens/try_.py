@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from textual import work
@@ -38,10 +37,12 @@ class TryScreen(StepScreen):
         self.query_one("#answers", DataTable).add_columns("model", "answer")
 
     def _saved_model(self) -> Path:
+        from llmc.rundir import complete_results
+
         run_dir = self.answers.run.run_dir
-        if not run_dir or not (Path(run_dir) / "results.json").exists():
+        res = complete_results(run_dir) if run_dir else None  # only a complete run (its marker) counts
+        if res is None:
             raise WizardError("no finished run", "run the quantization in the Run step first")
-        res = json.loads((Path(run_dir) / "results.json").read_text())
         if not res.get("saved_fake"):
             raise WizardError("the run saved no quantized model", "set save_fake: true (the default) and run again")
         return Path(res["saved_fake"])
@@ -93,7 +94,7 @@ class TryScreen(StepScreen):
             # a child process, so that Cancel stops the two model loads mid-way
             a, b = compare_answers_in_child(
                 plan_type, Path(self.answers.source.weights_dir), quant_dir, image, question,
-                self.app.device or "cpu", self.app.models_dir,
+                self.app.device or "cpu", self.app.models_dir_resolved(),
                 log=lambda m: self.app.call_from_thread(log.write_line, m),
                 cancelled=self._stopping, on_start=self._child_started)
         except WizardError as e:

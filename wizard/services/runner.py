@@ -1,7 +1,10 @@
 """Launch the engine (``python -m llmc run``) as a subprocess; follow its events; cancel; reattach.
 
 A run directory holds ``config.yml``, ``run.log`` and ``events.jsonl`` (written by the engine),
-``process.log`` (the subprocess's stdout/stderr) and ``results.json`` at the end.
+``process.log`` (the subprocess's stdout/stderr), ``results.json`` and, last, the ``COMPLETE``
+marker (:mod:`llmc.rundir`). A run is done only when its marker is there and sound; it is running
+while the engine holds the directory's lock (``.lock``, released by the kernel when the process
+dies); otherwise it is cancelled or failed, whatever its events or results say.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmc.progress import read_events
+from llmc.rundir import LOCK_NAME, is_complete, is_locked, lock_holder
 
 from .errors import WizardError
 
@@ -66,10 +70,14 @@ class RunHandle:
         self.events = EventTail(self.run_dir / "events.jsonl")
 
     def poll(self) -> int | None:
-        """Exit code, or None while running."""
+        """Exit code, or None while running. 0 means a complete run (its marker), and only that: an
+        engine that exited 0 without one reads as failed (1)."""
         if self.proc is not None:
-            return self.proc.poll()
-        return None if pid_alive(self.pid) else _exit_from_events(self.run_dir)
+            rc = self.proc.poll()
+            if rc is None:
+                return None
+            return 0 if is_complete(self.run_dir) else (rc or 1)
+        return None if _running(self.run_dir, self.pid) else _exit_from_events(self.run_dir)
 
     def cancel(self, grace: float = 3.0) -> None:
         """Stop the whole process tree (its process group)."""
@@ -114,9 +122,19 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def _running(run_dir: Path, pid: int | None = None) -> bool:
+    """The engine still holds the run directory's lock (directories from before the lock: its pid lives)."""
+    if (Path(run_dir) / LOCK_NAME).exists():
+        return is_locked(run_dir)
+    return bool(pid) and pid_alive(int(pid))
+
+
 def _exit_from_events(run_dir: Path) -> int:
+    """A finished run's exit code: 0 only with its completeness marker, 130 when cancelled, else 1."""
+    if is_complete(run_dir):
+        return 0
     kinds = [e["event"] for e in read_events(run_dir / "events.jsonl")]
-    return 0 if "done" in kinds else (130 if "cancelled" in kinds else 1)
+    return 130 if "cancelled" in kinds else 1
 
 
 def launch(config: Path, run_dir: Path, device: str | None = None, env: dict | None = None) -> RunHandle:
@@ -124,9 +142,13 @@ def launch(config: Path, run_dir: Path, device: str | None = None, env: dict | N
     if not config.exists():
         raise WizardError(f"config {config} does not exist", "run the Generate step first")
     run_dir = Path(run_dir)
-    if (run_dir / "events.jsonl").exists():
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise WizardError(f"run directory {run_dir} already holds a run", "choose a new run directory")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WizardError(f"cannot create run directory {run_dir}: {e.strerror or e}",
+                          "choose a run directory you can write to") from None
     shutil.copyfile(config, run_dir / "source-config.yml")
     log = open(run_dir / "process.log", "ab")
     cmd = engine_command(config, run_dir, device)
@@ -156,14 +178,12 @@ def list_runs(root: Path) -> list[PastRun]:
             continue
         kinds = [e["event"] for e in ev]
         start = next((e for e in ev if e["event"] == "start"), {})
-        if "done" in kinds:
+        if is_complete(d):  # the marker, never the events, says a run is done
             state = "done"
+        elif _running(d, start.get("pid")):
+            state = "running"
         elif "cancelled" in kinds:
             state = "cancelled"
-        elif "error" in kinds:
-            state = "failed"
-        elif start.get("pid") and pid_alive(int(start["pid"])):
-            state = "running"
         else:
             state = "failed"
         label = (d / "command.txt").read_text().strip() if (d / "command.txt").exists() else d.name
@@ -175,5 +195,8 @@ def reattach(run_dir: Path) -> RunHandle:
     run_dir = Path(run_dir)
     start = next((e for e in read_events(run_dir / "events.jsonl") if e["event"] == "start"), None)
     if start is None:
+        holder = lock_holder(run_dir)  # started, no event written yet
+        if holder and holder.get("pid"):
+            return RunHandle(run_dir, int(holder["pid"]), None)
         raise WizardError(f"{run_dir} has no started run", "pick a run from the list of past runs")
     return RunHandle(run_dir, int(start["pid"]), None)
