@@ -3,7 +3,7 @@
 A config has the sections of the original llmc toolkit (ModelTC/llmc)::
 
     base:  {seed}
-    model: {type, path, tokenizer_mode, torch_dtype}
+    model: {type, path, adapters, tokenizer_mode, torch_dtype}
     calib: {name, type, download, path, add_answer, apply_chat_template, n_samples, bs,
             seq_len, preproc, padding, seed}
     eval:  one mapping or a list of mappings {eval_pos, type, name, download, path, bs,
@@ -359,6 +359,8 @@ class ModelConfig(_Section):
 
     type: Str = Field(min_length=1, description="adapter name from the model registry")
     path: PathStr
+    adapters: PathStr | None = Field(
+        None, description="folder of adapter modules (model declarations) searched for model.type")
     tokenizer_mode: Literal["slow", "fast"] = Field(
         "slow", description="accepted for llmc compatibility; fast tokenizers are used if present")
     torch_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"

@@ -8,7 +8,7 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 VENV=.venv
 STAMP=$VENV/.llmc-wizard-env
 # Everything that decides what is installed: a change re-runs the install steps.
-want=$(cat pyproject.toml scripts/setup-env.sh | sha256sum | cut -c1-16)
+want=$(cat pyproject.toml setup.py scripts/setup-env.sh | sha256sum | cut -c1-16)
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV with $("$PY" --version)"

@@ -11,7 +11,7 @@ import yaml
 
 from wizard.services import render
 from wizard.services.errors import WizardError
-from wizard.services.register import MARKER, import_adapter, register_adapter, unregister_adapter
+from wizard.services.register import import_adapter, register_adapter
 
 ASSETS = Path(__file__).resolve().parents[1] / "wizard" / "demo" / "assets"
 HOSTILE = [
@@ -52,11 +52,10 @@ def test_generated_python_always_parses(name, kind, tmp_path):
     p = render.plan(a, tmp_path / "models", tmp_path / "configs")
     tree = ast.parse(p.adapter_text)
     classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
-    assert classes == [p.class_name, p.class_name + "Eval"]
+    assert classes == [p.class_name]
     assert p.class_name.isidentifier() and p.module.isidentifier()
-    consts = {t.targets[0].id: ast.literal_eval(t.value) for t in tree.body
-              if isinstance(t, ast.Assign) and isinstance(t.targets[0], ast.Name)}
-    assert consts["PROJECTOR_LAST_LAYERS"] == [f"mm.{name}'\"\n"]  # hostile text survives as data
+    decl = render.check_declaration(p.adapter_text)
+    assert decl["projector_last_layers"] == (f"mm.{name}'\"\n",)  # hostile text survives as data
     import yaml
 
     cfg = yaml.safe_load(p.config_text)
@@ -67,9 +66,11 @@ def test_generated_python_always_parses(name, kind, tmp_path):
 def test_names_are_sanitised():
     assert render.module_name("My VLM-1.5b") == "my_vlm_1_5b"
     assert render.module_name("class") == "class_model"
-    assert render.module_name("llava") == "llava_model"  # never shadows a built-in adapter
     assert render.class_name("my vlm") == "MyVlm"
-    assert render.class_name("llava") == "LlavaModel"
+    # a class never takes a name the engine defines (registered types, names in llmc.models)
+    assert render.class_name("llava") == "LlavaAdapter"
+    assert render.class_name("placement") == "PlacementAdapter"
+    assert render.class_name("hf vlm") == "HfVlm"
 
 
 def test_plan_requires_a_projector_pick(tmp_path):
@@ -85,7 +86,7 @@ def test_safe_write_keeps_hand_edits(tmp_path):
     assert render.safe_write(p, v1).action == "unchanged"
     v2 = render.render_text("adapter_hf.py.j2", _ctx("two"))
     r = render.safe_write(p, v2)
-    assert r.action == "updated" and r.backup is None and "-MODEL_TYPE = 'one'" in r.diff
+    assert r.action == "updated" and r.backup is None and "-@register('one')" in r.diff
     edited = p.read_text() + "\n# my own fix\n"
     p.write_text(edited)
     assert render.is_hand_edited(edited)
@@ -111,21 +112,23 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
 
 def _ctx(model_type):
-    return dict(display_name="d", weights="/w", model_type=model_type, class_name="M", architecture="A",
-                code_package=None, last_layers=["x"], skip_layers=["lm_head"])
+    return dict(display_name="d", model_type=model_type, class_name="M", architecture="A",
+                code_package=None, last_layers=["x"])
 
 
-def test_register_is_idempotent(tmp_path):
+def test_register_checks_discovery_and_writes_nothing(tmp_path):
     pkg = tmp_path / "models"
     pkg.mkdir()
-    (pkg / "__init__.py").write_text(f"def _register_generated(m):\n    pass\n\n{MARKER}:\n")
-    (pkg / "my_vlm.py").write_text("X = 1\n")
-    assert register_adapter("my_vlm", pkg) is True
-    assert register_adapter("my_vlm", pkg) is False
-    text = (pkg / "__init__.py").read_text()
-    assert text.count('_register_generated("my_vlm")') == 1
-    assert unregister_adapter("my_vlm", pkg) is True
-    assert '_register_generated("my_vlm")' not in (pkg / "__init__.py").read_text()
+    (pkg / "my_vlm.py").write_text(render.render_text("adapter_hf.py.j2", _ctx("RegCheckVlm")))
+    (pkg / "empty.py").write_text("X = 1\n")
+    before = {p.name: p.read_text() for p in pkg.iterdir()}
+    assert register_adapter("my_vlm", pkg) == "RegCheckVlm"
+    assert register_adapter("my_vlm", pkg, "RegCheckVlm") == "RegCheckVlm"
+    assert {p.name: p.read_text() for p in pkg.iterdir()} == before  # nothing edited
+    with pytest.raises(WizardError, match="registers RegCheckVlm, not Other"):
+        register_adapter("my_vlm", pkg, "Other")
+    with pytest.raises(WizardError, match="registers no model type"):
+        register_adapter("empty", pkg)
     with pytest.raises(WizardError, match="does not exist"):
         register_adapter("missing", pkg)
     with pytest.raises(WizardError, match="not a valid adapter module name"):
@@ -158,16 +161,14 @@ def test_generated_adapter_registers_builds_and_answers(tmp_path, zoo):
 def test_smoke_test_names_the_failing_step(tmp_path, zoo):
     from wizard.services.smoke import smoke_test
 
-    a = _answers("Broken Pick", last=["model.no_such_layer"])
+    a = _answers("Broken Pick", last=["model.multi_modal_projector.no_such_layer"])
     p = render.plan(a, tmp_path / "adapters", tmp_path / "configs")
     render.write(p, a)
-    rep = smoke_test(p.module, p.model_type, ASSETS / "tiny-llava", None, None, models_dir=tmp_path / "adapters")
-    assert rep.ok  # building does not touch the pick
-    from llmc.models import MODEL_REGISTRY
-
-    adapter = MODEL_REGISTRY[p.model_type](ASSETS / "tiny-llava", "float32", "cpu")
-    with pytest.raises(AttributeError, match="no_such_layer"):
-        adapter.get_extra_rot_module_besides_embed_layers()
+    # a projector layer that does not exist fails the smoke test, naming it and what is there
+    with pytest.raises(WizardError, match=r"build model.*'model.multi_modal_projector.no_such_layer' is not in "
+                                          r"the model; modules under model.multi_modal_projector: linear_1, act, "
+                                          r"linear_2"):
+        smoke_test(p.module, p.model_type, ASSETS / "tiny-llava", None, None, models_dir=tmp_path / "adapters")
     with pytest.raises(WizardError, match="smoke test failed at 'build model'"):
         smoke_test(p.module, p.model_type, tmp_path / "nowhere", None, None, models_dir=tmp_path / "adapters")
 

@@ -44,14 +44,17 @@ def test_onboard_demo_model_headless(name, zoo, tmp_path):
     else:
         assert "install: skipped" in r.stderr and done.inspect.model_kind == "transformers"
         assert done.inspect.projector_last_layers == ["model.multi_modal_projector.linear_2"]
-    # the generated adapter imports (in a fresh interpreter) and registers its model type
+    # the generated declaration is found by the engine from the config alone (a fresh
+    # interpreter, no environment variable): model.adapters names its folder
     adapters = sorted((tmp_path / "adapters").glob("*.py"))
     assert len(adapters) == 1
-    check = subprocess.run([sys.executable, "-c", "import llmc.models as m; print(sorted(m.MODEL_REGISTRY))"],
-                           capture_output=True, text=True, env={"LLMC_ADAPTERS": str(tmp_path / "adapters"),
-                                                                "PATH": "/usr/bin:/bin"})
+    model_type = __import__("wizard.services.render", fromlist=["x"]).class_name(done.generate.name)
+    config = next((tmp_path / "configs").glob("*_gptq.yml"))
+    check = subprocess.run(
+        [sys.executable, "-c", "import sys; from llmc.config import load_config; from llmc.models import "
+         "get_model_class; c = load_config(sys.argv[1]); print(get_model_class(c.model.type, [c.model.adapters]))",
+         str(config)], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
     assert check.returncode == 0, check.stderr
-    model_type = done.generate.name and __import__("wizard.services.render", fromlist=["x"]).class_name(done.generate.name)
     assert model_type in check.stdout
     # the run's score table exists and matches the engine's JSON
     run_dir = tmp_path / done.run.run_dir if not done.run.run_dir.startswith("/") else __import__("pathlib").Path(done.run.run_dir)

@@ -133,7 +133,7 @@ async def test_install_detects_confirms_streams_and_cancels(zoo, tmp_path):
         await _until(pilot, lambda: not s.query_one("#install", Button).disabled)
         assert "installed in" in _text(s, "#status"), _text(s, "#status")
         assert (tmp_path / "site" / "tiny_vila" / "__init__.py").exists()
-        assert app.answers.install.confirmed
+        assert app.answers.install.consented(app.answers.source)
 
 
 async def test_inspect_shows_tree_picker_and_group_size_problems(zoo, tmp_path, monkeypatch):

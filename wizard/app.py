@@ -149,13 +149,13 @@ class WizardApp(App):
         return path
 
     def models_dir_resolved(self) -> Path:
+        """Where model declarations go: ``--models-dir``, else ``<workdir>/adapters``."""
         if self.models_dir is not None:
             return self.models_dir
         from .services.register import default_models_dir
 
-        return default_models_dir()
+        return default_models_dir(self.workdir)
 
     def engine_env(self) -> dict | None:
-        if self.models_dir is None:
-            return None
-        return {"LLMC_ADAPTERS": os.pathsep.join(filter(None, [str(self.models_dir), os.environ.get("LLMC_ADAPTERS")]))}
+        dirs = [str(self.models_dir_resolved()), os.environ.get("LLMC_ADAPTERS")]
+        return {"LLMC_ADAPTERS": os.pathsep.join(filter(None, dirs))}

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from .services.errors import WizardError
+
 
 def _cmd_demo(args) -> int:
     from .demo import zoo as zoo_mod
@@ -48,9 +50,28 @@ def _cmd_steps(args) -> int:
 
 
 def _cmd_inspect(args) -> int:
-    from .services.inspect import main_inspect
+    if args.answers is not None:
+        if args.model_dir is not None:
+            raise WizardError("give either MODEL_DIR or --answers, not both", "drop one of them")
+        return _cmd_steps(args)
+    if args.model_dir is None:
+        raise WizardError("inspect needs a model folder or an answers file",
+                          "run `llmc-wizard inspect MODEL_DIR` or `llmc-wizard inspect --answers FILE`")
+    from .services.inspect import print_report
 
-    return main_inspect(args.rest)
+    return print_report(args.model_dir, args.code, args.group_size, args.json)
+
+
+def _step_options(p: argparse.ArgumentParser, answers_required: bool = True) -> None:
+    p.add_argument("--answers", type=Path, required=answers_required, default=None, help="the answers file (YAML)")
+    p.add_argument("--workdir", type=Path, default=None, help="where clones, configs and runs go "
+                   "(default: the answers file's folder)")
+    p.add_argument("--models-dir", type=Path, default=None,
+                   help="where model declarations go (default: <workdir>/adapters; configs name it in model.adapters)")
+    p.add_argument("--yes", action="store_true", help="agree to install the cloned code (at the fetched commit)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--install-target", type=Path, default=None,
+                   help="pip-install the model's code into this folder instead of the environment")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,39 +87,49 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_ in [("onboard", "run every step headless from an answers file"),
                         ("fetch", "clone/fetch the weights and code repositories"),
                         ("install", "pip-install the model's code (custom-code models)"),
-                        ("generate", "render the adapter and config"),
-                        ("register", "register the generated adapter"),
-                        ("smoke", "smoke-test the generated adapter"),
+                        ("generate", "render the model declaration and config"),
+                        ("register", "check that the engine discovers the generated declaration"),
+                        ("smoke", "smoke-test the generated declaration"),
                         ("run", "quantize and evaluate with the engine")]:
         p = sub.add_parser(name, help=help_)
-        p.add_argument("--answers", type=Path, required=True, help="the answers file (YAML)")
-        p.add_argument("--workdir", type=Path, default=None, help="where clones, configs and runs go "
-                       "(default: the answers file's folder)")
-        p.add_argument("--models-dir", type=Path, default=None,
-                       help="write adapters here instead of llmc/models (runs get it via $LLMC_ADAPTERS)")
-        p.add_argument("--yes", action="store_true", help="confirm installing the cloned code")
-        p.add_argument("--device", default=None)
-        p.add_argument("--install-target", type=Path, default=None,
-                       help="pip-install the model's code into this folder instead of the environment")
+        _step_options(p)
         p.set_defaults(func=_cmd_steps)
-    i = sub.add_parser("inspect", help="print a model's inspect report (--json)", add_help=False)
-    i.add_argument("rest", nargs=argparse.REMAINDER)
+    i = sub.add_parser("inspect", help="report a model's structure: from a folder, or the inspect step of an "
+                       "answers file", description="Report a model's structure from its config.json (no weights "
+                       "read): `inspect MODEL_DIR [--code PKG] [--json]`, or run the inspect step of "
+                       "`--answers FILE`.")
+    i.add_argument("model_dir", nargs="?", type=Path, default=None, help="model folder (with config.json)")
+    i.add_argument("--code", metavar="PKG", default=None,
+                   help="the model's own code package (VILA-style custom code), e.g. tiny_vila")
+    i.add_argument("--group-size", metavar="N", type=int, default=None,
+                   help="list the decoder Linears whose in_features is not divisible by N")
+    i.add_argument("--json", action="store_true", help="print the report as JSON")
+    _step_options(i, answers_required=False)
     i.set_defaults(func=_cmd_inspect)
     ap.set_defaults(func=_cmd_tui)
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .services.errors import WizardError
+def one_line_error(e: BaseException) -> str:
+    """An exception as one line, credentials masked; OSErrors name the path (long names elided)."""
+    from llmc.rundir import os_error_line
+    from llmc.secrets import redact
 
+    text = os_error_line(e) if isinstance(e, OSError) and e.strerror else (str(e) or type(e).__name__)
+    return redact(" ".join(text.split()))
+
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("llmc-wizard: cancelled", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, RuntimeError, WizardError) as e:
-        print(f"llmc-wizard: error: {e}", file=sys.stderr)
+    except BrokenPipeError:  # the reader went away (`| head`): nothing to report
+        return 0
+    except (OSError, ValueError, RuntimeError, ImportError, WizardError) as e:
+        print(f"llmc-wizard: error: {one_line_error(e)}", file=sys.stderr)
         return 1
 
 

@@ -8,7 +8,6 @@ Each step reads and updates the answers file, so the TUI and the headless twin s
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ class Context:
     answers: Answers
     answers_path: Path
     workdir: Path
-    models_dir: Path | None = None  # None: llmc's own models package
+    models_dir: Path | None = None  # None: <workdir>/adapters
     assume_yes: bool = False
     device: str | None = None
     install_target: Path | None = None  # pip --target for the model's code (default: this environment)
@@ -41,12 +40,17 @@ class Context:
 
         activate_installed(self.install_target)
 
+    def models_dir_resolved(self) -> Path:
+        """Where model declarations go: ``--models-dir``, else ``<workdir>/adapters``."""
+        from .services.register import default_models_dir
+
+        return self.models_dir or default_models_dir(self.workdir)
+
     def engine_env(self) -> dict | None:
         import os
 
-        env = {}
-        if self.models_dir:
-            env["LLMC_ADAPTERS"] = os.pathsep.join(filter(None, [str(self.models_dir), os.environ.get("LLMC_ADAPTERS")]))
+        env = {"LLMC_ADAPTERS": os.pathsep.join(filter(None, [str(self.models_dir_resolved()),
+                                                              os.environ.get("LLMC_ADAPTERS")]))}
         if self.install_target:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.install_target), os.environ.get("PYTHONPATH")]))
         return env or None
@@ -96,13 +100,14 @@ def step_install(ctx: Context) -> None:
     cmd = describe_install(Path(src.code_dir), editable=ins.editable, no_deps=ins.no_deps, extra=ins.extra_packages,
                            target=ctx.install_target)
     ctx.log("install: " + redact(" ".join(cmd)))
-    if not (ins.confirmed or ctx.assume_yes):
-        raise WizardError("installing executes the cloned code", "review the command, then pass --yes "
-                          "(or set install.confirmed: true in the answers)")
+    if not (ins.consented(src) or ctx.assume_yes):
+        raise WizardError(f"installing executes the cloned code of {redact(src.code_url)} at "
+                          f"{(src.code_commit or '?')[:12]}, which you have not agreed to",
+                          "review the command above, then pass --yes")
     res = pip_install(Path(src.code_dir), editable=ins.editable, no_deps=ins.no_deps, extra=ins.extra_packages,
                       target=ctx.install_target, on_line=lambda line: ctx.log(f"  {line}"))
     ctx.activate_install_target()
-    ins.confirmed = True
+    ins.consent = ins.consent_for(src)
     ctx.log(f"install: done in {res.seconds:.1f}s")
     ctx.save()
 
@@ -141,8 +146,7 @@ def step_generate(ctx: Context) -> None:
 
     if not ctx.answers.generate.name:
         ctx.answers.generate.name = Path(ctx.answers.source.weights_dir or ctx.answers.source.weights_url).name
-    models_dir = ctx.models_dir or _package_models_dir()
-    plan = render.plan(ctx.answers, models_dir, ctx.workdir / "configs")
+    plan = render.plan(ctx.answers, ctx.models_dir_resolved(), ctx.workdir / "configs")
     results = render.write(plan, ctx.answers)
     for r in results:
         ctx.log(f"generate: {r.path} ({r.action})" + (f", backup {r.backup}" if r.backup else ""))
@@ -153,17 +157,11 @@ def step_generate(ctx: Context) -> None:
     ctx.save()
 
 
-def _package_models_dir() -> Path:
-    from .services.register import default_models_dir
-
-    return default_models_dir()
-
-
 def _plan(ctx: Context):
     from .services import render
 
     if "plan" not in ctx.state:
-        ctx.state["plan"] = render.plan(ctx.answers, ctx.models_dir or _package_models_dir(), ctx.workdir / "configs")
+        ctx.state["plan"] = render.plan(ctx.answers, ctx.models_dir_resolved(), ctx.workdir / "configs")
     return ctx.state["plan"]
 
 
@@ -171,8 +169,8 @@ def step_register(ctx: Context) -> None:
     from .services.register import register_adapter
 
     plan = _plan(ctx)
-    changed = register_adapter(plan.module, ctx.models_dir)
-    ctx.log(f"register: {plan.module} ({'added' if changed else 'already registered'})")
+    model_type = register_adapter(plan.module, ctx.models_dir_resolved(), plan.model_type)
+    ctx.log(f"register: the engine finds {model_type} in {ctx.models_dir_resolved()} (nothing to edit)")
 
 
 def step_smoke(ctx: Context) -> None:
@@ -182,7 +180,7 @@ def step_smoke(ctx: Context) -> None:
     plan, g = _plan(ctx), ctx.answers.generate
     rep = smoke_test(plan.module, plan.model_type, Path(ctx.answers.source.weights_dir),
                      Path(g.calib_path) if g.calib_path else None, Path(g.eval_path) if g.eval_path else None,
-                     device=ctx.device or "cpu", models_dir=ctx.models_dir, log=lambda m: ctx.log(f"  smoke: {m}"))
+                     device=ctx.device or "cpu", models_dir=ctx.models_dir_resolved(), log=lambda m: ctx.log(f"  smoke: {m}"))
     ctx.log(f"smoke: ok (answer {rep.answer!r}, expected {rep.expected!r})")
 
 
@@ -193,8 +191,12 @@ def step_run(ctx: Context) -> dict:
     from .services import runner
 
     plan = _plan(ctx)
-    run_dir = Path(ctx.answers.run.run_dir) if ctx.answers.run.run_dir else \
-        ctx.workdir / "runs" / f"{plan.module}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stored = Path(ctx.answers.run.run_dir) if ctx.answers.run.run_dir else None
+    run_dir = stored
+    if run_dir is None or _holds_anything(run_dir):  # a retry never reuses a used directory
+        run_dir = _fresh_run_dir(ctx.workdir / "runs", plan.module)
+        if stored is not None:
+            ctx.log(f"run: {stored} already holds a run; this one goes to {run_dir}")
     h = runner.launch(plan.config_path, run_dir, device=ctx.device or ctx.answers.run.device, env=ctx.engine_env())
     ctx.answers.run.run_dir = str(run_dir)
     ctx.save()
@@ -218,13 +220,38 @@ def step_run(ctx: Context) -> dict:
         raise
     for e in h.events.poll():
         pass
-    if rc != 0:
-        tail = (run_dir / "process.log").read_text()[-2000:]
-        raise WizardError(f"the engine failed (exit {rc}); see {run_dir / 'process.log'}:\n{tail}",
-                          "fix the config or adapter and run again")
-    results = json.loads((run_dir / "results.json").read_text())
+    results = read_results(run_dir, rc)
     ctx.log(format_table(results, results["label"]))
     return results
+
+
+def read_results(run_dir: Path, rc: int | None = 0) -> dict:
+    """The results of a complete run (its ``COMPLETE`` marker, :mod:`llmc.rundir`); a
+    :class:`WizardError` for anything else, whatever ``results.json`` or the events say."""
+    from llmc.rundir import complete_results
+
+    run_dir = Path(run_dir)
+    results = complete_results(run_dir) if rc == 0 else None
+    if results is None:
+        log = run_dir / "process.log"
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        raise WizardError(f"the run in {run_dir} did not complete (exit {rc}); see {log}:\n{tail}",
+                          "fix the config or adapter and run again (a new run directory is used)")
+    return results
+
+
+def _holds_anything(d: Path) -> bool:
+    return d.exists() and (not d.is_dir() or any(d.iterdir()))
+
+
+def _fresh_run_dir(root: Path, module: str) -> Path:
+    """``<root>/<module>-<timestamp>``, suffixed when that name is taken."""
+    base = root / f"{module}-{time.strftime('%Y%m%d-%H%M%S')}"
+    d, i = base, 1
+    while _holds_anything(d):
+        i += 1
+        d = base.with_name(f"{base.name}-{i}")
+    return d
 
 
 STEP_FUNCS = {"fetch": step_fetch, "install": step_install, "inspect": step_inspect, "generate": step_generate,

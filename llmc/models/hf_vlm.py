@@ -50,6 +50,8 @@ class HFVisionLanguageModel(BaseModel):
         return int(self.model_config.hidden_size)
 
     def get_extra_rot_module_besides_embed_layers(self) -> list[nn.Module]:
+        if self.projector_last_layers:
+            return self.declared_injection_layers()
         if self.mm_projector is None:
             return []
         return [m for _, m in find_injection_layers(self.mm_projector, self.hidden_size()).layers]

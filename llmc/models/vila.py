@@ -41,7 +41,6 @@ class Vila(BaseModel):
         self.tokenizer, model, self.image_processor, self.context_len = builder.load_pretrained_model(
             str(self.model_path), self.model_path.name, device=str(self.device), torch_dtype=dtype)
         self.mm_model = self.vlm_model = model
-        self.eval_name = "VilaEval"
         self.vision_model = model.get_vision_tower()
         self.mm_projector = model.get_mm_projector()
         self.llm = model.get_llm()
@@ -55,6 +54,8 @@ class Vila(BaseModel):
     def get_extra_rot_module_besides_embed_layers(self) -> list[nn.Module]:
         # VILA's projector: Sequential(DownSampleBlock, LayerNorm, Linear, GELU, Linear); the
         # structural pick finds its last Linear (layers[-1]).
+        if self.projector_last_layers:
+            return self.declared_injection_layers()
         report = find_injection_layers(self.mm_projector, int(self.model_config.hidden_size))
         return [m for _, m in report.layers]
 

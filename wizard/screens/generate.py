@@ -102,8 +102,8 @@ class GenerateScreen(StepScreen):
                 log.write_line(f"{r.path}: {r.action}" + (f" (backup {r.backup})" if r.backup else ""))
                 if r.diff and r.action == "replaced-edited":
                     log.write_lines(r.diff.splitlines())
-            changed = register_adapter(self.plan.module, self.app.models_dir)
-            log.write_line(f"registered {self.plan.model_type}" + ("" if changed else " (already registered)"))
+            model_type = register_adapter(self.plan.module, self.app.models_dir_resolved(), self.plan.model_type)
+            log.write_line(f"the engine finds {model_type} in {self.app.models_dir_resolved()}")
             self.set_status(f"wrote {self.plan.adapter_path.name} and {self.plan.config_path.name}")
             self.query_one("#smoke", Button).disabled = False
             self.app.save_answers()
@@ -127,7 +127,7 @@ class GenerateScreen(StepScreen):
             rep = smoke_test_in_child(
                 self.plan.module, self.plan.model_type, Path(self.answers.source.weights_dir),
                 Path(g.calib_path) if g.calib_path else None, Path(g.eval_path) if g.eval_path else None,
-                models_dir=self.app.models_dir, log=lambda m: self.app.call_from_thread(log.write_line, m),
+                models_dir=self.app.models_dir_resolved(), log=lambda m: self.app.call_from_thread(log.write_line, m),
                 cancelled=self._stopping, on_start=self._child_started)
             self.app.call_from_thread(self.work_finished, "#smoke", f"smoke test passed: answered {rep.answer!r} "
                                       f"(expected {rep.expected!r})", False)

@@ -83,7 +83,7 @@ class InstallScreen(StepScreen):
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "install":
-            self.answers.install.confirmed = True
+            self.answers.install.consent = self.answers.install.consent_for(self.answers.source)
             self.work_started("#install", "installing…")
             self.install_worker()
         elif event.button.id == "cancel":

@@ -14,61 +14,18 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
-from urllib.parse import quote
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from llmc.secrets import MASK, TOKEN_ENV_VARS, redact, scrub, strip_userinfo  # noqa: F401
 
 from .errors import WizardError
 
 ANSWERS_VERSION = 1
-
-#: environment variables whose values are secrets; masked by :func:`redact` wherever they appear
-TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GITHUB_TOKEN", "GH_TOKEN")
-MASK = "***"
-
-# scheme://userinfo@ — userinfo cannot contain '/', '@', '?', '#' or whitespace (RFC 3986)
-_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s/@?#]+)@")
-_HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{10,}")
-_MIN_SECRET_LEN = 6  # shorter env values would mask ordinary words
-
-
-def _env_secrets() -> list[str]:
-    values = []
-    for var in TOKEN_ENV_VARS:
-        v = os.environ.get(var, "").strip()
-        if len(v) >= _MIN_SECRET_LEN:
-            values.append(v)
-            if quote(v, safe="") != v:
-                values.append(quote(v, safe=""))
-    # longest first, so a secret containing another one is masked whole
-    return sorted(set(values), key=len, reverse=True)
-
-
-def redact(text: Any) -> str:
-    """``text`` with credentials masked: URL userinfo (``https://***@host``), Hugging Face tokens
-    (``hf_***``) and the values of ``HF_TOKEN``/``GITHUB_TOKEN`` (and their aliases in
-    :data:`TOKEN_ENV_VARS`) wherever they occur. Safe to call on any object (it is ``str()``-ed)."""
-    s = "" if text is None else str(text)
-    for secret in _env_secrets():
-        s = s.replace(secret, MASK)
-    s = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", s)
-    return _HF_TOKEN.sub(f"hf_{MASK}", s)
-
-
-def strip_userinfo(text: str) -> str:
-    """Remove the ``user:password@`` part of every URL in ``text`` (``https://u:t@h/x`` -> ``https://h/x``)."""
-    return _URL_USERINFO.sub(lambda m: m["scheme"], text)
-
-
-def scrub(text: str) -> str:
-    """What may be saved: URL userinfo removed, remaining tokens masked."""
-    return redact(strip_userinfo(text))
-
 
 # ---------------------------------------------------------------------------------------------
 # the model
@@ -90,6 +47,14 @@ class Source(_Section):
     lfs: bool | None = None  #: use git-lfs (None: when the repository has LFS files)
 
 
+class Consent(_Section):
+    """What the user agreed to install: that code, at that commit, with those pip options."""
+
+    code_url: str
+    commit: str
+    options: list[str] = Field(default_factory=list)
+
+
 class Install(_Section):
     """pip-installing the model's code."""
 
@@ -97,7 +62,25 @@ class Install(_Section):
     editable: bool = True
     no_deps: bool = False
     extra_packages: list[str] = Field(default_factory=list)
-    confirmed: bool = False  #: the user reviewed and accepted the install command
+    #: the install the user reviewed and accepted; a different code URL, commit or option asks again
+    consent: Consent | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_confirmed(cls, data: Any) -> Any:
+        # older answers said `confirmed: true` without saying what for: that consent is void
+        if isinstance(data, dict) and "confirmed" in data:
+            data = {k: v for k, v in data.items() if k != "confirmed"}
+        return data
+
+    def consent_for(self, source: Source) -> Consent:
+        """The consent that installing ``source``'s code with these options needs."""
+        options = (["--editable"] if self.editable else []) + (["--no-deps"] if self.no_deps else []) \
+            + [str(x) for x in self.extra_packages]
+        return Consent(code_url=scrub(source.code_url or ""), commit=source.code_commit or "", options=options)
+
+    def consented(self, source: Source) -> bool:
+        return self.consent is not None and self.consent == self.consent_for(source)
 
 
 class Inspect(_Section):
@@ -290,7 +273,10 @@ HEADER = (f"# llmc-wizard answers (version {ANSWERS_VERSION}). Edit freely; cred
 def dump_answers(answers: Answers) -> str:
     """The YAML text :func:`save_answers` writes (credentials removed)."""
     data = answers.redacted().model_dump(mode="json")
-    return HEADER + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    if yaml.safe_load(text) != data:  # a raw line separator (NEL, U+2028) would not read back: escape all
+        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=False, default_flow_style=False)
+    return HEADER + text
 
 
 def save_answers(answers: Answers, path: str | os.PathLike) -> Path:

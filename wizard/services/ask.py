@@ -12,14 +12,7 @@ def compare_answers(model_type: str, float_dir: Path, quant_dir: Path, image, qu
     from llmc.eval.vqa import VQARequest
     from llmc.models import get_model_class
 
-    if models_dir is not None:
-        from .register import import_adapter
-
-        module = next((p.stem for p in Path(models_dir).glob("*.py")
-                       if f"MODEL_TYPE = {model_type!r}" in p.read_text()), None)
-        if module:
-            import_adapter(module, models_dir)
-    cls = get_model_class(model_type)
+    cls = get_model_class(model_type, [models_dir] if models_dir is not None else [])
     req = [VQARequest(question, [image], {"max_new_tokens": 16})]
     answers = []
     for label, path in (("float", float_dir), ("quantized", quant_dir)):

@@ -1,12 +1,21 @@
-"""Render the adapter (``llmc/models/<name>.py``) and config from Jinja templates; write safely.
+"""Render the model declaration (``<models dir>/<module>.py``) and config from Jinja templates; write safely.
 
-Safety rules:
-- every user-supplied string reaches generated Python through ``repr`` (``pyrepr``) or a
-  sanitised identifier, so the generated module always parses;
-- writes are atomic (temporary file + ``os.replace``);
-- a generated file carries a header with the hash of its body; when a target exists and its
-  body no longer matches its header (edited by hand), the old file is kept as a backup and a
-  unified diff is returned before the new one is written.
+Safety rules, enforced by the code below rather than by care in the templates:
+
+- **Data never becomes code.** In a Python template every ``{{ … }}`` must be a literal made by
+  the ``py`` filter (``ascii()``: pure ASCII, one line, every character escaped) or an
+  identifier checked by the ``ident`` filter; in a YAML template a scalar made by ``yamlq``.
+  Anything else — a plain string, a concatenation — is refused while rendering. No user or
+  repository text goes into a comment or a docstring. :func:`check_declaration` then proves the
+  generated module holds only imports, literal assignments and one registered class.
+- **Credentials are never written**: every string of the render context passes through
+  :func:`llmc.secrets.scrub`.
+- **Nothing foreign is replaced**: a generated file carries a header with the hash of its body.
+  A target without the header was not made by the wizard and is never overwritten; one whose body
+  no longer matches its header (edited by hand) is kept as a backup, with a unified diff, before
+  the new one is written. Writes are atomic (temporary file + ``os.replace``).
+- **Adapters live outside the engine.** Declarations go to a models folder that the config names
+  (``model.adapters``); the engine discovers them there, so nothing edits ``llmc/models``.
 """
 
 from __future__ import annotations
@@ -14,9 +23,10 @@ from __future__ import annotations
 import ast
 import difflib
 import hashlib
-import json
+import importlib.resources
 import keyword
 import os
+import pkgutil
 import re
 import tempfile
 import time
@@ -26,53 +36,154 @@ from pathlib import Path
 
 import jinja2
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
-TEMPLATE_VERSION = "4"
+from llmc.secrets import scrub
+
+from .errors import WizardError
+
+TEMPLATE_VERSION = "5"
 HEADER_RE = re.compile(r"^# llmc-wizard: generated; template (\S+) v(\S+); body-sha256 ([0-9a-f]{64})\s*$")
+MAX_MODULE_LEN = 48
+
+
+def templates_dir() -> Path:
+    """The shipped templates (the top-level ``templates/`` folder, installed as ``wizard.templates``)."""
+    return Path(str(importlib.resources.files("wizard.templates")))
+
+
+# ---------------------------------------------------------------------------------------------
+# names
 
 
 def module_name(name: str) -> str:
-    """A safe Python module name from any user-supplied model name."""
+    """A safe, bounded Python module name from any user-supplied model name (a long name is cut
+    and keeps a digest of the whole, so two long names stay apart)."""
     s = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
     s = re.sub(r"[^0-9a-zA-Z]+", "_", s).strip("_").lower()
     if not s:
         s = "model"
     if s[0].isdigit():
         s = f"m_{s}"
-    if keyword.iskeyword(s) or s.startswith("__") or s in {"base", "registry", "structure", "projector", "hf_vlm",
-                                                             "llama", "llava", "vila"}:
+    if len(s) > MAX_MODULE_LEN:
+        s = f"{s[:MAX_MODULE_LEN - 9].rstrip('_')}_{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+    if keyword.iskeyword(s) or s.startswith("__"):
         s = f"{s}_model"
     return s
 
 
+def reserved_names() -> set[str]:
+    """Lower-cased names a generated class must not take: every model type the engine registers
+    itself and every public name importable from ``llmc.models`` and its modules (computed, not
+    listed; adapters discovered from models folders do not count)."""
+    import importlib
+
+    import llmc.models as pkg
+    from llmc.models.registry import MODEL_REGISTRY
+
+    names = {k.lower() for k, cls in MODEL_REGISTRY.items() if cls.__module__.startswith("llmc.")}
+    names |= {n.lower() for n in dir(pkg) if not n.startswith("_")}
+    for info in pkgutil.iter_modules(pkg.__path__):
+        names.add(info.name.lower())
+        mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
+        names |= {n.lower() for n in dir(mod) if not n.startswith("_")}
+    return names
+
+
 def class_name(name: str) -> str:
-    """A safe CamelCase class name."""
+    """A safe CamelCase class name that clashes with nothing the engine defines."""
     parts = [p for p in module_name(name).split("_") if p]
     s = "".join(p[:1].upper() + p[1:] for p in parts) or "Model"
     if s[0].isdigit():
         s = f"M{s}"
-    if keyword.iskeyword(s) or s in {"BaseModel", "Vila", "Llava", "Llama", "Qwen2", "LlmcLMM", "VQARequest",
-                                       "HFVisionLanguageModel"}:
+    reserved = reserved_names()
+    while keyword.iskeyword(s) or s.lower() in reserved:
         s = f"{s}Adapter"
     return s
 
 
-def _comment_safe(v) -> str:
-    return str(v).replace("\r", " ").replace("\n", " ").replace('"""', "'''").replace("\\", "/")
+# ---------------------------------------------------------------------------------------------
+# templates: every interpolated value is a literal or a checked identifier
 
 
-def _yaml_quote(v) -> str:
-    return json.dumps(str(v), ensure_ascii=False)  # JSON strings are valid YAML scalars
+class PyLiteral(str):
+    """Python source of a literal, made by ``ascii()``."""
 
 
-def environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, autoescape=False)
-    env.filters["pyrepr"] = repr
-    env.filters["pystr_comment"] = _comment_safe
-    env.filters["yaml_comment"] = _comment_safe
-    env.filters["yamlq"] = _yaml_quote
+class Identifier(str):
+    """A checked Python identifier."""
+
+
+class YamlScalar(str):
+    """A YAML double-quoted scalar on one line."""
+
+
+_LITERAL_TYPES = (str, int, float, bool, type(None), list, tuple, dict)
+
+
+def _py(value) -> PyLiteral:
+    def ok(v) -> bool:
+        if isinstance(v, (list, tuple)):
+            return all(ok(x) for x in v)
+        if isinstance(v, dict):
+            return all(ok(k) and ok(x) for k, x in v.items())
+        return isinstance(v, _LITERAL_TYPES)
+
+    if not ok(value):
+        raise jinja2.TemplateError(f"not a literal: {type(value).__name__}")
+    if isinstance(value, list):
+        value = tuple(value)
+    src = ascii(value)
+    if ast.literal_eval(src) != value:  # the literal reads back as the very value
+        raise jinja2.TemplateError("value does not round-trip as a literal")
+    return PyLiteral(src)
+
+
+def _ident(value) -> Identifier:
+    if not (isinstance(value, str) and value.isascii() and value.isidentifier() and not keyword.iskeyword(value)):
+        raise jinja2.TemplateError(f"not an identifier: {value!r:.60}")
+    return Identifier(value)
+
+
+def _yamlq(value) -> YamlScalar:
+    import yaml
+
+    text = yaml.safe_dump(str(value), default_style='"', width=float("inf"), allow_unicode=False,
+                          explicit_end=False).rstrip("\n")
+    if text.endswith("\n..."):
+        text = text[:-4].rstrip("\n")
+    if "\n" in text or yaml.safe_load(text) != str(value):
+        raise jinja2.TemplateError("value does not round-trip as a YAML scalar")
+    return YamlScalar(text)
+
+
+def _finalize(allowed: tuple[type, ...]):
+    def finalize(value):
+        if isinstance(value, bool) or value is None:
+            return str(value)
+        if isinstance(value, allowed):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, str):
+            return repr(value)
+        raise jinja2.TemplateError(f"unescaped value in a template ({type(value).__name__} {str(value)[:40]!r}); "
+                                   "pass it through |py, |ident or |yamlq")
+
+    return finalize
+
+
+def environment(kind: str) -> jinja2.Environment:
+    """A Jinja environment for ``kind`` "py" or "yaml" whose output accepts only safe values."""
+    allowed = (PyLiteral, Identifier) if kind == "py" else (YamlScalar,)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, autoescape=False, finalize=_finalize(allowed))
+    env.filters.update(py=_py, ident=_ident, yamlq=_yamlq)
     return env
+
+
+def _scrubbed(value):
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_scrubbed(v) for v in value)
+    return value
 
 
 def _body_hash(body: str) -> str:
@@ -81,17 +192,59 @@ def _body_hash(body: str) -> str:
 
 def render_text(template: str, context: dict) -> str:
     """Render ``template`` with a header line recording template, version and body hash."""
-    env = environment()
-    body = env.get_template(template).render(header="", template_name=template,
-                                             template_version=TEMPLATE_VERSION, **context)
-    body = body.lstrip("\n")
+    env = environment("py" if template.endswith(".py.j2") else "yaml")
+    ctx = {k: _scrubbed(v) for k, v in context.items()}
+    body = env.get_template(template).render(**ctx).lstrip("\n")
     return f"# llmc-wizard: generated; template {template} v{TEMPLATE_VERSION}; body-sha256 {_body_hash(body)}\n{body}"
+
+
+_ALLOWED_IMPORTS = {"llmc.models.hf_vlm", "llmc.models.vila", "llmc.models.registry"}
+
+
+def check_declaration(text: str) -> dict:
+    """Prove a generated model declaration is data: only a docstring, imports from the engine's
+    model modules, and one class decorated ``@register(<literal>)`` whose body assigns literals.
+    Returns ``{"type": ..., "class": ..., <attribute>: <value>}``; raises ValueError otherwise."""
+    tree = ast.parse(text)
+    out: dict = {}
+    for i, node in enumerate(tree.body):
+        if i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module in _ALLOWED_IMPORTS and node.level == 0:
+            continue
+        if isinstance(node, ast.ClassDef) and "class" not in out:
+            if len(node.decorator_list) != 1 or node.keywords:
+                raise ValueError("the declaration class must have exactly one decorator and no keywords")
+            deco = node.decorator_list[0]
+            if not (isinstance(deco, ast.Call) and isinstance(deco.func, ast.Name) and deco.func.id == "register"
+                    and len(deco.args) == 1 and not deco.keywords):
+                raise ValueError("the declaration class must be decorated with @register(<name>)")
+            out["type"] = ast.literal_eval(deco.args[0])
+            out["class"] = node.name
+            for stmt in node.body:
+                if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+                        and isinstance(stmt.targets[0], ast.Name)):
+                    raise ValueError(f"line {stmt.lineno}: only `name = <literal>` belongs in a declaration")
+                out[stmt.targets[0].id] = ast.literal_eval(stmt.value)
+            continue
+        raise ValueError(f"line {node.lineno}: unexpected {type(node).__name__} in a model declaration")
+    if "class" not in out:
+        raise ValueError("no declaration class")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# safe writes
 
 
 def split_header(text: str) -> tuple[re.Match | None, str]:
     first, _, rest = text.partition("\n")
     m = HEADER_RE.match(first)
     return (m, rest) if m else (None, text)
+
+
+def is_generated(text: str) -> bool:
+    return split_header(text)[0] is not None
 
 
 def is_hand_edited(text: str) -> bool:
@@ -112,7 +265,7 @@ def atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
@@ -120,27 +273,50 @@ def atomic_write(path: Path, text: str) -> None:
         raise
 
 
+def _read_existing(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (UnicodeDecodeError, IsADirectoryError):
+        return ""  # not ours: no header
+
+
+def refuse_foreign(path: Path) -> None:
+    """Raise when ``path`` exists and was not generated by the wizard."""
+    old = _read_existing(path)
+    if old is not None and not is_generated(old):
+        raise WizardError(f"{path} exists and was not written by llmc-wizard; it is never replaced",
+                          "move it away, or choose another model name or folder")
+
+
 def safe_write(path: Path, text: str) -> WriteResult:
     path = Path(path)
-    if not path.exists():
+    old = _read_existing(path)
+    if old is None:
         atomic_write(path, text)
         return WriteResult(path, "created")
-    old = path.read_text()
     if old == text:
         return WriteResult(path, "unchanged")
+    refuse_foreign(path)
     diff = "".join(difflib.unified_diff(old.splitlines(True), text.splitlines(True),
                                         fromfile=f"{path.name} (on disk)", tofile=f"{path.name} (new)"))
     if is_hand_edited(old):
-        backup = path.with_name(f"{path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
+        stamp = time.strftime('%Y%m%d-%H%M%S')
+        backup = path.with_name(f"{path.name}.bak-{stamp}")
         n = 1
         while backup.exists():
-            backup = path.with_name(f"{path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+            backup = path.with_name(f"{path.name}.bak-{stamp}-{n}")
             n += 1
-        backup.write_text(old)
+        atomic_write(backup, old)
         atomic_write(path, text)
         return WriteResult(path, "replaced-edited", backup, diff)
     atomic_write(path, text)
     return WriteResult(path, "updated", None, diff)
+
+
+# ---------------------------------------------------------------------------------------------
+# the plan
 
 
 @dataclass
@@ -158,46 +334,93 @@ class RenderPlan:
     notes: list[str] = field(default_factory=list)
 
 
+def check_models_dir(models_dir: Path) -> Path:
+    """The folder for model declarations: anywhere but inside the engine's own package."""
+    import llmc
+
+    models_dir = Path(models_dir).expanduser().resolve()
+    engine = Path(llmc.__file__).resolve().parent
+    if models_dir == engine or engine in models_dir.parents:
+        raise WizardError(f"models folder {models_dir} is inside the engine's package",
+                          "use a folder of your own (the default is <workdir>/adapters); the engine finds it "
+                          "through model.adapters in the config")
+    return models_dir
+
+
+def _weights_path(src) -> str:
+    if src.weights_dir:
+        return src.weights_dir
+    url = src.weights_url or ""
+    if url and "://" not in url and Path(url).expanduser().is_dir():
+        return str(Path(url).expanduser().resolve())
+    raise WizardError("the weights have not been fetched (source.weights_dir is empty)",
+                      "run the fetch step (Source) first, or set source.weights_dir to a local model folder")
+
+
+def _owner_of(path: Path, answers_path: Path) -> str | None:
+    """The model name recorded in an existing declaration (or the model's answers file)."""
+    text = _read_existing(path)
+    if text and is_generated(text):
+        try:
+            name = check_declaration(split_header(text)[1]).get("display_name")
+            if isinstance(name, str):
+                return name
+        except (ValueError, SyntaxError):
+            pass
+    if answers_path.exists():
+        from .answers import load_answers
+
+        try:
+            return load_answers(answers_path).generate.name
+        except WizardError:
+            return None
+    return None
+
+
 def plan(answers, models_dir: Path, configs_dir: Path) -> RenderPlan:
     """Render both files from the answers (nothing is written)."""
     g, src, ins = answers.generate, answers.source, answers.inspect
     if not g.name:
-        from .errors import WizardError
-
         raise WizardError("generate.name is empty", "give the model a name, e.g. my-vlm")
     if not ins.projector_last_layers:
-        from .errors import WizardError
-
         raise WizardError("no projector last layer chosen", "pick one in the Inspect step")
-    mod = module_name(g.name)
-    cls = g.class_name and class_name(g.class_name) or class_name(g.name)
-    model_type = cls
-    weights = src.weights_dir or src.weights_url
-    custom = ins.model_kind == "custom-code"
-    ctx = dict(
-        display_name=g.name, weights=str(weights), model_type=model_type, class_name=cls,
-        architecture=ins.architecture or "AutoModelForImageTextToText",
-        code_package=getattr(ins, "code_package", None) or _code_package(src.code_dir),
-        last_layers=list(ins.projector_last_layers), skip_layers=["lm_head"],
-    )
-    adapter = render_text("adapter_custom.py.j2" if custom else "adapter_hf.py.j2", ctx)
-    config_path = Path(configs_dir) / f"{mod}_{g.method.lower()}.yml"
     if g.rotate and g.method in ("Awq", "SmoothQuant"):
-        from .errors import WizardError
-
         raise WizardError(f"rotation is available with RTN and GPTQ, not {g.method}",
                           "choose RTN, GPTQ or Quarot, or no rotation")
+    models_dir = check_models_dir(models_dir)
+    configs_dir = Path(configs_dir)
+    mod = module_name(g.name)
+    cls = class_name(g.class_name) if g.class_name else class_name(g.name)
+    adapter_path = models_dir / f"{mod}.py"
+    answers_path = configs_dir / f"{mod}.answers.yml"
+    owner = _owner_of(adapter_path, answers_path)
+    if owner is not None and owner != scrub(g.name):
+        raise WizardError(f"model name {g.name!r} maps to {adapter_path.name}, which belongs to the model {owner!r}",
+                          "choose a name that differs in more than case and punctuation, or remove "
+                          f"{adapter_path}")
+    refuse_foreign(adapter_path)
+    weights = _weights_path(src)
+    custom = ins.model_kind == "custom-code"
+    adapter = render_text("adapter_custom.py.j2" if custom else "adapter_hf.py.j2", dict(
+        display_name=g.name, model_type=cls, class_name=cls,
+        architecture=ins.architecture or "AutoModelForImageTextToText",
+        code_package=getattr(ins, "code_package", None) or _code_package(src.code_dir),
+        last_layers=list(ins.projector_last_layers)))
+    try:
+        check_declaration(split_header(adapter)[1])
+    except (ValueError, SyntaxError) as e:  # the templates guarantee this; fail loudly if not
+        raise WizardError(f"the generated declaration is not plain data: {e}", "report this as a bug") from None
+    config_path = configs_dir / f"{mod}_{g.method.lower()}.yml"
+    refuse_foreign(config_path)
     symmetric = g.symmetric if g.symmetric is not None else (g.export == "vllm" or g.method == "SmoothQuant")
     config = render_text("config.yml.j2", dict(
-        display_name=g.name, model_type=model_type, weights=str(weights), calib_path=str(g.calib_path or ""),
+        model_type=cls, weights=str(weights), adapters=str(models_dir), calib_path=str(g.calib_path or ""),
         eval_path=str(g.eval_path or ""), n_calib=g.n_calib, eval_samples=g.eval_samples, method=g.method,
         bit=g.bit, group_size=g.group_size, symmetric=symmetric, act_bit=g.act_bit, export=g.export,
         placement=g.placement, save_path=str(Path(g.out_dir or "runs") / f"{mod}-{g.method.lower()}"),
-        config_path=str(config_path), rotate=g.rotate if g.method in ("RTN", "GPTQ", "Quarot") else None))
+        rotate=g.rotate if g.method in ("RTN", "GPTQ", "Quarot") else None))
     _check_config(config)
-    ast.parse(adapter)  # generated Python always parses (names are escaped); fail loudly if not
-    return RenderPlan(Path(models_dir) / f"{mod}.py", adapter, config_path, config, mod, cls, model_type,
-                      Path(configs_dir) / f"{mod}.answers.yml")
+    return RenderPlan(adapter_path, adapter, config_path, config, mod, cls, cls, answers_path)
 
 
 def _check_config(text: str) -> None:
@@ -205,8 +428,6 @@ def _check_config(text: str) -> None:
     import yaml
 
     from llmc.config import ConfigError, load_config
-
-    from .errors import WizardError
 
     try:
         load_config(yaml.safe_load(text))

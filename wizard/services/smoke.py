@@ -40,7 +40,7 @@ def smoke_test(module: str, model_type: str, weights: Path, calib_path: Path | N
         return detail
 
     step("import adapter", lambda: import_adapter(module, models_dir).__name__)
-    cls = step("registered", lambda: get_model_class(model_type))
+    cls = step("registered", lambda: get_model_class(model_type, [models_dir]))
     adapter = step("build model", lambda: cls(weights, "auto", device))
     rep.steps[-1] = ("build model", f"{type(adapter.mm_model).__name__}, {len(adapter.get_blocks())} blocks",
                      rep.steps[-1][2])
