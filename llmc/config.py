@@ -254,18 +254,39 @@ Str = Annotated[str, Strict()]
 Float = Annotated[float, Strict()]  # strict floats still accept ints
 
 
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str) -> str:
+    """``${NAME}`` and ``${NAME:-default}`` replaced from the environment (only that braced form:
+    a ``$`` elsewhere in a path stays as it is). An unset ``${NAME}`` without a default is an error."""
+    def sub(m: re.Match) -> str:
+        value = os.environ.get(m[1])
+        if value:
+            return value
+        if m[2] is not None:
+            return m[2]
+        raise ValueError(f"${{{m[1]}}} is not set; set it, or write ${{{m[1]}:-<default>}}")
+
+    return _ENV_REF.sub(sub, text)
+
+
 def _as_path_str(value: Any) -> Any:
-    """``~``-expanded path text; existence is checked elsewhere."""
+    """Path text with ``${VAR:-default}`` and ``~`` expanded; existence is checked elsewhere."""
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     if isinstance(value, str):
         if not value.strip():
             raise ValueError("must not be empty; give a path")
-        return os.path.expanduser(value)
+        return os.path.expanduser(expand_env(value))
     return value  # the strict str check reports the wrong type
 
 
 PathStr = Annotated[Str, BeforeValidator(_as_path_str)]
+
+#: the bit widths the engine quantizes weights and activations to (inclusive ranges)
+WEIGHT_BITS = (2, 8)
+ACT_BITS = (2, 16)
 
 Method = Literal["RTN", "Awq", "GPTQ", "SmoothQuant", "Quarot"]
 #: Quantization methods in their canonical spelling.
@@ -524,8 +545,9 @@ class WeightConfig(_Section):
     @field_validator("bit")
     @classmethod
     def _bit_range(cls, value: int) -> int:
-        if not 2 <= value <= 8:
-            raise ValueError(f"{value} is out of range; use 2..8")
+        lo, hi = WEIGHT_BITS
+        if not lo <= value <= hi:
+            raise ValueError(f"{value} is out of range; use {lo}..{hi}")
         return value
 
     @model_validator(mode="after")
@@ -656,8 +678,9 @@ class ActConfig(_Section):
     @field_validator("bit")
     @classmethod
     def _bit_range(cls, value: int) -> int:
-        if not 2 <= value <= 16:
-            raise ValueError(f"{value} is out of range; use 2..16")
+        lo, hi = ACT_BITS
+        if not lo <= value <= hi:
+            raise ValueError(f"{value} is out of range; use {lo}..{hi}")
         return value
 
 

@@ -357,7 +357,7 @@ def _run(cfg: Config, run_dir: Path, *, device: str | None, progress: Progress, 
     table = format_table(results, results["label"])
     results["table"] = table
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2, default=str) + "\n")
-    progress.log("results:\n" + table)
+    progress.log("results:\n" + table, echo=False)  # `llmc run` prints the table once, on stdout
     peak = peak_gpu_memory()
     results.update(peak)
     # the marker goes last: from here on (and only from here on) the run is complete

@@ -63,31 +63,6 @@ def _errors(lines: list[str]) -> list[str]:
     return [line[len("llmc: error: "):] for line in lines]
 
 
-@pytest.fixture
-def no_weight_loading(monkeypatch):
-    """Every weight-loading function fails loudly, wherever a module imported it from."""
-    import safetensors
-    import safetensors.torch
-    import torch
-
-    originals = {id(f): f for f in (safetensors.safe_open, safetensors.torch.load_file, torch.load)}
-    by_name = {"safe_open": safetensors.safe_open, "load_file": safetensors.torch.load_file, "load": torch.load}
-
-    def boom(*a, **k):
-        raise AssertionError(f"a weight file was opened: {a[:1]}")
-
-    for mod in list(sys.modules.values()):
-        for name in ("safe_open", "load_file", "load"):
-            if id(getattr(mod, name, None)) in originals:
-                monkeypatch.setattr(mod, name, boom)
-    yield
-    # a module first imported during the test bound `boom` itself: give it the real function back
-    for mod in list(sys.modules.values()):
-        for name, real in by_name.items():
-            if getattr(mod, name, None) is boom:
-                setattr(mod, name, real)
-
-
 # ---------------------------------------------------------------------------------------------
 # A sound folder, and the output
 # ---------------------------------------------------------------------------------------------

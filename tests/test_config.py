@@ -459,3 +459,19 @@ def test_docs_list_exactly_the_unsupported_llmc_keys():
     table = doc.split("## llmc keys deliberately not supported", 1)[1].split("\n## ", 1)[0]
     rows = [line.split("|")[1].strip().strip("`") for line in table.splitlines() if line.startswith("| `")]
     assert rows == list(UNSUPPORTED_LLMC_KEYS)
+
+
+def test_presets_follow_the_cache_variable(monkeypatch, tmp_path):
+    """The presets name the demo zoo through ${LLMC_WIZARD_CACHE:-~/.cache/llmc-wizard}."""
+    from pathlib import Path
+
+    from llmc.config import ConfigError, load_config
+
+    preset = Path(__file__).resolve().parents[1] / "configs" / "tiny-llava_w4a16_gptq.yml"
+    monkeypatch.setenv("LLMC_WIZARD_CACHE", str(tmp_path / "cache"))
+    assert load_config(preset).model.path == str(tmp_path / "cache" / "demo" / "repos" / "tiny-llava")
+    monkeypatch.delenv("LLMC_WIZARD_CACHE")
+    assert load_config(preset).model.path == str(Path.home() / ".cache/llmc-wizard/demo/repos/tiny-llava")
+    with pytest.raises(ConfigError, match=r"model.path.*\$\{NOPE_UNSET\} is not set"):
+        load_config({"model": {"type": "Llava", "path": "${NOPE_UNSET}/x"},
+                     "quant": {"method": "RTN", "weight": {"bit": 4, "group_size": 32}}})

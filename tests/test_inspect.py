@@ -47,23 +47,6 @@ def _copy_without_weights(src: Path, dst: Path) -> Path:
 
 
 @pytest.fixture
-def no_weight_loading(monkeypatch):
-    """Make every weight-loading function fail loudly, wherever a module imported it from."""
-    import safetensors
-    import safetensors.torch
-
-    originals = {id(f) for f in (safetensors.safe_open, safetensors.torch.load_file, torch.load)}
-
-    def boom(*a, **k):
-        raise AssertionError(f"a weight file was opened: {a[:1]}")
-
-    for mod in list(sys.modules.values()):
-        for name in ("safe_open", "load_file", "load"):
-            if id(getattr(mod, name, None)) in originals:
-                monkeypatch.setattr(mod, name, boom)
-
-
-@pytest.fixture
 def vila_code(monkeypatch):
     monkeypatch.syspath_prepend(str(TINY_VILA_CODE))
 

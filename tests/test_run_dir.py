@@ -130,7 +130,7 @@ def _assert_complete_or_incomplete(run_dir: Path, proc: subprocess.Popen | None 
                                    save_root: Path | None = None) -> str:
     """The invariant: the run is complete (marker, results and outputs consistent, every reader
     says done) or every reader says it is not (never "done", never "running" once the engine died)."""
-    from wizard import onboard
+    from wizard import steps
     from wizard.services import runner
 
     save_root = save_root or run_dir
@@ -149,7 +149,7 @@ def _assert_complete_or_incomplete(run_dir: Path, proc: subprocess.Popen | None 
         assert states[run_dir.name] == "done"
         assert runner._exit_from_events(run_dir) == 0
         assert runner.reattach(run_dir).poll() == 0
-        assert onboard.read_results(run_dir)["run_id"] == marker["run_id"]
+        assert steps.read_results(run_dir)["run_id"] == marker["run_id"]
         if proc is not None:
             assert runner.RunHandle(run_dir, proc.pid, proc).poll() == 0
         return "complete"
@@ -159,7 +159,7 @@ def _assert_complete_or_incomplete(run_dir: Path, proc: subprocess.Popen | None 
         assert runner.reattach(run_dir).poll() not in (None, 0)
     assert runner._exit_from_events(run_dir) != 0
     with pytest.raises(WizardError, match="did not complete"):
-        onboard.read_results(run_dir)
+        steps.read_results(run_dir)
     if proc is not None:
         assert runner.RunHandle(run_dir, proc.pid, proc).poll() not in (None, 0)
     return "incomplete"
@@ -177,7 +177,7 @@ def _dead_pid() -> int:
 
 
 def test_events_and_results_without_the_marker_are_not_done(tmp_path):
-    from wizard import onboard
+    from wizard import steps
     from wizard.services import runner
 
     d = tmp_path / "runs" / "r"
@@ -190,12 +190,12 @@ def test_events_and_results_without_the_marker_are_not_done(tmp_path):
     assert [r.state for r in runner.list_runs(d.parent)] == ["failed"]
     assert runner._exit_from_events(d) == 1 and runner.reattach(d).poll() == 1
     with pytest.raises(WizardError, match="did not complete"):
-        onboard.read_results(d)
+        steps.read_results(d)
     # the marker, written last, makes it complete ...
     write_marker(d, run_id="abc", started=time.time(), outputs={"config": d / "config.yml",
                                                                 "results": d / "results.json"})
     assert [r.state for r in runner.list_runs(d.parent)] == ["done"]
-    assert runner._exit_from_events(d) == 0 and onboard.read_results(d)["run_id"] == "abc"
+    assert runner._exit_from_events(d) == 0 and steps.read_results(d)["run_id"] == "abc"
     # ... as long as it is consistent: results of another run, a listed output gone, garbage
     (d / "results.json").write_text(json.dumps({"run_id": "other", "label": "x", "evals": {}}))
     assert read_marker(d) is None and runner.list_runs(d.parent)[0].state == "failed"
@@ -436,7 +436,8 @@ def test_a_5000_character_name_from_the_command_line_is_one_line_without_traceba
 
 @pytest.mark.slow
 def test_onboard_run_retries_after_a_failed_run_without_editing_the_answers(zoo, tmp_path):
-    from wizard import onboard
+    from wizard import steps
+    from wizard.session import Session
     from wizard.services import runner
     from wizard.services.answers import Answers, load_answers, save_answers
 
@@ -454,10 +455,10 @@ def test_onboard_run_retries_after_a_failed_run_without_editing_the_answers(zoo,
     answers = tmp_path / "answers.yml"
     save_answers(a, answers)
     # the first run fails in the engine after it started (no such device)
-    ctx = onboard.make_context(answers, tmp_path, tmp_path / "adapters", assume_yes=True, device="cuda:99")
-    onboard.onboard(ctx, ("generate", "register"))
+    ctx = Session.load(answers, tmp_path, models_dir=tmp_path / "adapters", assume_yes=True, device="cuda:99")
+    steps.onboard(ctx, ("generate", "register"))
     with pytest.raises(WizardError, match="did not complete"):
-        onboard.step_run(ctx)
+        steps.run(ctx)
     failed = Path(load_answers(answers).run.run_dir)
     assert any(e["event"] == "start" for e in read_events(failed / "events.jsonl"))
     assert [r.state for r in runner.list_runs(failed.parent)] == ["failed"]

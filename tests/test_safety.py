@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 import llmc.models
-from wizard.onboard import make_context, step_generate, step_install, step_register
+from wizard import steps
+from wizard.session import Session
 from wizard.services import render
 from wizard.services.answers import Answers, load_answers, save_answers
 from wizard.services.errors import WizardError
@@ -54,10 +55,9 @@ def _cli(*args, cwd=None, env=None):
 def test_a_model_named_like_an_engine_module_never_touches_the_engine(tmp_path):
     before = _engine_digest()
     for name in ("placement", "registry", "__init__", "base", "llava"):
-        ctx = make_context(_answers_file(tmp_path, name), tmp_path)  # no models dir given
-        step_generate(ctx)
-        step_register(ctx)
-        plan = ctx.state["plan"]
+        s = Session.load(_answers_file(tmp_path, name), tmp_path)  # no models dir given
+        plan = steps.generate(s)
+        steps.register(s)
         assert plan.adapter_path.parent == tmp_path / "adapters"
         assert plan.model_type.lower() not in {"placement", "registry", "base", "llava"}
     assert _engine_digest() == before
@@ -65,21 +65,21 @@ def test_a_model_named_like_an_engine_module_never_touches_the_engine(tmp_path):
 
 
 def test_the_models_folder_cannot_be_the_engine_package(tmp_path):
-    ctx = make_context(_answers_file(tmp_path, "m"), tmp_path, models_dir=ENGINE_MODELS)
+    ctx = Session.load(_answers_file(tmp_path, "m"), tmp_path, models_dir=ENGINE_MODELS)
     with pytest.raises(WizardError, match="inside the engine's package"):
-        step_generate(ctx)
+        steps.generate(ctx)
 
 
 def test_two_names_for_one_module_are_refused(tmp_path):
-    step_generate(make_context(_answers_file(tmp_path, "my-llava"), tmp_path))
+    steps.generate(Session.load(_answers_file(tmp_path, "my-llava"), tmp_path))
     adapter = tmp_path / "adapters" / "my_llava.py"
     first = adapter.read_text()
     with pytest.raises(WizardError, match="'My Llava' maps to my_llava.py, which belongs to the model 'my-llava'"):
-        step_generate(make_context(_answers_file(tmp_path, "My Llava"), tmp_path))
+        steps.generate(Session.load(_answers_file(tmp_path, "My Llava"), tmp_path))
     assert adapter.read_text() == first
     assert load_answers(tmp_path / "configs" / "my_llava.answers.yml").generate.name == "my-llava"
     # the same name again is an update, not a clash
-    step_generate(make_context(_answers_file(tmp_path, "my-llava"), tmp_path))
+    steps.generate(Session.load(_answers_file(tmp_path, "my-llava"), tmp_path))
 
 
 def test_a_file_the_wizard_did_not_write_is_never_replaced(tmp_path):
@@ -87,7 +87,7 @@ def test_a_file_the_wizard_did_not_write_is_never_replaced(tmp_path):
     mine = tmp_path / "adapters" / "custom.py"
     mine.write_text("# my own adapter\nX = 1\n")
     with pytest.raises(WizardError, match="was not written by llmc-wizard"):
-        step_generate(make_context(_answers_file(tmp_path, "custom"), tmp_path))
+        steps.generate(Session.load(_answers_file(tmp_path, "custom"), tmp_path))
     assert mine.read_text() == "# my own adapter\nX = 1\n"
     assert sorted(p.name for p in (tmp_path / "adapters").iterdir()) == ["custom.py"]
 
@@ -134,9 +134,9 @@ def test_consent_is_bound_to_the_code_and_commit(tmp_path, zoo):
             setattr(b.source, k, v)
         path = tmp_path / "answers.yml"
         save_answers(b, path)
-        ctx = make_context(path, tmp_path)
+        ctx = Session.load(path, tmp_path)
         with pytest.raises(WizardError, match="which you have not agreed to"):
-            step_install(ctx)
+            steps.install(ctx)
     b = a.model_copy(deep=True)
     b.install.extra_packages = ["evil-package"]
     assert not b.install.consented(b.source)
@@ -156,7 +156,7 @@ def test_credentials_never_reach_what_generate_writes(tmp_path):
                          weights_url=f"https://user:{secret}@huggingface.co/org/tokened",
                          code_url=f"https://oauth2:{secret}@github.com/org/code.git")
     assert secret not in path.read_text()
-    step_generate(make_context(path, tmp_path))
+    steps.generate(Session.load(path, tmp_path))
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert len(written) >= 3
     for p in written:

@@ -36,6 +36,13 @@ async def _press(pilot, selector):
     await pilot.pause()
 
 
+async def _write(pilot, s):
+    """Press Write and wait for the step to finish."""
+    s.set_status("")
+    await _press(pilot, "#write")
+    await _until(pilot, lambda: "wrote" in _text(s, "#status") or s.query_one("#status").has_class("error"))
+
+
 def _app(tmp_path, zoo=None, answers=None):
     app = WizardApp(zoo_root=zoo.root if zoo else None, answers_path=tmp_path / "answers.yml", workdir=tmp_path,
                     models_dir=tmp_path / "adapters", device="cpu", install_target=tmp_path / "site")
@@ -192,6 +199,7 @@ async def test_generate_previews_writes_registers_and_smoke_tests(zoo, tmp_path)
         assert "preview of" in _text(s, "#status")
         assert not s.query_one("#write", Button).disabled
         await _press(pilot, "#write")
+        await _until(pilot, lambda: "wrote" in _text(s, "#status"))
         assert (tmp_path / "adapters" / "my_llava.py").exists()
         assert (tmp_path / "configs" / "my_llava_awq.yml").exists()
         # method, activation bits and export reach the config; a choice the engine refuses is reported
@@ -199,14 +207,14 @@ async def test_generate_previews_writes_registers_and_smoke_tests(zoo, tmp_path)
         s.query_one("#export", Select).value = "vllm"
         await pilot.pause()
         await _press(pilot, "#preview")
-        await _press(pilot, "#write")
+        await _write(pilot, s)
         gptq = yaml.safe_load((tmp_path / "configs" / "my_llava_gptq.yml").read_text())
         assert gptq["save"]["save_vllm"] is True and gptq["quant"]["weight"]["symmetric"] is True
         assert "offload" not in gptq["model"] and "device_map" not in gptq["model"]
         s.query_one("#placement", Select).value = "offload"  # blocks kept in CPU memory
         await pilot.pause()
         await _press(pilot, "#preview")
-        await _press(pilot, "#write")
+        await _write(pilot, s)
         gptq = yaml.safe_load((tmp_path / "configs" / "my_llava_gptq.yml").read_text())
         assert gptq["model"]["offload"] is True and a.generate.placement == "offload"
         s.query_one("#act", Select).value = 8

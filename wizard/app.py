@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from textual.app import App, ComposeResult
@@ -11,7 +10,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from .demo.facts import ModelFacts, all_facts
-from .services.answers import Answers, load_answers, save_answers
+from .services.answers import Answers, load_answers
+from .session import Session
 
 INTRO = (
     "[b]llmc-wizard[/b] takes a new (vision-)language model from a repository to a quantized, "
@@ -113,13 +113,22 @@ class WizardApp(App):
                  models_dir: Path | None = None, device: str | None = None, install_target: Path | None = None):
         super().__init__()
         self.zoo_root = zoo_root
-        self.answers_path = Path(answers_path) if answers_path else None
-        self.answers = load_answers(self.answers_path) if self.answers_path and self.answers_path.exists() else Answers()
-        base = self.answers_path.resolve().parent if self.answers_path else Path.cwd() / "llmc-wizard-work"
-        self.workdir = Path(workdir) if workdir else base
-        self.models_dir = Path(models_dir) if models_dir else None
-        self.device = device
-        self.install_target = install_target
+        answers_path = Path(answers_path) if answers_path else None
+        answers = load_answers(answers_path) if answers_path and answers_path.exists() else Answers()
+        base = answers_path.resolve().parent if answers_path else Path.cwd() / "llmc-wizard-work"
+        #: the state every screen reads and every step (:mod:`wizard.steps`) updates
+        self.session = Session(answers, answers_path, Path(workdir) if workdir else base,
+                               Path(models_dir) if models_dir else None,
+                               Path(install_target) if install_target else None, device)
+
+    # the session's fields, for the screens
+    answers = property(lambda self: self.session.answers,
+                       lambda self, value: setattr(self.session, "answers", value))
+    answers_path = property(lambda self: self.session.answers_path)
+    workdir = property(lambda self: self.session.workdir)
+    models_dir = property(lambda self: self.session.models_dir)
+    device = property(lambda self: self.session.device)
+    install_target = property(lambda self: self.session.install_target)
 
     def on_mount(self) -> None:
         from .screens import STEP_SCREENS
@@ -143,19 +152,10 @@ class WizardApp(App):
             self.switch_screen(names[i])
 
     def save_answers(self) -> Path | None:
-        path = self.answers_path or (self.workdir / "answers.yml")
-        save_answers(self.answers, path)
-        self.answers_path = path
-        return path
+        return self.session.save()
 
     def models_dir_resolved(self) -> Path:
-        """Where model declarations go: ``--models-dir``, else ``<workdir>/adapters``."""
-        if self.models_dir is not None:
-            return self.models_dir
-        from .services.register import default_models_dir
-
-        return default_models_dir(self.workdir)
+        return self.session.models_dir_resolved()
 
     def engine_env(self) -> dict | None:
-        dirs = [str(self.models_dir_resolved()), os.environ.get("LLMC_ADAPTERS")]
-        return {"LLMC_ADAPTERS": os.pathsep.join(filter(None, dirs))}
+        return self.session.engine_env()

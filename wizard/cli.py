@@ -41,11 +41,16 @@ def _cmd_tui(args) -> int:
 
 
 def _cmd_steps(args) -> int:
-    from .onboard import STEPS, make_context, onboard
+    from .session import Session
+    from .steps import STEPS, Reporter, onboard
 
-    ctx = make_context(args.answers, args.workdir, args.models_dir, args.yes, args.device, args.install_target)
+    if not Path(args.answers).exists():
+        raise WizardError(f"answers file {args.answers} does not exist",
+                          "check the path, or start the wizard without --answers to create one")
+    s = Session.load(args.answers, args.workdir, models_dir=args.models_dir, assume_yes=args.yes,
+                     device=args.device, install_target=args.install_target)
     steps = STEPS if args.command == "onboard" else (args.command,)
-    onboard(ctx, steps)
+    onboard(s, steps, Reporter(log=lambda m: print(m, file=sys.stderr)))
     return 0
 
 

@@ -8,8 +8,10 @@ import yaml
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Static
+from textual.widgets import Footer, Header, Log, Static
+from textual.worker import Worker, WorkerState
 
 STEP_TITLES = ("Source", "Install", "Inspect", "Generate", "Run", "Try")
 
@@ -37,6 +39,11 @@ class StepScreen(Screen):
         self.cancel_event = threading.Event()
         #: the child process doing this step's work (smoke test, answers, evaluation), once started
         self.child_pid: int | None = None
+        self._start_ids: dict[str, str] = {}
+
+    @property
+    def session(self):
+        return self.app.session
 
     @property
     def answers(self):
@@ -75,20 +82,82 @@ class StepScreen(Screen):
         w.update(text)
         w.set_class(error, "error")
 
+    def _set_disabled(self, selector: str, value: bool) -> None:
+        try:
+            self.query_one(selector).disabled = value
+        except NoMatches:
+            pass
+
     def work_started(self, start_id: str, status: str) -> None:
         """Disable the start button, enable Cancel, clear the cancel flag."""
         self.cancel_event.clear()
-        self.query_one(start_id).disabled = True
-        self.query_one("#cancel").disabled = False
+        self._set_disabled(start_id, True)
+        self._set_disabled("#cancel", False)
         self.set_status(status)
 
     def work_finished(self, start_id: str, text: str, error: bool) -> None:
         """Re-enable the start button, disable Cancel, report, save the answers."""
-        self.query_one(start_id).disabled = False
-        self.query_one("#cancel").disabled = True
+        self._set_disabled(start_id, False)
+        self._set_disabled("#cancel", True)
         self.set_status(text, error=error)
         self.refresh_answers()
         self.app.save_answers()
+
+    # running a step of wizard.steps ----------------------------------------------------------
+    def reporter(self, worker_box: list | None = None):
+        """A :class:`wizard.steps.Reporter` for a worker thread: log lines to ``#log``, progress to
+        :meth:`step_progress`, cancel from the Cancel button or the worker's cancellation (the app
+        shutting down) — asked from any thread, the step's helpers' too."""
+        from ..steps import Reporter
+
+        box = worker_box if worker_box is not None else []
+
+        def cancelled() -> bool:
+            return self.cancel_event.is_set() or any(w.is_cancelled for w in box)
+
+        def log(message: str) -> None:
+            try:
+                self.app.call_from_thread(self.query_one("#log", Log).write_lines, str(message).splitlines())
+            except NoMatches:
+                pass
+
+        return Reporter(log=log, progress=lambda d, t, m: self.app.call_from_thread(self.step_progress, d, t, m),
+                        cancelled=cancelled, child_started=self._child_started)
+
+    def start_step(self, name: str, fn, start_id: str, status: str) -> None:
+        """Run ``fn(reporter)`` (a step of :mod:`wizard.steps`) in a worker thread. Its result
+        reaches :meth:`step_done` and is reported; any exception it raises is shown in one line."""
+        self.work_started(start_id, status)
+        self._start_ids[name] = start_id
+        box: list = []
+        reporter = self.reporter(box)
+        box.append(self.run_worker(lambda: fn(reporter), name=name, group="step", thread=True, exclusive=True,
+                                   exit_on_error=False))
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        w = event.worker
+        if w.group != "step" or w.name not in self._start_ids:
+            return
+        start_id = self._start_ids[w.name]
+        if w.state == WorkerState.SUCCESS:
+            self.work_finished(start_id, self.step_done(w.name, w.result) or f"{w.name}: done", False)
+        elif w.state == WorkerState.ERROR:
+            from ..cli import one_line_error
+
+            self.work_finished(start_id, one_line_error(w.error), True)
+            self.step_failed(w.name, w.error)
+        elif w.state == WorkerState.CANCELLED:
+            self.work_finished(start_id, f"{w.name}: cancelled", True)
+
+    def step_done(self, name: str, result) -> str | None:
+        """Show a step's result (main thread); returns the status line."""
+        return None
+
+    def step_failed(self, name: str, error: BaseException) -> None:
+        """Hook after a step's error was shown."""
+
+    def step_progress(self, done, total, message: str) -> None:
+        """A step's progress report (main thread)."""
 
     # navigation -----------------------------------------------------------------------------
     def action_next(self) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from rich.console import Group
 from rich.syntax import Syntax
-from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Button, Input, Label, Log, Select, Static
@@ -65,6 +63,22 @@ class GenerateScreen(StepScreen):
         self.query_one("#placement", Select).value = g.placement
         self.plan = None
 
+    def on_select_changed(self, event: Select.Changed) -> None:
+        self._sync_form()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self._sync_form()
+
+    def _sync_form(self) -> None:
+        """Keep the answers equal to the form (what the steps read), as far as it is valid."""
+        if not self.is_mounted:
+            return
+        try:
+            self._read_form()
+        except ValueError:
+            return  # a half-typed number: the Preview reports it
+        self.refresh_answers()
+
     def _read_form(self) -> None:
         g = self.answers.generate
         g.name = self.query_one("#name", Input).value.strip() or None
@@ -79,62 +93,49 @@ class GenerateScreen(StepScreen):
         g.placement = self.query_one("#placement", Select).value
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        from ..services import render
+        from .. import steps
 
         if event.button.id == "preview":
             try:
                 self._read_form()
-                self.plan = render.plan(self.answers, self.app.models_dir_resolved(), self.app.workdir / "configs")
+                self.plan = steps.plan(self.session)
             except (WizardError, ValueError) as e:
                 self.set_status(str(e), error=True)
                 self.query_one("#write", Button).disabled = True
                 return
-            self.query_one("#preview-code", Static).update(
-                Syntax(self.plan.adapter_text, "python", line_numbers=True, word_wrap=False))
-            self.set_status(f"preview of {self.plan.adapter_path} and {self.plan.config_path.name}")
+            self.query_one("#preview-code", Static).update(Group(
+                f"[b]{self.plan.adapter_path}[/b]",
+                Syntax(self.plan.adapter_text, "python", line_numbers=True, word_wrap=False),
+                f"[b]{self.plan.config_path}[/b]",
+                Syntax(self.plan.config_text, "yaml", line_numbers=True, word_wrap=False)))
+            self.set_status(f"preview of {self.plan.adapter_path.name} and {self.plan.config_path.name}")
             self.query_one("#write", Button).disabled = False
             self.refresh_answers()
         elif event.button.id == "write" and self.plan is not None:
-            from ..services.register import register_adapter
+            session = self.session
 
-            log = self.query_one("#log", Log)
-            for r in render.write(self.plan, self.answers):
-                log.write_line(f"{r.path}: {r.action}" + (f" (backup {r.backup})" if r.backup else ""))
-                if r.diff and r.action == "replaced-edited":
-                    log.write_lines(r.diff.splitlines())
-            model_type = register_adapter(self.plan.module, self.app.models_dir_resolved(), self.plan.model_type)
-            log.write_line(f"the engine finds {model_type} in {self.app.models_dir_resolved()}")
-            self.set_status(f"wrote {self.plan.adapter_path.name} and {self.plan.config_path.name}")
-            self.query_one("#smoke", Button).disabled = False
-            self.app.save_answers()
+            def write(r):
+                plan = steps.generate(session, r)
+                steps.register(session, r)
+                return plan
+
+            self.start_step("generate", write, "#write", "writing…")
         elif event.button.id == "smoke" and self.plan is not None:
-            self.work_started("#smoke", "smoke test: import, build, one calibration sample, one eval sample…")
-            for b in ("#preview", "#write"):  # the child imports the written adapter: leave it alone
+            for b in ("#preview", "#write"):  # the child imports the written declaration: leave it alone
                 self.query_one(b, Button).disabled = True
-            self.smoke_worker()
+            session = self.session
+            self.start_step("smoke", lambda r: steps.smoke(session, r), "#smoke",
+                            "smoke test: import, build, one calibration sample, one eval sample…")
         elif event.button.id == "cancel":
             self.cancel_event.set()
             self.set_status("cancelling…")
 
-    @work(thread=True, exclusive=True, exit_on_error=False)
-    def smoke_worker(self) -> None:
-        from ..services.smoke import smoke_test_in_child
-
-        g = self.answers.generate
-        log = self.query_one("#log", Log)
-        try:
-            # a child process, so that Cancel stops a model load or a forward pass mid-way
-            rep = smoke_test_in_child(
-                self.plan.module, self.plan.model_type, Path(self.answers.source.weights_dir),
-                Path(g.calib_path) if g.calib_path else None, Path(g.eval_path) if g.eval_path else None,
-                models_dir=self.app.models_dir_resolved(), log=lambda m: self.app.call_from_thread(log.write_line, m),
-                cancelled=self._stopping, on_start=self._child_started)
-            self.app.call_from_thread(self.work_finished, "#smoke", f"smoke test passed: answered {rep.answer!r} "
-                                      f"(expected {rep.expected!r})", False)
-        except WizardError as e:
-            self.app.call_from_thread(self.work_finished, "#smoke", str(e), True)
-        except Exception as e:  # noqa: BLE001 - shown to the user
-            self.app.call_from_thread(self.work_finished, "#smoke", f"smoke test failed: {type(e).__name__}: {e}", True)
+    def step_done(self, name: str, result) -> str:
+        if name == "generate":
+            self.plan = result
+            self.query_one("#smoke", Button).disabled = False
+            return f"wrote {result.adapter_path.name} and {result.config_path.name}"
+        return f"smoke test passed: answered {result.answer!r} (expected {result.expected!r})"
 
     def work_finished(self, start_id: str, text: str, error: bool) -> None:
         super().work_finished(start_id, text, error)

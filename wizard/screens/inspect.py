@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Button, DataTable, Input, Label, SelectionList, Static, Tree
 
-from ..services.errors import WizardError
 from .base import StepScreen
 
 WHY = ("Why the pick matters: rotation methods (QuaRot) rotate the language model's residual stream, "
@@ -46,7 +44,15 @@ class InspectScreen(StepScreen):
         if event.button.id == "inspect":
             self.start_inspect()
 
+    def on_enter(self) -> None:
+        # inspecting reads no weights and takes a second: do it on entering the step
+        src = self.answers.source
+        if getattr(self, "report", None) is None and src.weights_dir and Path(src.weights_dir).exists():
+            self.start_inspect()
+
     def start_inspect(self) -> None:
+        from .. import steps
+
         src = self.answers.source
         if not src.weights_dir or not Path(src.weights_dir).exists():
             self.set_status("No weights to inspect — clone them in the Source step.", error=True)
@@ -56,30 +62,14 @@ class InspectScreen(StepScreen):
         except ValueError:
             self.set_status("Group size must be an integer.", error=True)
             return
-        self.set_status("inspecting (no weights are read)…")
-        self.inspect_worker()
+        session = self.session
+        self.start_step("inspect", lambda r: steps.inspect(session, r), "#inspect", "inspecting (no weights are read)…")
 
-    @work(thread=True, exclusive=True, exit_on_error=False)
-    def inspect_worker(self) -> None:
-        from ..services.inspect import inspect_model
-        from ..services.render import _code_package
+    def step_done(self, name: str, rep) -> str:
+        return self.show_report(rep)
 
-        src, ins = self.answers.source, self.answers.inspect
-        code_pkg = _code_package(src.code_dir) if ins.model_kind == "custom-code" else None
-        try:
-            rep = inspect_model(Path(src.weights_dir), code_package=code_pkg,
-                                group_size=self.answers.generate.group_size or None)
-        except (WizardError, ImportError, ValueError, OSError) as e:
-            self.app.call_from_thread(self.set_status, f"inspect failed: {e}", True)
-            return
-        self.app.call_from_thread(self.show_report, rep)
-
-    def show_report(self, rep) -> None:
+    def show_report(self, rep) -> str:
         ins = self.answers.inspect
-        ins.architecture, ins.model_kind = rep.architecture, rep.model_kind
-        ins.hidden_size, ins.num_blocks = rep.hidden_size, rep.num_blocks
-        if not ins.projector_last_layers:
-            ins.projector_last_layers = list(rep.proposed_last_layers)
         self.report = rep
         d = rep.to_dict()
         self.query_one("#summary", Static).update(
@@ -105,11 +95,11 @@ class InspectScreen(StepScreen):
             table.add_row(q["name"], str(q["in_features"]), str(q["out_features"]),
                           "-" if ok is None else ("yes" if ok else "[red]NO[/red]"))
         bad = len(rep.group_size_problems)
-        self.set_status(f"{len(rep.quant_layers)} layers to quantize" +
-                        (f"; group size {self.answers.generate.group_size} does not divide {bad} of them" if bad else ""),
-                        error=bool(bad))
-        self.refresh_answers()
-        self.app.save_answers()
+        text = f"{len(rep.quant_layers)} layers to quantize" + (
+            f"; group size {self.answers.generate.group_size} does not divide {bad} of them" if bad else "")
+        if bad:  # shown as an error once the step's status is set
+            self.call_after_refresh(self.set_status, text, True)
+        return text
 
     def on_selection_list_selected_changed(self, event: SelectionList.SelectedChanged) -> None:
         self.answers.inspect.projector_last_layers = list(event.selection_list.selected)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Button, Checkbox, Input, Label, Log, Static
@@ -37,40 +36,31 @@ class InstallScreen(StepScreen):
         self.on_enter()
 
     def on_enter(self) -> None:
-        from ..services.install import describe_install, detect_install_needed
+        from .. import steps
 
-        src, ins = self.answers.source, self.answers.install
         button = self.query_one("#install", Button)
+        src = self.answers.source
         if not src.weights_dir or not Path(src.weights_dir).exists():
             self.query_one("#detect", Static).update("No weights yet — clone them in the Source step.")
             button.disabled = True
             return
-        needed, reason = detect_install_needed(Path(src.weights_dir))
-        if ins.needed is not None:
-            needed = ins.needed
-        self.answers.inspect.model_kind = "custom-code" if needed else "transformers"
-        if not needed:
-            self.query_one("#detect", Static).update(f"[green]No install needed[/]: {reason}")
+        try:
+            plan = steps.install_plan(self.session)
+        except WizardError as e:
+            self.query_one("#detect", Static).update("[yellow]Custom code[/]")
+            self.query_one("#command", Static).update(str(e))
+            button.disabled = True
+            return
+        self.answers.inspect.model_kind = "custom-code" if plan.needed else "transformers"
+        if not plan.needed:
+            self.query_one("#detect", Static).update(f"[green]No install needed[/]: {plan.reason}")
             self.query_one("#command", Static).update("(skipped)")
             button.disabled = True
             return
-        self.query_one("#detect", Static).update(f"[yellow]Custom code[/]: {reason}")
-        if not src.code_dir:
-            self.query_one("#command", Static).update("No code repository cloned — add it in the Source step.")
-            button.disabled = True
-            return
-        from ..services.answers import redact
-
-        cmd = describe_install(Path(src.code_dir), editable=ins.editable, no_deps=self._no_deps(),
-                               extra=self._extra(), target=self.app.install_target)
-        self.query_one("#command", Static).update(redact(" ".join(cmd)))
+        self.query_one("#detect", Static).update(f"[yellow]Custom code[/]: {plan.reason}")
+        agreed = " (you agreed to install this code at this commit)" if plan.consented else ""
+        self.query_one("#command", Static).update(" ".join(plan.command) + agreed)
         button.disabled = False
-
-    def _no_deps(self) -> bool:
-        return self.query_one("#no-deps", Checkbox).value
-
-    def _extra(self) -> list[str]:
-        return self.query_one("#extra", Input).value.split()
 
     def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
         self.answers.install.no_deps = event.value
@@ -78,30 +68,19 @@ class InstallScreen(StepScreen):
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id == "extra":
-            self.answers.install.extra_packages = self._extra()
+            self.answers.install.extra_packages = event.input.value.split()
             self.on_enter()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
+        from .. import steps
+
         if event.button.id == "install":
-            self.answers.install.consent = self.answers.install.consent_for(self.answers.source)
-            self.work_started("#install", "installing…")
-            self.install_worker()
+            steps.consent(self.session)  # pressing the button is the consent, for exactly this command
+            session = self.session
+            self.start_step("install", lambda r: steps.install(session, r), "#install", "installing…")
         elif event.button.id == "cancel":
             self.cancel_event.set()
             self.set_status("cancelling…")
 
-    @work(thread=True, exclusive=True, exit_on_error=False)
-    def install_worker(self) -> None:
-        from ..services.install import activate_installed, pip_install
-
-        src, ins = self.answers.source, self.answers.install
-        log = self.query_one("#log", Log)
-        try:
-            res = pip_install(Path(src.code_dir), editable=ins.editable, no_deps=ins.no_deps,
-                              extra=ins.extra_packages, target=self.app.install_target,
-                              on_line=lambda line: self.app.call_from_thread(log.write_line, line),
-                              cancelled=self.cancel_event.is_set)
-            activate_installed(self.app.install_target)
-            self.app.call_from_thread(self.work_finished, "#install", f"installed in {res.seconds:.1f}s", False)
-        except WizardError as e:
-            self.app.call_from_thread(self.work_finished, "#install", str(e), True)
+    def step_done(self, name: str, result) -> str:
+        return f"installed in {result.seconds:.1f}s" if result.needed else "no install needed"

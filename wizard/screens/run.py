@@ -15,7 +15,6 @@ from textual.widgets import Button, DataTable, Input, Label, Log, ProgressBar, S
 from ..services.errors import WizardError
 from .base import StepScreen
 
-PHASES = ("load_model", "eval_pretrain", "calibration_data", "quantize", "eval_fake_quant", "save_fake")
 
 
 def score_rows(results: dict) -> list[tuple[str, str, str, str]]:
@@ -99,7 +98,16 @@ class RunScreen(StepScreen):
         g = self.answers.generate
         self.query_one("#settings", Static).update(
             f"method [b]{g.method}[/b], W{g.bit}A16, group size {g.group_size}, device {self.app.device or 'auto'}")
-        self.refresh_past()
+        past = self.refresh_past()
+        # follow this model's run in progress (started here or by another wizard) without a key press
+        if (self.handle is None or self.handle.poll() is not None) and past and past[0].state == "running":
+            self.reattach(past[0].run_dir)
+
+    def _module(self) -> str | None:
+        from ..services.render import module_name
+
+        name = self.answers.generate.name
+        return module_name(name) if name else None
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id in ("gpus", "eval", "eval-n"):
@@ -198,20 +206,24 @@ class RunScreen(StepScreen):
             self.query_one("#stop", Button).disabled = True
         self.set_status(text, error=error)
 
-    def refresh_past(self) -> None:
+    def refresh_past(self) -> list:
+        """This model's runs, newest first (the cursor starts on the newest)."""
         from ..services.runner import list_runs
 
         table = self.query_one("#past", DataTable)
         table.clear()
-        for r in list_runs(self.app.workdir / "runs"):
+        module = self._module()
+        past = list_runs(self.session.runs_dir(), module) if module else []
+        for r in past:
             table.add_row(r.run_dir.name, r.state, r.label[-80:], key=str(r.run_dir))
+        return past
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        {"run": self.action_run, "stop": self.action_stop, "reattach": self.reattach,
+        {"run": self.action_run, "stop": self.action_stop, "reattach": lambda: self.reattach(),
          "dp-run": self.start_dp_eval}[event.button.id]()
 
     def action_run(self) -> None:
-        from ..services import render, runner
+        from .. import steps
 
         if self.handle is not None and self.handle.poll() is None:
             self.set_status("a run is already in progress", error=True)
@@ -221,30 +233,31 @@ class RunScreen(StepScreen):
         g.eval_path = self.query_one("#eval", Input).value.strip() or None
         n = self.query_one("#eval-n", Input).value.strip()
         g.eval_samples = int(n) if n else None
+        notes: list[str] = []
         try:
-            if not g.calib_path or not Path(g.calib_path).exists():
-                raise WizardError(f"calibration set {g.calib_path!r} not found", "enter the custom_mm folder path")
-            plan = render.plan(self.answers, self.app.models_dir_resolved(), self.app.workdir / "configs")
-            render.write(plan, self.answers)  # the config reflects the settings above
-            run_dir = self.app.workdir / "runs" / f"{plan.module}-{time.strftime('%Y%m%d-%H%M%S')}"
-            self.handle = runner.launch(plan.config_path, run_dir, device=self.app.device, env=self.app.engine_env())
+            self.handle = steps.start_run(self.session, steps.Reporter(log=notes.append))
         except WizardError as e:
             self.set_status(str(e), error=True)
             return
-        self.answers.run.run_dir = str(run_dir)
-        self.app.save_answers()
         self._start_following()
-        self.query_one("#log", Log).write_line(" ".join(runner.engine_command(plan.config_path, run_dir,
-                                                                               self.app.device)))
+        log = self.query_one("#log", Log)
+        log.write_lines(notes)
+        command = self.handle.run_dir / "command.txt"  # what the launcher ran
+        if command.exists():
+            log.write_line(command.read_text().strip())
 
-    def reattach(self) -> None:
+    def reattach(self, run_dir: Path | None = None) -> None:
+        """Follow the selected past run of this model (the newest unless another row is picked)."""
         from ..services import runner
 
         table = self.query_one("#past", DataTable)
-        if table.row_count == 0:
-            self.set_status("no past runs", error=True)
+        if run_dir is not None:
+            key = str(run_dir)
+        elif table.row_count == 0:
+            self.set_status("no past runs of this model", error=True)
             return
-        key = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+        else:
+            key = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
         try:
             self.handle = runner.reattach(Path(key))
         except WizardError as e:
@@ -306,11 +319,18 @@ class RunScreen(StepScreen):
             self.query_one("#log", Log).write_lines(data.decode(errors="replace").splitlines())
 
     def _elapsed_text(self) -> str:
+        """Elapsed time, and while a phase reports i of N (blocks, evaluated questions) the time
+        left in that phase at its pace so far; no guess before the first report."""
         el = time.time() - self.t0
         eta = ""
-        if getattr(self, "_frac", None):
-            eta = f", ETA {max(0.0, el / self._frac - el):.0f}s"
+        phase, started, frac = getattr(self, "_phase", None), getattr(self, "_phase_t0", None), getattr(self, "_frac", 0)
+        if phase and started and 0 < frac < 1:
+            spent = time.time() - started
+            eta = f", {phase} ETA {spent * (1 - frac) / frac:.0f}s"
         return f"elapsed {el:.0f}s{eta}"
+
+    def _phase_progress(self, done: float, total: float) -> None:
+        self._frac = done / total if total else 0
 
     def handle_engine_event(self, e: dict) -> None:
         kind = e["event"]
@@ -319,14 +339,15 @@ class RunScreen(StepScreen):
             self.query_one("#phase", Static).update(f"phase: [b]{e['name']}[/b]")
             n = e.get("n_blocks")
             bar.update(total=float(n) if n else None, progress=0)
-            name = e["name"]
-            self._frac = (PHASES.index(name) / len(PHASES)) if name in PHASES and PHASES.index(name) else None
+            self._phase, self._phase_t0, self._frac = e["name"], float(e.get("t") or time.time()), 0
         elif kind == "block":
             self.block_errors.append(float(e["block_error"]))
             self.query_one("#errors", Sparkline).data = list(self.block_errors)
             bar.update(total=float(e["n"]), progress=float(e["i"] + 1))
+            self._phase_progress(e["i"] + 1, e["n"])
         elif kind == "eval_progress":
             bar.update(total=float(e["total"]), progress=float(e["done"]))
+            self._phase_progress(e["done"], e["total"])
         elif kind == "error":
             self.set_status(f"engine error: {e['message']}", error=True)
         elif kind == "warning":

@@ -21,6 +21,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from llmc.config import ACT_BITS, WEIGHT_BITS
 from llmc.secrets import MASK, TOKEN_ENV_VARS, redact, scrub, strip_userinfo  # noqa: F401
 
 from .errors import WizardError
@@ -100,11 +101,11 @@ class Generate(_Section):
     class_name: str | None = None
     out_dir: str | None = None
     method: Literal["RTN", "Awq", "GPTQ", "SmoothQuant", "Quarot"] = "Awq"
-    bit: int = Field(4, ge=1, le=16)
+    bit: int = Field(4, ge=WEIGHT_BITS[0], le=WEIGHT_BITS[1])  #: the engine's own range
     group_size: int = Field(32, ge=0)  #: 0: per-channel (no groups)
     #: None: chosen for the method/export (symmetric for SmoothQuant and the vLLM export)
     symmetric: bool | None = None
-    act_bit: int | None = Field(None, ge=2, le=16)  #: dynamic per-token activations; None: A16
+    act_bit: int | None = Field(None, ge=ACT_BITS[0], le=ACT_BITS[1])  #: dynamic per-token activations; None: A16
     #: real low-bit checkpoint written after the run: compressed-tensors (vLLM) or AutoAWQ
     export: Literal["vllm", "autoawq"] | None = None
     calib_path: str | None = None

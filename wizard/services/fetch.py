@@ -349,6 +349,31 @@ def _check_dest(dest: Path, src: _Source) -> bool:
     return True
 
 
+def destination(url_or_path, root: Path, stored: str | None = None) -> Path:
+    """Where a clone of ``url_or_path`` goes: ``stored`` when it holds a clone of that very
+    repository (or nothing yet), else ``root/<repo name>``, suffixed with a digest of the URL when
+    that folder already holds something else. A changed URL never reuses another repository's clone."""
+    import hashlib
+
+    src = _resolve_source(url_or_path)
+
+    def fits(d: Path) -> bool:
+        try:
+            _check_dest(d, src)
+            return True
+        except WizardError:
+            return False
+
+    if stored and fits(Path(stored).expanduser()):
+        return Path(stored).expanduser()
+    name = str(url_or_path).rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+    name = (name[:-4] if name.endswith(".git") else name) or "repo"
+    dest = Path(root) / name
+    if fits(dest):
+        return dest
+    return Path(root) / f"{name}-{hashlib.sha256(src.url.encode()).hexdigest()[:8]}"
+
+
 def _resolve_commit(g: _Git, dest: Path, ref: str) -> str | None:
     # tags, then the remote's branches (a local branch may be stale after a fetch), then anything
     # else git understands (a full or short sha, HEAD~1, ...)

@@ -79,12 +79,15 @@ class RunHandle:
             return 0 if is_complete(self.run_dir) else (rc or 1)
         return None if _running(self.run_dir, self.pid) else _exit_from_events(self.run_dir)
 
-    def cancel(self, grace: float = 3.0) -> None:
-        """Stop the whole process tree (its process group)."""
+    def cancel(self, grace: float = 3.0) -> bool:
+        """Stop the whole process tree (its process group). False, and nothing recorded, when the
+        run had already ended: a cancel that comes too late never marks a finished run cancelled."""
+        if self.poll() is not None:
+            return False
         try:
             os.killpg(self.pid, signal.SIGTERM)
         except ProcessLookupError:
-            return
+            return False
         deadline = time.time() + grace
         while time.time() < deadline and self.poll() is None:
             time.sleep(0.05)
@@ -95,8 +98,11 @@ class RunHandle:
                 pass
             if self.proc is not None:
                 self.proc.wait(timeout=5)
+        if is_complete(self.run_dir):  # it finished while the signal was on its way
+            return False
         with open(self.run_dir / "events.jsonl", "a") as f:
             f.write(json.dumps({"t": round(time.time(), 3), "event": "cancelled"}) + "\n")
+        return True
 
     def wait(self, timeout: float | None = None) -> int | None:
         t0 = time.time()
@@ -167,12 +173,16 @@ class PastRun:
     label: str
 
 
-def list_runs(root: Path) -> list[PastRun]:
+def list_runs(root: Path, module: str | None = None) -> list[PastRun]:
+    """The runs under ``root``, newest first; with ``module``, only that model's
+    (``<module>-<timestamp>`` folders)."""
     out = []
     root = Path(root)
     if not root.exists():
         return out
     for d in sorted(root.iterdir()):
+        if module is not None and not d.name.startswith(f"{module}-"):
+            continue
         ev = read_events(d / "events.jsonl") if d.is_dir() else []
         if not ev:
             continue
@@ -188,7 +198,7 @@ def list_runs(root: Path) -> list[PastRun]:
             state = "failed"
         label = (d / "command.txt").read_text().strip() if (d / "command.txt").exists() else d.name
         out.append(PastRun(d, state, start.get("t"), label))
-    return out
+    return sorted(out, key=lambda r: r.started or 0.0, reverse=True)
 
 
 def reattach(run_dir: Path) -> RunHandle:

@@ -67,7 +67,7 @@ def smoke_test(module: str, model_type: str, weights: Path, calib_path: Path | N
 
 def smoke_test_in_child(module: str, model_type: str, weights: Path, calib_path: Path | None,
                         eval_path: Path | None, device: str = "cpu", models_dir: Path | None = None, log=None,
-                        cancelled=None, on_start=None) -> SmokeReport:
+                        cancelled=None, on_start=None, env: dict | None = None) -> SmokeReport:
     """:func:`smoke_test` in a child process: ``cancelled()`` turning true kills it (WizardError)."""
     from .child import run_child
 
@@ -76,7 +76,7 @@ def smoke_test_in_child(module: str, model_type: str, weights: Path, calib_path:
         if value is not None:
             args += [flag, value]
     res = run_child("wizard.services.smoke", args, what="smoke test", on_line=log, cancelled=cancelled,
-                    on_start=on_start)
+                    on_start=on_start, env=env)
     return SmokeReport(ok=res["ok"], steps=[tuple(s) for s in res["steps"]], answer=res["answer"],
                        expected=res["expected"])
 

@@ -1,0 +1,365 @@
+"""The wizard's steps: one implementation for the TUI and the headless twin.
+
+Each step is a function of ``(session, reporter)`` that returns a typed result, updates the
+session's answers and saves them. The TUI runs a step in a worker and renders what it reports and
+returns; ``llmc-wizard onboard`` and the single-step subcommands call the very same functions.
+No step knows about Textual.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .services.errors import WizardError
+from .session import Session
+
+STEPS = ("fetch", "install", "inspect", "generate", "register", "smoke", "run")
+
+
+@dataclass
+class Reporter:
+    """How a step talks back: log lines, progress (done/total, either may be None), cancel."""
+
+    log: Callable[[str], None] = lambda message: None
+    progress: Callable[[float | None, float | None, str], None] = lambda done, total, message: None
+    cancelled: Callable[[], bool] = lambda: False
+    #: the pid of a child process the step started (so a UI can show or stop it)
+    child_started: Callable[[int], None] = lambda pid: None
+
+
+# ---------------------------------------------------------------------------------------------
+# fetch
+
+
+@dataclass
+class FetchOutcome:
+    weights_dir: Path
+    weights_commit: str
+    lfs_files: list[str] = field(default_factory=list)
+    code_dir: Path | None = None
+    code_commit: str | None = None
+    resumed: bool = False
+
+    def summary(self) -> str:
+        lines = [f"weights: {self.weights_dir} @ {self.weights_commit[:12]}" + (" (fetched)" if self.resumed else "")
+                 + (f", {len(self.lfs_files)} LFS file(s)" if self.lfs_files else "")]
+        if self.code_dir:
+            lines.append(f"code: {self.code_dir} pinned at {self.code_commit}")
+        return "\n".join(lines)
+
+
+def fetch(s: Session, r: Reporter = Reporter()) -> FetchOutcome:
+    """Clone (or fetch) the weights and, for custom-code models, the code pinned at its commit.
+    A changed URL gets its own folder; it never reuses another repository's clone."""
+    from .services.answers import redact
+    from .services.fetch import destination, fetch_repo
+
+    src = s.answers.source
+    if not src.weights_url:
+        raise WizardError("source.weights_url is empty", "set it to the weights repository URL or path")
+
+    def prog(p):
+        message = redact(str(getattr(p, "message", "") or getattr(p, "op", "") or ""))
+        r.progress(getattr(p, "cur", None), getattr(p, "max", None), message)
+
+    dest = destination(src.weights_url, s.workdir / "weights", src.weights_dir)
+    lfs = "auto" if src.lfs is None else src.lfs
+    res = fetch_repo(src.weights_url, dest, progress=prog, cancelled=r.cancelled, lfs=lfs)
+    src.weights_dir = str(res.path)
+    out = FetchOutcome(res.path, res.commit, list(res.lfs_files), resumed=res.resumed)
+    if src.code_url:
+        dest = destination(src.code_url, s.workdir / "code", src.code_dir)
+        res = fetch_repo(src.code_url, dest, commit=src.code_commit, progress=prog, cancelled=r.cancelled)
+        src.code_dir, src.code_commit = str(res.path), res.commit
+        out.code_dir, out.code_commit = res.path, res.commit
+    s.save()
+    r.log(out.summary())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# install
+
+
+@dataclass
+class InstallPlan:
+    needed: bool
+    reason: str
+    command: list[str] | None = None  #: credentials masked
+    consented: bool = False
+    seconds: float | None = None  #: how long the install took, once it ran
+
+
+def install_plan(s: Session) -> InstallPlan:
+    """Whether the model's code must be installed, and the exact command (nothing runs)."""
+    from .services.answers import redact
+    from .services.install import describe_install, detect_install_needed
+
+    src, ins = s.answers.source, s.answers.install
+    if not src.weights_dir:
+        raise WizardError("the weights have not been fetched", "run the fetch step (Source) first")
+    needed, reason = detect_install_needed(Path(src.weights_dir))
+    if ins.needed is not None:
+        needed, reason = ins.needed, f"install.needed is {ins.needed} in the answers"
+    if not needed:
+        return InstallPlan(False, reason)
+    if not src.code_dir:
+        raise WizardError("this model needs its code installed but no code repository was fetched",
+                          "set source.code_url (and code_commit) to the model's code repository and fetch it")
+    cmd = describe_install(Path(src.code_dir), editable=ins.editable, no_deps=ins.no_deps, extra=ins.extra_packages,
+                           target=s.install_target)
+    return InstallPlan(True, reason, [redact(c) for c in cmd], ins.consented(src))
+
+
+def consent(s: Session) -> None:
+    """Record that the user agreed to install this code, at this commit, with these options."""
+    ins = s.answers.install
+    ins.consent = ins.consent_for(s.answers.source)
+    s.save()
+
+
+def install(s: Session, r: Reporter = Reporter()) -> InstallPlan:
+    """pip-install the model's code, only with consent for exactly this code (or ``--yes``)."""
+    from .services.answers import redact
+    from .services.install import pip_install
+
+    plan = install_plan(s)
+    src, ins = s.answers.source, s.answers.install
+    s.answers.inspect.model_kind = "custom-code" if plan.needed else "transformers"
+    if not plan.needed:
+        r.log(f"install: skipped ({plan.reason})")
+        s.save()
+        return plan
+    r.log("install: " + " ".join(plan.command))
+    if not (plan.consented or s.assume_yes):
+        raise WizardError(f"installing executes the cloned code of {redact(src.code_url)} at "
+                          f"{(src.code_commit or '?')[:12]}, which you have not agreed to",
+                          "review the command above, then agree (the Install button, or --yes)")
+    res = pip_install(Path(src.code_dir), editable=ins.editable, no_deps=ins.no_deps, extra=ins.extra_packages,
+                      target=s.install_target, on_line=r.log, cancelled=r.cancelled)
+    s.activate_install_target()
+    ins.consent = ins.consent_for(src)
+    plan.seconds = res.seconds
+    r.log(f"install: done in {res.seconds:.1f}s")
+    s.save()
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------
+# inspect
+
+
+def inspect(s: Session, r: Reporter = Reporter()):
+    """Build the model's skeleton from its config (no weights read) and report its structure;
+    the proposed projector layer becomes the pick unless one was made. Returns the ModelReport."""
+    from .services.inspect import inspect_model
+    from .services.render import _code_package
+
+    s.activate_install_target()
+    src, ins, g = s.answers.source, s.answers.inspect, s.answers.generate
+    if not src.weights_dir or not Path(src.weights_dir).exists():
+        raise WizardError("no weights to inspect", "fetch them first (the Source step)")
+    code_pkg = _code_package(src.code_dir) if ins.model_kind == "custom-code" and src.code_dir else None
+    rep = inspect_model(Path(src.weights_dir), code_package=code_pkg, group_size=g.group_size or None)
+    ins.architecture, ins.model_kind = rep.architecture, rep.model_kind
+    ins.hidden_size, ins.num_blocks = rep.hidden_size, rep.num_blocks
+    if not ins.projector_last_layers:
+        ins.projector_last_layers = list(rep.proposed_last_layers)
+    s.save()
+    r.log(f"inspect: {rep.architecture}, {rep.num_blocks} blocks, hidden {rep.hidden_size}, "
+          f"projector last layer(s): {', '.join(ins.projector_last_layers) or '-'}")
+    for f in rep.flags:
+        r.log(f"  flag: {f}")
+    return rep
+
+
+def check_group_size(rep, group_size: int) -> None:
+    if rep.group_size_problems:
+        raise WizardError(f"group size {group_size} does not divide the width of "
+                          f"{len(rep.group_size_problems)} layer(s), e.g. {rep.group_size_problems[0]}",
+                          "choose a group size that divides every layer's input width")
+
+
+# ---------------------------------------------------------------------------------------------
+# generate, register, smoke
+
+
+def plan(s: Session):
+    """What Generate would write (the declaration and the config), nothing written."""
+    from .services import render
+
+    g = s.answers.generate
+    if not g.name:
+        g.name = Path(s.answers.source.weights_dir or s.answers.source.weights_url or "model").name
+    return render.plan(s.answers, s.models_dir_resolved(), s.configs_dir())
+
+
+def generate(s: Session, r: Reporter = Reporter()):
+    """Write the declaration and the config (backup + diff of hand edits); returns the plan."""
+    from .services import render
+
+    p = plan(s)
+    for w in render.write(p, s.answers):
+        r.log(f"generate: {w.path} ({w.action})" + (f", backup {w.backup}" if w.backup else ""))
+        if w.action == "replaced-edited":
+            r.log(w.diff)
+    if not s.answers.generate.out_dir:
+        s.answers.generate.out_dir = str(s.runs_dir())
+    s.save()
+    return p
+
+
+def register(s: Session, r: Reporter = Reporter()) -> str:
+    """Check that the engine discovers the declaration (nothing is edited); returns the model type."""
+    from .services.register import register_adapter
+
+    p = plan(s)
+    model_type = register_adapter(p.module, s.models_dir_resolved(), p.model_type)
+    r.log(f"register: the engine finds {model_type} in {s.models_dir_resolved()} (nothing to edit)")
+    return model_type
+
+
+def smoke(s: Session, r: Reporter = Reporter()):
+    """Import, build, one calibration and one evaluation sample, in a child process that cancel kills."""
+    from .services.smoke import smoke_test_in_child
+
+    p, g = plan(s), s.answers.generate
+    rep = smoke_test_in_child(p.module, p.model_type, Path(s.answers.source.weights_dir),
+                              Path(g.calib_path) if g.calib_path else None,
+                              Path(g.eval_path) if g.eval_path else None, device=s.device or "cpu",
+                              models_dir=s.models_dir_resolved(), log=lambda m: r.log(f"  smoke: {m}"),
+                              cancelled=r.cancelled, on_start=r.child_started, env=s.engine_env())
+    r.log(f"smoke: ok (answer {rep.answer!r}, expected {rep.expected!r})")
+    return rep
+
+
+# ---------------------------------------------------------------------------------------------
+# run
+
+
+def start_run(s: Session, r: Reporter = Reporter()):
+    """Write the config for the current settings and launch the engine in a fresh run directory;
+    returns the RunHandle (follow it with :func:`follow_run`, or the TUI's timer)."""
+    from .services import render, runner
+
+    g = s.answers.generate
+    if not g.calib_path or not Path(g.calib_path).exists():
+        raise WizardError(f"calibration set {g.calib_path!r} not found", "set generate.calib_path to the "
+                          "custom_mm folder (samples.json + images)")
+    p = plan(s)
+    render.write(p, s.answers)  # the config reflects the current settings
+    stored = Path(s.answers.run.run_dir) if s.answers.run.run_dir else None
+    run_dir = stored
+    if run_dir is None or _holds_anything(run_dir):
+        run_dir = fresh_run_dir(s.runs_dir(), p.module)  # a retry never reuses a used directory
+        if stored is not None and stored.exists():
+            r.log(f"run: {stored} already holds a run; this one goes to {run_dir}")
+    h = runner.launch(p.config_path, run_dir, device=s.device or s.answers.run.device, env=s.engine_env())
+    s.answers.run.run_dir = str(run_dir)
+    s.save()
+    r.log(f"run: {run_dir} (pid {h.pid})")
+    r.child_started(h.pid)
+    return h
+
+
+def describe_event(e: dict) -> str | None:
+    """The one log line an engine event deserves (None: not worth a line)."""
+    kind = e.get("event")
+    if kind == "block":
+        return f"block {e['i'] + 1}/{e['n']} error {e['block_error']:.4f} (last token {e.get('last_error', 0.0):.4f})"
+    if kind == "phase" and e.get("state") == "end":
+        return f"{e['name']} done in {e['seconds']:.1f}s"
+    if kind == "error":
+        return f"error: {e['message']}"
+    if kind == "warning":
+        return f"WARNING: {e['message']}"
+    return None
+
+
+def follow_run(h, r: Reporter = Reporter(), poll_s: float = 0.2) -> dict:
+    """Wait for a launched run, reporting its events; cancel stops its process tree. Returns the
+    results of the complete run, or raises WizardError."""
+    from llmc.runner import format_table
+
+    try:
+        while True:
+            for e in h.events.poll():
+                line = describe_event(e)
+                if line:
+                    r.log(f"  {line}")
+                if e.get("event") == "block":
+                    r.progress(e["i"] + 1, e["n"], "quantize")
+            rc = h.poll()
+            if rc is not None:
+                break
+            if r.cancelled():
+                h.cancel()
+                raise WizardError("run cancelled", f"the incomplete run stays in {h.run_dir}; run again when ready")
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        h.cancel()
+        raise
+    h.events.poll()
+    results = read_results(h.run_dir, rc)
+    r.log(format_table(results, results["label"]))
+    return results
+
+
+def run(s: Session, r: Reporter = Reporter()) -> dict:
+    return follow_run(start_run(s, r), r)
+
+
+def read_results(run_dir: Path, rc: int | None = 0) -> dict:
+    """The results of a complete run (its ``COMPLETE`` marker, :mod:`llmc.rundir`); a
+    :class:`WizardError` for anything else, whatever ``results.json`` or the events say."""
+    from llmc.rundir import complete_results
+
+    run_dir = Path(run_dir)
+    results = complete_results(run_dir) if rc == 0 else None
+    if results is None:
+        log = run_dir / "process.log"
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        raise WizardError(f"the run in {run_dir} did not complete (exit {rc}); see {log}:\n{tail}",
+                          "fix the config or adapter and run again (a new run directory is used)")
+    return results
+
+
+def _holds_anything(d: Path) -> bool:
+    return d.exists() and (not d.is_dir() or any(d.iterdir()))
+
+
+def fresh_run_dir(root: Path, module: str) -> Path:
+    """``<root>/<module>-<timestamp>``, suffixed when that name is taken."""
+    base = root / f"{module}-{time.strftime('%Y%m%d-%H%M%S')}"
+    d, i = base, 1
+    while _holds_anything(d):
+        i += 1
+        d = base.with_name(f"{base.name}-{i}")
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# all of them
+
+
+def _inspect_checked(s: Session, r: Reporter):
+    rep = inspect(s, r)
+    check_group_size(rep, s.answers.generate.group_size)
+    return rep
+
+
+STEP_FUNCS: dict[str, Callable[[Session, Reporter], Any]] = {
+    "fetch": fetch, "install": install, "inspect": _inspect_checked, "generate": generate, "register": register,
+    "smoke": smoke, "run": run}
+
+
+def onboard(s: Session, steps=STEPS, r: Reporter = Reporter()) -> Any:
+    """Run ``steps`` in order; returns the last step's result."""
+    out = None
+    for name in steps:
+        r.log(f"== {name}")
+        out = STEP_FUNCS[name](s, r)
+    return out
