@@ -204,7 +204,7 @@ def check_model_folder(mp: Path) -> list[str]:
 def check_save_path(path: str) -> str | None:
     """Why ``save.save_path`` cannot be written (None when it can): it must be a writable folder,
     or creatable below its first existing parent (the engine's own check before a run)."""
-    from .rundir import RunDirError, check_folder
+    from .paths import RunDirError, check_folder
 
     try:
         check_folder(path, "save.save_path", "choose a folder you can write to (or a shorter path)")

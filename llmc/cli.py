@@ -139,6 +139,6 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except OSError as e:  # PermissionError, FileExistsError, a name too long, ...: one line, no traceback
-        from .rundir import os_error_line
+        from .paths import os_error_line
 
         return _error(os_error_line(e))

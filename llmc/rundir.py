@@ -31,10 +31,11 @@ import json
 import os
 import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from .paths import PROBE_PREFIX, RunDirError, check_folder, os_error_line, short  # noqa: F401
 
 LOCK_NAME = ".lock"
 MARKER_NAME = "COMPLETE"
@@ -43,80 +44,10 @@ MARKER_FORMAT = "llmc-run-complete/1"
 LAUNCHER_FILES = frozenset({"command.txt", "source-config.yml", "process.log"})
 #: ``save.save_<kind>`` -> the folder ``<save_path>/<kind>``
 OUTPUT_KINDS = ("trans", "fake", "vllm", "autoawq")
-_PROBE_PREFIX = ".llmc-probe-"
-
-
-class RunDirError(Exception):
-    """A run directory or save path that cannot be used; ``str()`` is one line with the path and the fix."""
-
-
-def short(path, limit: int = 96) -> str:
-    """``path`` as text, middle elided when longer than ``limit`` (a 5,000-character name stays readable)."""
-    s = str(path)
-    if len(s) <= limit:
-        return s
-    half = (limit - 1) // 2
-    return f"{s[:half]}…{s[-half:]}"
 
 
 def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
-
-
-# ---------------------------------------------------------------------------------------------
-# Can a folder be written (or created)?
-# ---------------------------------------------------------------------------------------------
-
-
-def _nearest_existing(p: Path) -> Path:
-    q = p
-    while not os.path.lexists(q) and q != q.parent:  # lexists is False on ENAMETOOLONG / ENOTDIR too
-        q = q.parent
-    return q
-
-
-def check_folder(path, what: str, fix: str, *, probe: bool = True) -> None:
-    """Raise :class:`RunDirError` (one line: ``what``, the path, the problem, ``fix``) unless ``path`` is
-    a writable folder or can be created below its nearest existing parent. Every name is checked
-    against the file system's limits; with ``probe`` a temporary entry is created and removed to
-    prove the write (permissions, read-only mounts, and root all answer truthfully that way).
-    Nothing else is created."""
-    p = Path(os.path.abspath(os.path.expanduser(str(path))))
-    q = _nearest_existing(p)
-    base = q if q.is_dir() else q.parent
-    try:
-        name_max = os.pathconf(base, "PC_NAME_MAX")
-        path_max = os.pathconf(base, "PC_PATH_MAX")
-    except (OSError, ValueError):
-        name_max, path_max = 255, 4096
-    for part in p.relative_to(q).parts:
-        n = len(os.fsencode(part))
-        if n > name_max:
-            raise RunDirError(f"{what} {short(p)}: the name {short(part, 24)} is {n} bytes long, more than the "
-                              f"file system allows ({name_max}); {fix}")
-    n = len(os.fsencode(str(p)))
-    if n >= path_max:
-        raise RunDirError(f"{what} {short(p)}: the path is {n} bytes long, more than the file system allows "
-                          f"({path_max - 1}); {fix}")
-    if not q.is_dir():
-        kind = "a broken link" if q.is_symlink() and not q.exists() else "a file"
-        if q == p:
-            raise RunDirError(f"{what} {short(p)} is {kind}, not a folder; {fix}")
-        raise RunDirError(f"cannot create {what} {short(p)}: {short(q)} is {kind}, not a folder; {fix}")
-    if not probe:
-        return
-    try:
-        if q == p:
-            fd, name = tempfile.mkstemp(prefix=_PROBE_PREFIX, dir=q)
-            os.close(fd)
-            os.unlink(name)
-        else:
-            os.rmdir(tempfile.mkdtemp(prefix=_PROBE_PREFIX, dir=q))
-    except OSError as e:
-        why = e.strerror or type(e).__name__
-        if q == p:
-            raise RunDirError(f"{what} {short(p)} is not writable ({why}); {fix}") from None
-        raise RunDirError(f"cannot create {what} {short(p)}: {short(q)} is not writable ({why}); {fix}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,7 +155,7 @@ def contents(run_dir) -> list[str]:
         names = os.listdir(run_dir)
     except FileNotFoundError:
         return []
-    return sorted(n for n in names if n != LOCK_NAME and n not in LAUNCHER_FILES and not n.startswith(_PROBE_PREFIX))
+    return sorted(n for n in names if n != LOCK_NAME and n not in LAUNCHER_FILES and not n.startswith(PROBE_PREFIX))
 
 
 def _remove(p: Path) -> None:
@@ -461,13 +392,6 @@ def complete_results(run_dir) -> dict | None:
     """``results.json`` of a complete run, or ``None`` when the run is not complete."""
     m = read_marker(run_dir)
     return None if m is None else m["results_data"]
-
-
-def os_error_line(e: OSError) -> str:
-    """An :class:`OSError` as one short line (long file names elided)."""
-    what = e.strerror or str(e) or type(e).__name__
-    names = [short(n) for n in (e.filename, e.filename2) if n is not None]
-    return f"{what}: {' -> '.join(names)}" if names else what
 
 
 __all__ = ["LAUNCHER_FILES", "LOCK_NAME", "MARKER_FORMAT", "MARKER_NAME", "OUTPUT_KINDS", "RunDir", "RunDirError",

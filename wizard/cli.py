@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def one_line_error(e: BaseException) -> str:
     """An exception as one line, credentials masked; OSErrors name the path (long names elided)."""
-    from llmc.rundir import os_error_line
+    from llmc.paths import os_error_line
     from llmc.secrets import redact
 
     text = os_error_line(e) if isinstance(e, OSError) and e.strerror else (str(e) or type(e).__name__)
