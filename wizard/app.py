@@ -6,7 +6,7 @@ from pathlib import Path
 
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
+from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from .demo.facts import ModelFacts, all_facts
@@ -56,8 +56,8 @@ def demo_answers(zoo, name: str) -> Answers:
 
 
 class WelcomeScreen(Screen):
-    BINDINGS = [Binding("q", "app.quit", "Quit"), Binding("enter", "start", "Onboard the selected demo model"),
-                Binding("c", "new", "Continue / new model")]
+    BINDINGS = [Binding("q,ctrl+q", "app.quit", "Quit"), Binding("enter", "start", "Onboard the selected demo model"),
+                Binding("c", "new", "Continue / new model"), Binding("f1,question_mark", "help", "Keys")]
 
     def __init__(self, zoo_root: Path | None = None):
         super().__init__()
@@ -94,13 +94,34 @@ class WelcomeScreen(Screen):
         from .demo.zoo import Zoo
 
         name = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
-        fresh = demo_answers(Zoo.load(self.zoo_root), name)
-        if self.app.answers.source.weights_url != fresh.source.weights_url:  # keep progress on the same model
-            self.app.answers = fresh
+        self.app.use_model_answers(name, demo_answers(Zoo.load(self.zoo_root), name))
         self.app.goto("Source")
 
     def action_new(self) -> None:
         self.app.goto("Source")
+
+    def action_help(self) -> None:
+        from .screens.base import HelpScreen
+
+        self.app.push_screen(HelpScreen())
+
+
+class ConfirmQuit(ModalScreen[bool]):
+    """Quitting while a run is in progress: the run goes on (reattach later), but ask first."""
+
+    BINDINGS = [Binding("y", "answer(True)", "Quit"), Binding("n,escape", "answer(False)", "Stay")]
+
+    def __init__(self, pid: int):
+        super().__init__()
+        self.pid = pid
+
+    def compose(self) -> ComposeResult:
+        yield Static(f"A run is in progress (engine pid {self.pid}). Quit anyway?\n"
+                     "The run goes on in the background; the Run step reattaches to it.\n\n"
+                     "[b]y[/b] quit   [b]n[/b] stay", id="confirm-quit")
+
+    def action_answer(self, value: bool) -> None:
+        self.dismiss(value)
 
 
 class WizardApp(App):
@@ -131,10 +152,7 @@ class WizardApp(App):
     install_target = property(lambda self: self.session.install_target)
 
     def on_mount(self) -> None:
-        from .screens import STEP_SCREENS
-
-        for name, cls in STEP_SCREENS.items():
-            self.install_screen(cls(), name=name)
+        self._install_steps()
         self.push_screen(WelcomeScreen(self.zoo_root))
 
     def goto(self, step: str) -> None:
@@ -142,6 +160,52 @@ class WizardApp(App):
             self.push_screen(step)
         else:
             self.switch_screen(step)
+
+    def goto_welcome(self) -> None:
+        """Back to the welcome screen, to switch models (the answers are saved first)."""
+        self.save_answers()
+        while not isinstance(self.screen, WelcomeScreen) and len(self.screen_stack) > 1:
+            self.pop_screen()
+
+    def use_model_answers(self, name: str, fresh: Answers) -> None:
+        """One answers file per model: ``<workdir>/answers/<model>.yml``, continued when it exists."""
+        from .services.render import module_name
+
+        path = self.workdir / "answers" / f"{module_name(name)}.yml"
+        if path == self.session.answers_path:
+            return  # the same model again: keep the screens as they are
+        self.session.answers = load_answers(path) if path.exists() else fresh
+        self.session.answers_path = path
+        self._install_steps()  # fresh screens: nothing of the previous model's forms stays
+
+    def _install_steps(self) -> None:
+        from .screens import STEP_SCREENS
+
+        # a run in progress goes on in its own process; the Run step reattaches to it on entry
+        for name, cls in STEP_SCREENS.items():
+            if self.is_screen_installed(name):
+                self.uninstall_screen(name)
+            self.install_screen(cls(), name=name)
+
+    def running_pid(self) -> int | None:
+        """The engine run the Run step follows, while it runs."""
+        try:
+            run = self.get_screen("Run")
+        except KeyError:
+            return None
+        return run.run_in_progress() if run.is_mounted else None
+
+    async def action_quit(self) -> None:
+        pid = self.running_pid()
+        if pid is None:
+            self.exit()
+            return
+
+        def answer(quit_: bool | None) -> None:
+            if quit_:
+                self.exit()
+
+        self.push_screen(ConfirmQuit(pid), answer)
 
     def goto_step(self, current: str, delta: int) -> None:
         from .screens import STEP_SCREENS

@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.css.query import NoMatches
-from textual.screen import Screen
+from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Header, Log, Static
 from textual.worker import Worker, WorkerState
 
@@ -23,14 +23,45 @@ def step_bar(current: str) -> str:
     return " ▸ ".join(parts)
 
 
+KEYS_HELP = """[b]Keys[/b]
+
+  enter      run this step (in a field: the step's main action)
+  ctrl+n     next step            ctrl+b   previous step
+  ctrl+o     back to the welcome screen (switch models)
+  ctrl+s     save the answers     ctrl+t   show / hide the answers panel
+  escape     cancel the work in progress
+  tab        next field           shift+tab  previous field
+  f1 or ?    this help (? outside text fields)
+  ctrl+q     quit (asks first while a run is in progress)
+
+[dim]escape, f1 or ? closes this help[/dim]"""
+
+
+class HelpScreen(ModalScreen):
+    """The key overlay (``?``)."""
+
+    BINDINGS = [Binding("escape,question_mark,f1,q", "app.pop_screen", "Close")]
+
+    def compose(self) -> ComposeResult:
+        yield Static(KEYS_HELP, id="help-text")
+
+
 class StepScreen(Screen):
-    """A wizard step. Subclasses implement ``compose_body`` and may override ``on_enter``."""
+    """A wizard step. Subclasses implement ``compose_body``, name their main input
+    (:attr:`FOCUS`, focused on entry and after every action) and their main action
+    (:meth:`action_primary`, run by enter), and may override ``on_enter``."""
 
     TITLE_TEXT = ""
+    #: the widget focused when the step opens and after each action
+    FOCUS = ""
     BINDINGS = [
         Binding("ctrl+n", "next", "Next"),
         Binding("ctrl+b", "back", "Back"),
-        Binding("ctrl+s", "save", "Save answers"),
+        Binding("ctrl+q", "app.quit", "Quit"),
+        Binding("f1,question_mark", "help", "Keys"),
+        Binding("ctrl+o", "welcome", "Welcome"),
+        Binding("ctrl+t", "toggle_answers", "Answers"),
+        Binding("ctrl+s", "save", "Save answers", show=False),
         Binding("escape", "cancel", "Cancel work", show=False),
     ]
 
@@ -65,10 +96,30 @@ class StepScreen(Screen):
 
     def on_mount(self) -> None:
         self.refresh_answers()
+        self.focus_main()
 
     def on_screen_resume(self) -> None:
         self.refresh_answers()
         self.on_enter()
+        self.focus_main()
+
+    def focus_main(self) -> None:
+        """Focus the step's main input (or its first enabled button)."""
+        if not self.FOCUS:
+            return
+        try:
+            w = self.query_one(self.FOCUS)
+        except NoMatches:
+            return
+        if not w.disabled:
+            w.focus()
+
+    def action_primary(self) -> None:
+        """The step's main action (enter)."""
+
+    def on_input_submitted(self, event) -> None:
+        event.stop()
+        self.action_primary()
 
     def on_enter(self) -> None:
         """Called each time the screen becomes current."""
@@ -102,6 +153,7 @@ class StepScreen(Screen):
         self.set_status(text, error=error)
         self.refresh_answers()
         self.app.save_answers()
+        self.focus_main()
 
     # running a step of wizard.steps ----------------------------------------------------------
     def reporter(self, worker_box: list | None = None):
@@ -172,6 +224,16 @@ class StepScreen(Screen):
 
     def action_cancel(self) -> None:
         self.cancel_event.set()
+
+    def action_welcome(self) -> None:
+        self.app.goto_welcome()
+
+    def action_help(self) -> None:
+        self.app.push_screen(HelpScreen())
+
+    def action_toggle_answers(self) -> None:
+        side = self.query_one("#side")
+        side.display = not side.display
 
     def _child_started(self, pid: int) -> None:
         self.child_pid = pid

@@ -21,6 +21,10 @@ ACT_CHOICES = [("activations: 16-bit", 0), ("activations: 8-bit", 8), ("activati
 
 class GenerateScreen(StepScreen):
     TITLE_TEXT = "Generate"
+    FOCUS = "#name"
+
+    def action_primary(self) -> None:
+        self.query_one("#preview", Button).press()
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(classes="row"):
@@ -29,7 +33,9 @@ class GenerateScreen(StepScreen):
         with Horizontal(classes="row"):
             yield Select([(m, m) for m in ("RTN", "Awq", "GPTQ", "SmoothQuant", "Quarot")], id="method",
                          allow_blank=False, value="Awq")
+            yield Label(" bits ")
             yield Input(id="bit", type="integer", classes="narrow", placeholder="bits")
+            yield Label(" group ")
             yield Input(id="group", type="integer", classes="narrow", placeholder="group")
             yield Select([("no rotation", "none"), ("rotate: Hadamard", "hadamard"), ("rotate: random", "random")],
                          id="rotate", allow_blank=False, value="none")
@@ -40,7 +46,7 @@ class GenerateScreen(StepScreen):
             yield Select(PLACEMENT_CHOICES, id="placement", allow_blank=False, value="single")
         with Horizontal(classes="row buttons"):
             yield Button("Preview", id="preview", variant="primary")
-            yield Button("Write + register", id="write", variant="success", disabled=True)
+            yield Button("Write", id="write", variant="success", disabled=True)
             yield Button("Smoke test", id="smoke", disabled=True)
             yield Button("Cancel", id="cancel", variant="error", disabled=True)
         yield Static("", id="status")

@@ -17,6 +17,10 @@ WHY = ("Why the pick matters: rotation methods (QuaRot) rotate the language mode
 
 class InspectScreen(StepScreen):
     TITLE_TEXT = "Inspect"
+    FOCUS = "#group-size"
+
+    def action_primary(self) -> None:
+        self.start_inspect()
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(classes="row"):

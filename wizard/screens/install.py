@@ -14,6 +14,12 @@ from .base import StepScreen
 
 class InstallScreen(StepScreen):
     TITLE_TEXT = "Install"
+    FOCUS = "#install"
+
+    def action_primary(self) -> None:
+        button = self.query_one("#install", Button)
+        if not button.disabled:
+            button.press()
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="detect")

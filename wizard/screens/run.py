@@ -46,6 +46,14 @@ def score_rows(results: dict) -> list[tuple[str, str, str, str]]:
 
 class RunScreen(StepScreen):
     TITLE_TEXT = "Run"
+    FOCUS = "#run"
+
+    def action_primary(self) -> None:
+        self.action_run()
+
+    def run_in_progress(self) -> int | None:
+        """The pid of the engine this screen follows while it runs."""
+        return self.handle.pid if getattr(self, "handle", None) is not None and self.handle.poll() is None else None
     BINDINGS = [*StepScreen.BINDINGS, Binding("ctrl+r", "run", "Run"), Binding("ctrl+x", "stop", "Cancel run")]
 
     def compose_body(self) -> ComposeResult:

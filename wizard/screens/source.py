@@ -11,6 +11,11 @@ from .base import StepScreen
 
 class SourceScreen(StepScreen):
     TITLE_TEXT = "Source"
+    FOCUS = "#weights"
+
+    def action_primary(self) -> None:
+        if not self.query_one("#clone", Button).disabled:
+            self.start_clone()
 
     def compose_body(self) -> ComposeResult:
         yield Label("Weights repository (URL or local path)")

@@ -15,6 +15,10 @@ from .base import StepScreen
 
 class TryScreen(StepScreen):
     TITLE_TEXT = "Try"
+    FOCUS = "#question"
+
+    def action_primary(self) -> None:
+        self.query_one("#ask", Button).press()
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(classes="row"):

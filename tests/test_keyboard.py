@@ -1,0 +1,91 @@
+"""Keyboard-first: the steps by keys alone, help, back to Welcome with one answers file per model,
+the answers panel out of the way at 80×24, and a question before quitting a run."""
+
+from __future__ import annotations
+
+import pytest
+from test_tui import _text, _until  # noqa: E402 - the TUI tests' Pilot helpers
+
+from wizard.app import ConfirmQuit, WizardApp
+from wizard.screens.base import HelpScreen
+from wizard.services.answers import load_answers
+
+
+def _app(zoo, tmp_path):
+    return WizardApp(zoo_root=zoo.root, answers_path=tmp_path / "answers.yml", workdir=tmp_path, device="cpu")
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+async def test_the_steps_by_keyboard_alone(zoo, tmp_path, size):
+    app = _app(zoo, tmp_path)
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        await pilot.press("question_mark")  # the key overlay
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        await pilot.press("enter")  # onboard the selected demo model (tiny-llava)
+        await pilot.pause()
+        s = app.screen
+        assert s.TITLE_TEXT == "Source" and app.focused is s.query_one("#weights")
+        await pilot.press("ctrl+t")  # the answers panel out of the way (80×24)
+        assert not s.query_one("#side").display
+        await pilot.press("enter")  # in the URL field: clone
+        await _until(pilot, lambda: "weights:" in _text(s, "#status"))
+        assert app.focused is s.query_one("#weights")  # focus back on the main input
+        await pilot.press("ctrl+n", "ctrl+n")  # Install (nothing to install), Inspect: runs on entry
+        s = app.screen
+        assert s.TITLE_TEXT == "Inspect"
+        await _until(pilot, lambda: "layers to quantize" in _text(s, "#status"))
+        await pilot.press("ctrl+n")
+        s = app.screen
+        assert s.TITLE_TEXT == "Generate" and app.focused is s.query_one("#name")
+        await pilot.press("enter")  # preview
+        await _until(pilot, lambda: "preview of" in _text(s, "#status"))
+        await pilot.press("tab")
+        await pilot.press("ctrl+o")  # back to Welcome, to switch models
+        await pilot.pause()
+        assert app.screen.__class__.__name__ == "WelcomeScreen"
+        await pilot.press("down", "enter")  # tiny-vila: its own answers file
+        await pilot.pause()
+        s = app.screen
+        assert "tiny-vila" in s.query_one("#weights").value
+    llava = load_answers(tmp_path / "answers" / "tiny_llava.yml")
+    assert llava.inspect.projector_last_layers == ["model.multi_modal_projector.linear_2"]
+    assert app.session.answers_path == tmp_path / "answers" / "tiny_vila.yml"
+
+
+async def test_quitting_during_a_run_asks_first(zoo, tmp_path):
+    from wizard.services.runner import pid_alive
+
+    app = _app(zoo, tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        await pilot.press("enter")
+        await pilot.pause()
+        s = app.screen
+        await pilot.press("enter")
+        await _until(pilot, lambda: "weights:" in _text(s, "#status"))
+        app.answers.inspect.model_kind = "transformers"
+        app.answers.inspect.architecture = "LlavaForConditionalGeneration"
+        app.answers.inspect.projector_last_layers = ["model.multi_modal_projector.linear_2"]
+        app.answers.generate.method = "RTN"
+        app.answers.generate.n_calib = 4
+        app.goto("Run")
+        await pilot.pause()
+        s = app.screen
+        assert app.focused is s.query_one("#run")
+        await pilot.press("enter")  # the Run button: start
+        await _until(pilot, lambda: s.handle is not None)
+        pid = s.handle.pid
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmQuit) and str(pid) in str(app.screen.query_one("#confirm-quit").render())
+        await pilot.press("n")  # stay
+        await pilot.pause()
+        assert app.screen is s and app.is_running
+        await pilot.press("ctrl+x")  # cancel the run
+        await _until(pilot, lambda: "cancelled" in _text(s, "#status") or "done in" in _text(s, "#status"))
+        assert not pid_alive(pid)
+        await pilot.press("ctrl+q")  # nothing runs: quits at once
+        await pilot.pause()
+    assert not app.is_running
