@@ -606,15 +606,17 @@ class AwqSpecial(_Special):
     weight_clip: Bool = True
     clip_sym: Bool | None = Field(None, description="defaults to quant.weight.symmetric")
     n_grid: Int = 20
-    search: Literal["block", "layer", "output"] = Field(
-        "block", description="scale-search loss: the block's output (default), the layers' outputs, or the "
-        "model's answers (KL from the float model's at each prompt's last position; also gates the clip)")
+    search: Literal["auto", "block", "layer", "output"] = Field(
+        "auto", description="scale-search loss: the block's output, the layers' outputs, or the model's answers "
+        "(KL from the float model's at each prompt's last position; also gates the clip); auto: output where "
+        "it is affordable and applies (at most 8 blocks, loss_tokens last, no offload), block otherwise")
     loss_tokens: Literal["auto", "all", "last"] = Field(
         "auto", description="positions the block scale search (and by default the clip search) fit: every token, or the last one "
         "of each calibration sequence (where a VQA prompt is answered); auto: last for custom_mm "
         "calibration without answers, all otherwise")
-    clip_tokens: Literal["same", "all", "last"] = Field(
-        "same", description="positions the clip search fits; same: those of loss_tokens")
+    clip_tokens: Literal["auto", "same", "all", "last"] = Field(
+        "auto", description="positions the clip search fits; same: those of loss_tokens; auto: all under "
+        "search: output, same otherwise")
 
     @field_validator("n_grid")
     @classmethod

@@ -268,7 +268,9 @@ def _run(cfg: Config, run_dir: Path, *, device: str | None, progress: Progress, 
                 progress.log(f"online Hadamard on the inputs of {len(online.layers)} layers "
                              f"({', '.join(online.layers[:1])}, ...)")
 
-    method = make_method(cfg.quant, cfg.calib)
+    method = make_method(cfg.quant, cfg.calib, n_blocks=len(adapter.get_blocks()), placement=cfg.model.placement)
+    if cfg.quant.method == "Awq":
+        progress.log(f"AWQ search: {method.search}, loss tokens {method.loss_tokens}, clip tokens {method.clip_tokens}")
     trans_state: dict[int, dict] = {}
     need_trans = cfg.save is not None and cfg.save.save_trans or any("transformed" in ev.eval_pos for ev in cfg.evals)
 

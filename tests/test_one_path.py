@@ -178,3 +178,34 @@ def test_headless_smoke_runs_in_a_child_that_cancel_kills(zoo, tmp_path):
     from wizard.services.child import wait_gone
 
     assert wait_gone(pids[0])
+
+
+@pytest.mark.slow
+def test_the_wizards_default_awq_is_the_presets(zoo, tmp_path, tiny_vila_installed):
+    """tiny-vila, W4 AWQ with the wizard's defaults against configs/tiny-vila_w4a16_awq.yml, on the
+    same 48 evaluation images: the same resolved search, the same scores."""
+    from llmc.config import load_config
+    from llmc.runner import run
+
+    a = demo_answers(zoo, "tiny-vila")
+    a.inspect.model_kind = "custom-code"
+    a.inspect.projector_last_layers = ["mm_projector.layers.4"]
+    a.generate.eval_samples = 48
+    save_answers(a, tmp_path / "answers.yml")
+    s = Session.load(tmp_path / "answers.yml", tmp_path)
+    steps.fetch(s)  # the code is installed by the fixture
+    assert s.answers.generate.method == "Awq"  # the wizard's default method, untouched
+    wizard_cfg = yaml.safe_load(steps.generate(s).config_path.read_text())
+    preset = yaml.safe_load((REPO / "configs" / "tiny-vila_w4a16_awq.yml").read_text())
+    preset["model"]["path"] = wizard_cfg["model"]["path"]
+    preset["calib"]["path"], preset["eval"]["path"] = wizard_cfg["calib"]["path"], wizard_cfg["eval"]["path"]
+    totals, searches = [], []
+    for name, raw in (("wizard", wizard_cfg), ("preset", preset)):
+        raw["eval"].update(num_samples=48, cache=False)
+        raw["save"] = {"save_path": str(tmp_path / name), "save_fake": False}
+        res = run(load_config(raw), tmp_path / f"run-{name}", device="cpu")
+        totals.append(res["evals"]["mme"]["fake_quant"]["total"])
+        searches.append([line for line in (tmp_path / f"run-{name}" / "run.log").read_text().splitlines()
+                         if "AWQ search:" in line][0].split("] ", 1)[1])
+    assert searches[0] == searches[1] == "AWQ search: output, loss tokens last, clip tokens all"
+    assert abs(totals[0] - totals[1]) <= 1e-6, totals

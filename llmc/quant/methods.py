@@ -256,11 +256,25 @@ def weight_config(qcfg) -> WeightQuantConfig:
     return WeightQuantConfig(bit=w.bit, symmetric=w.symmetric, granularity=w.granularity, group_size=w.group_size)
 
 
-def make_method(qcfg, calib=None) -> Method:
-    """The configured method; ``calib`` (the config's calib section) resolves ``loss_tokens: auto``."""
+#: AWQ ``search: auto`` picks the answer-level search up to this depth: its cost grows with the
+#: square of the depth (block i runs the L - i blocks after it for every candidate; measured
+#: 3.6x the block search's time at 8 blocks, 7.8x at 16: bench/awq_search_cost.py)
+AUTO_OUTPUT_MAX_BLOCKS = 8
+
+
+def make_method(qcfg, calib=None, n_blocks: int | None = None, placement: str = "single") -> Method:
+    """The configured method. ``calib`` (the config's calib section) resolves ``loss_tokens: auto``;
+    the model's depth ``n_blocks`` and ``placement`` resolve AWQ's ``search: auto`` (without a depth:
+    ``block``) and ``clip_tokens: auto``. The resolved values are in ``method.special``."""
     special = qcfg.special.model_dump() if hasattr(qcfg.special, "model_dump") else dict(qcfg.special or {})
     if special.get("loss_tokens") == "auto":
         special["loss_tokens"] = default_loss_tokens(calib)
+    if special.get("search") == "auto":
+        fits = n_blocks is not None and n_blocks <= AUTO_OUTPUT_MAX_BLOCKS
+        special["search"] = "output" if fits and special["loss_tokens"] == "last" and placement != "offload" \
+            else "block"
+    if special.get("clip_tokens") == "auto":
+        special["clip_tokens"] = "all" if special.get("search") == "output" else "same"
     return METHODS[qcfg.method](weight_config(qcfg), special)
 
 
