@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from .events import check_fields
 from .secrets import redact
 
 
@@ -40,6 +41,7 @@ class Progress:
             self._log = open(self.run_dir / "run.log", "a", buffering=1)
 
     def event(self, event: str, /, **fields) -> None:
+        check_fields(event, fields)  # the fields of a known kind are those of its class (llmc.events)
         self._open()
         rec = _redacted({"t": round(time.time(), 3), "event": event, **fields})
         if self._events:

@@ -360,11 +360,16 @@ def _run(cfg: Config, run_dir: Path, *, device: str | None, progress: Progress, 
     results["table"] = table
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2, default=str) + "\n")
     progress.log("results:\n" + table, echo=False)  # `llmc run` prints the table once, on stdout
+    from .report import write_report
+
+    report = write_report(run_dir, results, cfg.effective_yaml())
+    progress.log(f"report: {report['report.md']}")
     peak = peak_gpu_memory()
     results.update(peak)
     # the marker goes last: from here on (and only from here on) the run is complete
     marker = write_marker(run_dir, run_id=run_id, started=t_start,
-                          outputs={"config": run_dir / "config.yml", "results": run_dir / "results.json", **saved})
+                          outputs={"config": run_dir / "config.yml", "results": run_dir / "results.json",
+                                   **report, **saved})
     progress.event("done", seconds=round(results["timings"]["total"], 3), results=str(run_dir / "results.json"),
                    complete=str(marker), **peak)
     return results

@@ -176,6 +176,7 @@ def test_smoke_test_names_the_failing_step(tmp_path, zoo):
 def test_runner_streams_events_and_cancel_stops_the_process_tree(tmp_path, zoo):
     import time
 
+    from llmc import events
     from wizard.services import runner
 
     cfg = {
@@ -193,10 +194,11 @@ def test_runner_streams_events_and_cancel_stops_the_process_tree(tmp_path, zoo):
     t0 = time.time()
     while time.time() - t0 < 120:
         seen += h.events.poll()
-        if any(e["event"] == "eval_progress" for e in seen):
+        if any(isinstance(e, events.EvalProgress) for e in seen):
             break
         time.sleep(0.2)
-    assert any(e["event"] == "start" for e in seen), (tmp_path / "run" / "process.log").read_text()
+    assert any(isinstance(e, events.Start) and e.pid == h.pid for e in seen), \
+        (tmp_path / "run" / "process.log").read_text()
     assert h.poll() is None
     past = runner.list_runs(tmp_path)
     assert [r.state for r in past] == ["running"]
@@ -223,10 +225,10 @@ def test_event_tail_reads_only_complete_lines(tmp_path):
     f = tmp_path / "events.jsonl"
     f.write_text(json.dumps({"event": "a"}) + "\n" + '{"event": "b"')
     t = EventTail(f)
-    assert [e["event"] for e in t.poll()] == ["a"]
+    assert [e.event for e in t.poll()] == ["a"]  # kinds without a class of their own: events.Other
     with open(f, "a") as fh:
         fh.write("}\n")
-    assert [e["event"] for e in t.poll()] == ["b"]
+    assert [e.event for e in t.poll()] == ["b"]
     assert t.poll() == []
 
 

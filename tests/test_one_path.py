@@ -209,3 +209,28 @@ def test_the_wizards_default_awq_is_the_presets(zoo, tmp_path, tiny_vila_install
                          if "AWQ search:" in line][0].split("] ", 1)[1])
     assert searches[0] == searches[1] == "AWQ search: output, loss tokens last, clip tokens all"
     assert abs(totals[0] - totals[1]) <= 1e-6, totals
+
+
+def test_events_are_typed_once_checked_when_written_and_parsed_once(tmp_path):
+    from llmc import events
+    from llmc.progress import Progress
+
+    p = Progress(tmp_path, echo=None)
+    p.event("block", i=0, n=2, seconds=0.5, block_error=0.1, last_error=0.2, peak_gpu_mem_mib={0: 1.0})
+    p.event("placement", mode="single", summary="cpu")
+    with pytest.raises(TypeError):
+        p.event("block", i=1, n=2)  # a writer cannot drop what readers need
+    with p.phase("quantize", n_blocks=2):
+        pass
+    p.close()
+    got = events.load_events(tmp_path / "events.jsonl")
+    assert [type(e).__name__ for e in got] == ["Block", "Other", "Phase", "Phase"]
+    block = got[0]
+    assert (block.i, block.n, block.block_error, block.last_error) == (0, 2, 0.1, 0.2)
+    assert block.extra == {"peak_gpu_mem_mib": {"0": 1.0}}
+    assert got[1].event == "placement" and got[1].extra["summary"] == "cpu"
+    assert got[2].n_blocks == 2 and got[3].state == "end" and got[3].seconds is not None
+    # the wizard's follower reads the same classes, a line at a time as it grows
+    tail = runner.EventTail(tmp_path / "events.jsonl")
+    assert [type(e) for e in tail.poll()] == [type(e) for e in got] and tail.poll() == []
+    assert steps.describe_event(block) == "block 1/2 error 0.1000 (last token 0.2000)"

@@ -239,8 +239,8 @@ def test_progress_redacts_credentials_in_events_and_log(tmp_path, monkeypatch):
     echo = io.StringIO()
     p = Progress(tmp_path / "r", echo=echo)
     assert not (tmp_path / "r").exists()  # nothing is written before the first event
-    p.event("start", url=f"https://user:{secret}@example.com/x", nested={"k": [f"hf_{'a' * 20}"]},
-            path=Path(f"/tmp/{secret}"))
+    p.event("start", run_dir=str(tmp_path / "r"), device="cpu", pid=1, url=f"https://user:{secret}@example.com/x",
+            nested={"k": [f"hf_{'a' * 20}"]}, path=Path(f"/tmp/{secret}"))
     p.log(f"cloning https://bob:pw123456@host/repo with {secret}")
     p.close()
     events = (tmp_path / "r" / "events.jsonl").read_text()

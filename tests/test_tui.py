@@ -283,7 +283,13 @@ async def test_run_launches_follows_cancels_and_shows_scores(zoo, tmp_path):
         total = next(r for r in rows if r[0] == "mme: total")
         assert total[1] == f"{results['evals']['mme']['pretrain']['total']:.2f}"
         assert total[2] == f"{results['evals']['mme']['fake_quant']['total']:.2f}"
-        assert len(s.query_one("#errors").data) == 2  # one point per block
+        bars = str(s.query_one("#errors").render()).splitlines()  # one bar per block, with its value
+        assert [b.split()[:2] for b in bars] == [["block", "1"], ["block", "2"]]
+        assert bars[0].endswith(f"{results['blocks'][0]['block_error']:.4f}")
+        assert "quantized" in str(s.query_one("#score-bars").render())
+        await _press(pilot, "#open-report")  # the run's report.md in a viewer
+        assert app.screen.__class__.__name__ == "ReportScreen"
+        await pilot.press("escape")
         past = s.query_one("#past", DataTable)
         states = sorted(past.get_row_at(i)[1] for i in range(past.row_count))
         assert states == ["cancelled", "done"]

@@ -265,23 +265,25 @@ def start_run(s: Session, r: Reporter = Reporter()):
     return h
 
 
-def describe_event(e: dict) -> str | None:
-    """The one log line an engine event deserves (None: not worth a line)."""
-    kind = e.get("event")
-    if kind == "block":
-        return f"block {e['i'] + 1}/{e['n']} error {e['block_error']:.4f} (last token {e.get('last_error', 0.0):.4f})"
-    if kind == "phase" and e.get("state") == "end":
-        return f"{e['name']} done in {e['seconds']:.1f}s"
-    if kind == "error":
-        return f"error: {e['message']}"
-    if kind == "warning":
-        return f"WARNING: {e['message']}"
+def describe_event(e) -> str | None:
+    """The one log line an engine event (:mod:`llmc.events`) deserves (None: not worth a line)."""
+    from llmc import events as ev
+
+    if isinstance(e, ev.Block):
+        return f"block {e.i + 1}/{e.n} error {e.block_error:.4f} (last token {e.last_error:.4f})"
+    if isinstance(e, ev.Phase) and e.state == "end":
+        return f"{e.name} done in {e.seconds or 0.0:.1f}s"
+    if isinstance(e, ev.Error):
+        return f"error: {e.message}"
+    if isinstance(e, ev.Warned):
+        return f"WARNING: {e.message}"
     return None
 
 
 def follow_run(h, r: Reporter = Reporter(), poll_s: float = 0.2) -> dict:
     """Wait for a launched run, reporting its events; cancel stops its process tree. Returns the
     results of the complete run, or raises WizardError."""
+    from llmc.events import Block
     from llmc.runner import format_table
 
     try:
@@ -290,8 +292,8 @@ def follow_run(h, r: Reporter = Reporter(), poll_s: float = 0.2) -> dict:
                 line = describe_event(e)
                 if line:
                     r.log(f"  {line}")
-                if e.get("event") == "block":
-                    r.progress(e["i"] + 1, e["n"], "quantize")
+                if isinstance(e, Block):
+                    r.progress(e.i + 1, e.n, "quantize")
             rc = h.poll()
             if rc is not None:
                 break

@@ -10,11 +10,46 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.widgets import Button, DataTable, Input, Label, Log, ProgressBar, Sparkline, Static
+from textual.screen import ModalScreen
+from textual.widgets import Button, DataTable, Input, Label, Log, MarkdownViewer, ProgressBar, Static
 
 from ..services.errors import WizardError
 from .base import StepScreen
 
+
+
+def bar_lines(rows: list[tuple[str, float]], fmt: str, width: int = 30, top: float | None = None) -> str:
+    """Text bars with their values: ``label  ██████░░░░  0.0123`` (scaled to ``top``, else the max)."""
+    top = top if top is not None else max((v for _, v in rows), default=0.0)
+    out = []
+    for label, v in rows:
+        n = 0 if top <= 0 else round(width * max(v, 0.0) / top)
+        out.append(f"{label:<14.14} {'█' * n}{'░' * (width - n)} {fmt.format(v)}")
+    return "\n".join(out)
+
+
+def score_bars(results: dict) -> str:
+    """Original vs quantized per category (max 200), one pair of bars each."""
+    from llmc.report import score_rows as category_scores
+
+    rows = []
+    for cat, orig, quant in category_scores(results):
+        rows += [(f"{cat.split(': ', 1)[-1]} orig", orig or 0.0), ("  quantized", quant or 0.0)]
+    return bar_lines(rows, "{:.1f}", top=200.0)
+
+
+class ReportScreen(ModalScreen):
+    """A run's report.md, read in the terminal (the PNG charts sit beside it)."""
+
+    BINDINGS = [Binding("escape,q", "app.pop_screen", "Close")]
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+
+    def compose(self) -> ComposeResult:
+        yield Static(f"[b]{self.path}[/b]  (escape closes; the charts are the PNG files beside it)")
+        yield MarkdownViewer(self.path.read_text(), show_table_of_contents=False, id="report-view")
 
 
 def score_rows(results: dict) -> list[tuple[str, str, str, str]]:
@@ -77,13 +112,16 @@ class RunScreen(StepScreen):
         yield Static("", id="phase")
         yield ProgressBar(id="phase-progress", show_eta=False, classes="idle")
         yield Static("", id="elapsed")
-        yield Label("Per-block output error:")
-        yield Sparkline([], id="errors")
+        yield Label("Per-block output error (every token):")
+        yield Static("", id="errors")
         yield Static("", id="status")
         yield Log(id="log", max_lines=2000)
         yield Label("Scores: original vs quantized")
         yield DataTable(id="scores", zebra_stripes=True)
-        yield Static("", id="outdir")
+        yield Static("", id="score-bars")
+        with Horizontal(classes="row buttons"):
+            yield Static("", id="outdir")
+            yield Button("Open report", id="open-report", disabled=True)
         yield Label("Past runs:")
         yield DataTable(id="past", cursor_type="row")
 
@@ -228,7 +266,12 @@ class RunScreen(StepScreen):
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         {"run": self.action_run, "stop": self.action_stop, "reattach": lambda: self.reattach(),
-         "dp-run": self.start_dp_eval}[event.button.id]()
+         "dp-run": self.start_dp_eval, "open-report": self.open_report}[event.button.id]()
+
+    def open_report(self) -> None:
+        """The run's report (report.md, kept in the run directory) in a viewer."""
+        if getattr(self, "report", None) is not None:
+            self.app.push_screen(ReportScreen(self.report))
 
     def action_run(self) -> None:
         from .. import steps
@@ -340,26 +383,28 @@ class RunScreen(StepScreen):
     def _phase_progress(self, done: float, total: float) -> None:
         self._frac = done / total if total else 0
 
-    def handle_engine_event(self, e: dict) -> None:
-        kind = e["event"]
+    def handle_engine_event(self, e) -> None:
+        """One typed engine event (:mod:`llmc.events`)."""
+        from llmc import events as ev
+
         bar = self.query_one("#phase-progress", ProgressBar)
-        if kind == "phase" and e.get("state") == "start":
-            self.query_one("#phase", Static).update(f"phase: [b]{e['name']}[/b]")
-            n = e.get("n_blocks")
-            bar.update(total=float(n) if n else None, progress=0)
-            self._phase, self._phase_t0, self._frac = e["name"], float(e.get("t") or time.time()), 0
-        elif kind == "block":
-            self.block_errors.append(float(e["block_error"]))
-            self.query_one("#errors", Sparkline).data = list(self.block_errors)
-            bar.update(total=float(e["n"]), progress=float(e["i"] + 1))
-            self._phase_progress(e["i"] + 1, e["n"])
-        elif kind == "eval_progress":
-            bar.update(total=float(e["total"]), progress=float(e["done"]))
-            self._phase_progress(e["done"], e["total"])
-        elif kind == "error":
-            self.set_status(f"engine error: {e['message']}", error=True)
-        elif kind == "warning":
-            self.query_one("#log", Log).write_line(f"WARNING: {e['message']}")
+        if isinstance(e, ev.Phase) and e.state == "start":
+            self.query_one("#phase", Static).update(f"phase: [b]{e.name}[/b]")
+            bar.update(total=float(e.n_blocks) if e.n_blocks else None, progress=0)
+            self._phase, self._phase_t0, self._frac = e.name, float(e.t or time.time()), 0
+        elif isinstance(e, ev.Block):
+            self.block_errors.append(float(e.block_error))
+            self.query_one("#errors", Static).update(bar_lines(
+                [(f"block {i + 1}", v) for i, v in enumerate(self.block_errors)], "{:.4f}"))
+            bar.update(total=float(e.n), progress=float(e.i + 1))
+            self._phase_progress(e.i + 1, e.n)
+        elif isinstance(e, ev.EvalProgress):
+            bar.update(total=float(e.total), progress=float(e.done))
+            self._phase_progress(e.done, e.total)
+        elif isinstance(e, ev.Error):
+            self.set_status(f"engine error: {e.message}", error=True)
+        elif isinstance(e, ev.Warned):
+            self.query_one("#log", Log).write_line(f"WARNING: {e.message}")
 
     def finish(self, rc: int) -> None:
         from llmc.rundir import complete_results
@@ -373,8 +418,11 @@ class RunScreen(StepScreen):
             table.clear()
             for row in score_rows(data):
                 table.add_row(*row)
+            self.query_one("#score-bars", Static).update(score_bars(data))
             out = data.get("saved_fake") or str(run_dir)
             self.query_one("#outdir", Static).update(f"output: {out}")
+            self.report = run_dir / "report.md" if (run_dir / "report.md").exists() else None
+            self.query_one("#open-report", Button).disabled = self.report is None
             self.set_status(f"done in {data['timings']['total']:.1f}s — {data['label']}")
         elif rc == 130 or rc < 0:
             self.set_status("run cancelled", error=True)

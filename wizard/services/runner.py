@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmc.events import Event, decode_lines
 from llmc.progress import read_events
 from llmc.rundir import LOCK_NAME, is_complete, is_locked, lock_holder
 
@@ -33,14 +34,15 @@ def engine_command(config: Path, run_dir: Path, device: str | None = None, pytho
 
 
 class EventTail:
-    """Incremental reader of a growing events.jsonl (only complete lines)."""
+    """Incremental reader of a growing events.jsonl: the complete lines, as typed events
+    (:mod:`llmc.events`)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.offset = 0
         self._partial = b""
 
-    def poll(self) -> list[dict]:
+    def poll(self) -> list[Event]:
         if not self.path.exists():
             return []
         with open(self.path, "rb") as f:
@@ -48,15 +50,8 @@ class EventTail:
             data = f.read()
         self.offset += len(data)
         data = self._partial + data
-        lines = data.split(b"\n")
-        self._partial = lines.pop()
-        out = []
-        for line in lines:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return out
+        complete, _, self._partial = data.rpartition(b"\n")
+        return decode_lines(complete)
 
 
 @dataclass

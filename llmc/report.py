@@ -1,0 +1,91 @@
+"""A run's report: one Markdown file with two PNG charts, kept in the run directory.
+
+``report.md`` holds what a reader of the run needs without the wizard: the setting, the score
+table (original vs quantized), per-category score bars, each block's output error, the timings
+and the effective config. ``report-scores.png`` and ``report-blocks.png`` are drawn with Pillow
+(no plotting library needed) and linked from the Markdown.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+_W, _ROW, _LEFT, _PAD = 720, 22, 170, 12
+_ORIG, _QUANT, _LAST = (120, 144, 156), (33, 150, 243), (255, 152, 0)
+
+
+def _chart(rows: list[tuple[str, list[tuple[float, tuple]]]], top: float, title: str, fmt: str) -> Image.Image:
+    """Horizontal bars: one row per label, one bar per (value, colour) of the row."""
+    bars = sum(len(v) for _, v in rows)
+    img = Image.new("RGB", (_W, _PAD * 3 + _ROW + bars * _ROW + len(rows) * 4), "white")
+    d = ImageDraw.Draw(img)
+    d.text((_PAD, _PAD), title, fill="black")
+    y = _PAD * 2 + _ROW
+    span = _W - _LEFT - 90
+    for label, values in rows:
+        d.text((_PAD, y + 4), label[:26], fill="black")
+        for value, colour in values:
+            width = 0 if top <= 0 else max(1, int(span * max(value, 0.0) / top))
+            d.rectangle([_LEFT, y + 3, _LEFT + width, y + _ROW - 3], fill=colour)
+            d.text((_LEFT + width + 6, y + 5), fmt.format(value), fill="black")
+            y += _ROW
+        y += 4
+    return img
+
+
+def score_rows(results: dict) -> list[tuple[str, float | None, float | None]]:
+    """(category, original, quantized) of every MME evaluation, categories then totals."""
+    out = []
+    for name, per_pos in results.get("evals", {}).items():
+        orig, quant = per_pos.get("pretrain"), per_pos.get("fake_quant")
+        ref = orig or quant
+        if not ref or ref.get("kind") != "mme":
+            continue
+        for cat in ref["categories"]:
+            out.append((f"{name}: {cat}", (orig or {}).get("categories", {}).get(cat),
+                        (quant or {}).get("categories", {}).get(cat)))
+    return out
+
+
+def write_report(run_dir: Path, results: dict, config_yaml: str) -> dict[str, Path]:
+    """Write ``report.md`` and its charts into ``run_dir``; returns ``{name: path}`` of what was written."""
+    from .rundir import atomic_write_text
+
+    run_dir = Path(run_dir)
+    written: dict[str, Path] = {}
+    lines = [f"# Run report: {results.get('label', '')}", "",
+             f"Device: {results.get('device', '?')}; run id `{results.get('run_id', '')}`.", "",
+             "## Scores: original vs quantized", "", results.get("table", "").strip() or "(no evaluation)", ""]
+    scores = score_rows(results)
+    if scores:
+        img = _chart([(c, [(o or 0.0, _ORIG), (q or 0.0, _QUANT)]) for c, o, q in scores], 200.0,
+                     "score per category (max 200): grey original, blue quantized", "{:.1f}")
+        img.save(run_dir / "report-scores.png")
+        written["report-scores.png"] = run_dir / "report-scores.png"
+        lines += ["![scores per category](report-scores.png)", ""]
+    blocks = results.get("blocks", [])
+    if blocks:
+        top = max(max(b["block_error"], b.get("last_error", 0.0)) for b in blocks) or 1.0
+        img = _chart([(f"block {b['i'] + 1}", [(b["block_error"], _QUANT), (b.get("last_error", 0.0), _LAST)])
+                      for b in blocks], top, "relative output error per block: blue every token, orange the last",
+                     "{:.4f}")
+        img.save(run_dir / "report-blocks.png")
+        written["report-blocks.png"] = run_dir / "report-blocks.png"
+        lines += ["## Output error per block", "", "![output error per block](report-blocks.png)", "",
+                  "| block | error (every token) | error (last token) | seconds | worst layer |", "|---|---|---|---|---|"]
+        for b in blocks:
+            worst = max(b.get("layer_errors", {}).items(), key=lambda kv: kv[1], default=("-", 0.0))
+            lines.append(f"| {b['i'] + 1} | {b['block_error']:.4f} | {b.get('last_error', 0.0):.4f} | "
+                         f"{b.get('seconds', 0.0):.2f} | {worst[0]} ({worst[1]:.4f}) |")
+        lines.append("")
+    timings = results.get("timings", {})
+    if timings:
+        lines += ["## Timings", "", "| phase | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
+        lines.append("")
+    lines += ["## Config", "", "```yaml", config_yaml.rstrip(), "```", ""]
+    atomic_write_text(run_dir / "report.md", "\n".join(lines))
+    written["report.md"] = run_dir / "report.md"
+    return written
