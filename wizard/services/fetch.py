@@ -25,45 +25,23 @@ message, error and returned value goes through :func:`wizard.services.answers.re
 
 from __future__ import annotations
 
-import base64
-import os
 import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import git
 
 from .answers import redact
 from .errors import WizardError
-from .install import as_cancel_check, run_streaming
+from .git_run import FetchProgress, _Cancelled, _Git
+from .git_source import HF_HOSTS, _net_fix, _resolve_source, _same_remote, _Source
+from .install import as_cancel_check
+from .lfs import LFS_INSTALL, LFS_INSTALL_HINT, LFS_POINTER_PREFIX, _lfs, find_lfs_pointers, have_git_lfs
 
-LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/v1"
-_POINTER_MAX_BYTES = 1024  # the LFS spec caps pointer files at 1024 bytes
-LFS_INSTALL = ("install git-lfs (`apt-get install git-lfs` on Debian/Ubuntu, `brew install git-lfs` on macOS) "
-               "and run `git lfs install`")
-LFS_INSTALL_HINT = LFS_INSTALL + ", then fetch again"
-HF_HOSTS = ("huggingface.co", "hf.co")
-
-
-@dataclass(frozen=True)
-class FetchProgress:
-    """One progress event. ``op``: ``clone``/``fetch``/``checkout`` (a step starts), a git phase
-    (``counting``, ``compressing``, ``receiving``, ``resolving``, ...), ``git`` (another line of
-    git's output) or ``lfs``; ``cur``/``max``: counters when known (objects, or LFS files);
-    ``file``: the LFS file concerned. Messages never contain credentials."""
-
-    op: str
-    cur: float | None
-    max: float | None
-    message: str
-    file: str | None = None
-
-    def __str__(self) -> str:
-        count = f" {self.cur:g}/{self.max:g}" if self.cur is not None and self.max else ""
-        return f"{self.op}{count}: {self.message}" if self.message else f"{self.op}{count}"
+__all__ = ["HF_HOSTS", "LFS_INSTALL", "LFS_INSTALL_HINT", "LFS_POINTER_PREFIX", "FetchProgress", "FetchResult",
+           "destination", "fetch_repo", "find_lfs_pointers", "have_git_lfs"]
 
 
 @dataclass
@@ -73,246 +51,6 @@ class FetchResult:
     branch: str | None  #: the checked-out branch, or None when HEAD is detached (a pinned commit)
     lfs_files: list[str] = field(default_factory=list)  #: LFS-tracked files (relative paths), downloaded
     resumed: bool = False  #: dest already held a clone of this remote: it was fetched, not cloned
-
-
-class _Cancelled(Exception):
-    pass
-
-
-# ---------------------------------------------------------------------------------------------
-# LFS pointers
-
-
-def _is_pointer(path: Path) -> bool:
-    try:
-        if not path.is_file() or path.is_symlink() or path.stat().st_size > _POINTER_MAX_BYTES:
-            return False
-        with open(path, "rb") as f:
-            return f.read(len(LFS_POINTER_PREFIX)) == LFS_POINTER_PREFIX
-    except OSError:
-        return False
-
-
-def _pointer_size(path: Path) -> int | None:
-    try:
-        m = re.search(rb"^size (\d+)$", path.read_bytes(), re.M)
-    except OSError:
-        return None
-    return int(m.group(1)) if m else None
-
-
-def find_lfs_pointers(directory) -> list[str]:
-    """Files under ``directory`` (``.git`` excluded) that are git-lfs pointers rather than content,
-    as sorted POSIX paths relative to ``directory``."""
-    root = Path(directory)
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d != ".git"]
-        for name in filenames:
-            p = Path(dirpath) / name
-            if _is_pointer(p):
-                found.append(p.relative_to(root).as_posix())
-    return sorted(found)
-
-
-def have_git_lfs() -> bool:
-    return shutil.which("git-lfs") is not None
-
-
-def _human(n: int | None) -> str:
-    if n is None:
-        return "size unknown"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return ""
-
-
-# ---------------------------------------------------------------------------------------------
-# the source: URL, credentials
-
-
-@dataclass
-class _Source:
-    url: str  #: what git is given and stores (no credentials)
-    display: str  #: safe to show
-    header: str | None = None  #: an Authorization header to send to ``scope``
-    scope: str | None = None  #: ``scheme://host[:port]/``
-    local: Path | None = None
-
-
-_SCP_LIKE = re.compile(r"^[\w.\-]+@[\w.\-]+:")
-
-
-def _resolve_source(url_or_path) -> _Source:
-    raw = str(url_or_path).strip()
-    if not raw:
-        raise WizardError("the repository URL is empty", "enter a URL (https://...) or a local repository path")
-    if "://" not in raw and not _SCP_LIKE.match(raw):
-        return _local_source(Path(raw).expanduser(), raw)
-    if _SCP_LIKE.match(raw):  # git@host:org/repo — ssh handles authentication
-        return _Source(raw, redact(raw))
-    parts = urlsplit(raw)
-    scheme = parts.scheme.lower()
-    if scheme == "file":
-        return _local_source(Path(unquote(parts.path)), raw)
-    host = parts.hostname or ""
-    if not host:
-        raise WizardError(f"{redact(raw)} has no host name", "use a URL like https://huggingface.co/org/model")
-    netloc = host if parts.port is None else f"{host}:{parts.port}"
-    if ":" in host:  # IPv6 literal
-        netloc = f"[{host}]" if parts.port is None else f"[{host}]:{parts.port}"
-    clean = urlunsplit((scheme, netloc, parts.path, parts.query, ""))
-    src = _Source(clean, redact(clean))
-    if scheme not in ("http", "https"):
-        return src  # ssh://, git:// ...: no header injection
-    src.scope = f"{scheme}://{netloc}/"
-    is_hf = host.lower() in HF_HOSTS or host.lower().endswith(".huggingface.co")
-    user = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password is not None else None
-    if user is not None:
-        if is_hf:
-            src.header = f"Authorization: Bearer {password or user}"
-        else:
-            creds = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
-            src.header = f"Authorization: Basic {creds}"
-    elif scheme == "https" and is_hf and os.environ.get("HF_TOKEN", "").strip():
-        src.header = f"Authorization: Bearer {os.environ['HF_TOKEN'].strip()}"
-    elif scheme == "https" and host.lower() == "github.com" and os.environ.get("GITHUB_TOKEN", "").strip():
-        creds = base64.b64encode(f"x-access-token:{os.environ['GITHUB_TOKEN'].strip()}".encode()).decode()
-        src.header = f"Authorization: Basic {creds}"
-    return src
-
-
-def _local_source(path: Path, raw: str) -> _Source:
-    if not path.exists():
-        raise WizardError(f"repository path {path} does not exist",
-                          "check the path, or give a URL such as https://huggingface.co/org/model")
-    try:
-        git.Repo(path)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        raise WizardError(f"{path} is not a git repository",
-                          "give the folder that contains .git (or a bare repository), or a URL") from None
-    resolved = path.resolve()
-    return _Source(resolved.as_uri(), str(resolved), local=resolved)
-
-
-def _same_remote(stored: str, src: _Source) -> bool:
-    def norm(u: str) -> str:
-        u = u.strip()
-        if "://" not in u and not _SCP_LIKE.match(u):
-            return str(Path(u).expanduser().resolve())
-        p = urlsplit(u)
-        if p.scheme.lower() == "file":
-            return str(Path(unquote(p.path)).resolve())
-        host = (p.hostname or "").lower() + (f":{p.port}" if p.port else "")
-        path = p.path.rstrip("/")
-        path = path[:-4] if path.endswith(".git") else path
-        return f"{p.scheme.lower()}://{host}{path}"
-
-    return norm(stored) == norm(src.url)
-
-
-# ---------------------------------------------------------------------------------------------
-# running git
-
-
-class _GitProgress(git.RemoteProgress):
-    """Forwards git's progress lines as :class:`FetchProgress` events (credentials masked)."""
-
-    OPS = {
-        git.RemoteProgress.COUNTING: "counting",
-        git.RemoteProgress.COMPRESSING: "compressing",
-        git.RemoteProgress.WRITING: "writing",
-        git.RemoteProgress.RECEIVING: "receiving",
-        git.RemoteProgress.RESOLVING: "resolving",
-        git.RemoteProgress.FINDING_SOURCES: "finding sources",
-        git.RemoteProgress.CHECKING_OUT: "checking out",
-    }
-
-    def __init__(self, emit: Callable[[FetchProgress], None]):
-        super().__init__()
-        self._emit = emit
-
-    def update(self, op_code, cur_count, max_count=None, message=""):
-        op = self.OPS.get(op_code & self.OP_MASK, "git")
-        self._emit(FetchProgress(op, _num(cur_count), _num(max_count), redact(message or "")))
-
-    def line_dropped(self, line: str) -> None:
-        self._emit(FetchProgress("git", None, None, redact(line.strip())))
-
-
-def _num(v) -> float | None:
-    try:
-        return None if v in (None, "") else float(v)
-    except (TypeError, ValueError):
-        return None
-
-
-class _Git:
-    """Runs git for one fetch: environment (credentials, LFS switches), streaming, cancel."""
-
-    def __init__(self, src: _Source, use_lfs: bool, emit, cancelled):
-        self.src, self.emit, self.cancelled = src, emit, cancelled
-        self.exe = git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git"
-        configs: list[tuple[str, str]] = []
-        if src.header and src.scope:
-            configs.append((f"http.{src.scope}.extraHeader", src.header))
-        if not use_lfs:
-            # no git-lfs (or LFS turned off): keep pointer files as they are instead of failing on
-            # a globally configured but missing filter; find_lfs_pointers() catches them afterwards
-            configs += [("filter.lfs.required", "false"), ("filter.lfs.process", ""),
-                        ("filter.lfs.smudge", ""), ("filter.lfs.clean", "")]
-        env = dict(os.environ)
-        env.update(GIT_TERMINAL_PROMPT="0", GCM_INTERACTIVE="never", LC_ALL="C", LANGUAGE="C",
-                   GIT_LFS_SKIP_SMUDGE="1")
-        self.config_args: list[str] = []
-        if git.Git().version_info >= (2, 31):
-            n = int(env.get("GIT_CONFIG_COUNT", "0") or 0)
-            for i, (k, v) in enumerate(configs):
-                env[f"GIT_CONFIG_KEY_{n + i}"], env[f"GIT_CONFIG_VALUE_{n + i}"] = k, v
-            if configs:
-                env["GIT_CONFIG_COUNT"] = str(n + len(configs))
-        else:  # older git: -c on the command line (still never shown: errors are redacted)
-            for k, v in configs:
-                self.config_args += ["-c", f"{k}={v}"]
-        self.env = env
-        # for `git lfs pull` the smudge filter must run
-        self.pull_env = {k: v for k, v in env.items() if k != "GIT_LFS_SKIP_SMUDGE"}
-
-    def run(self, args: list[str], cwd: Path, *, what: str, fix: str, progress: bool = True,
-            env: dict | None = None) -> list[str]:
-        """Run ``git args`` in ``cwd``; returns the output lines; raises _Cancelled or WizardError."""
-        handler = _GitProgress(self.emit).new_message_handler() if progress else None
-        try:
-            res = run_streaming([self.exe, *self.config_args, *args], cwd=cwd, env=env or self.env,
-                                on_line=handler, cancelled=self.cancelled)
-        except OSError as e:
-            raise WizardError(f"cannot run git: {e.strerror or e}",
-                              "install git (e.g. `apt-get install git`) and make sure it is on PATH") from None
-        if res.cancelled:
-            raise _Cancelled()
-        if res.returncode != 0:
-            lines = [redact(t) for t in res.tail]
-            errs = [t for t in lines if t.startswith(("fatal:", "error:"))] or lines[-2:] or ["no output"]
-            raise WizardError(f"{what} failed: {' '.join(errs[-2:])}", fix, details="\n".join(lines))
-        return res.tail
-
-    def query(self, args: list[str], cwd: Path) -> str | None:
-        """Quick read-only git call: stdout, or None on failure."""
-        try:
-            return git.Git(str(cwd)).execute([self.exe, *self.config_args, *args], env=self.env,
-                                             with_extended_output=False, strip_newline_in_stdout=True)
-        except git.GitCommandError:
-            return None
-
-
-def _net_fix(src: _Source) -> str:
-    if src.local is not None:
-        return "check that the repository path is readable"
-    return ("check the URL, your network and your access (set HF_TOKEN for gated Hugging Face repos, "
-            "GITHUB_TOKEN for private GitHub ones)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,41 +166,6 @@ def _checkout(g: _Git, dest: Path, commit: str | None, resumed: bool) -> None:
         g.run(["merge", "--ff-only", "@{u}"], dest, what=f"updating branch {branch} in {dest}",
               fix=f"your local branch has diverged or has local changes: resolve them in {dest}, "
                   "or pin source.code_commit")
-
-
-def _lfs_pattern(path: str) -> str:
-    # an anchored git-lfs include pattern for exactly this file; ',' separates patterns and
-    # glob characters would widen the match, so they become '?' (matches the character itself)
-    return "/" + re.sub(r"[,*?\[\]\\]", "?", path)
-
-
-def _lfs(g: _Git, dest: Path) -> list[str]:
-    """Download the LFS files of HEAD one by one (reporting each); return their paths."""
-    out = g.run(["lfs", "ls-files", "--name-only"], dest, what=f"git lfs ls-files in {dest}",
-                fix=LFS_INSTALL_HINT, progress=False)
-    names = [n.strip() for n in out if n.strip()]
-    if not names:
-        return []
-    g.run(["lfs", "install", "--local"], dest, what=f"git lfs install in {dest}", fix=LFS_INSTALL_HINT,
-          progress=False)
-    missing = [n for n in names if not (dest / n).exists()]
-    if missing:  # e.g. pointer files removed by an earlier fetch without git-lfs: restore them
-        g.run(["checkout", "HEAD", "--", *missing], dest, what=f"restoring LFS files in {dest}",
-              fix=f"check {dest}", progress=False)
-    total = len(names)
-    for i, name in enumerate(names):
-        if g.cancelled():
-            raise _Cancelled()
-        path = dest / name
-        if not _is_pointer(path):
-            g.emit(FetchProgress("lfs", i + 1, total, f"LFS {i + 1}/{total}: {name} (already downloaded)", name))
-            continue
-        g.emit(FetchProgress("lfs", i, total, f"LFS {i + 1}/{total}: downloading {name} "
-                                              f"({_human(_pointer_size(path))})", name))
-        g.run(["lfs", "pull", f"--include={_lfs_pattern(name)}", "--exclude="], dest,
-              what=f"git lfs pull of {name}", fix=_net_fix(g.src), progress=False, env=g.pull_env)
-        g.emit(FetchProgress("lfs", i + 1, total, f"LFS {i + 1}/{total}: {name} done", name))
-    return names
 
 
 def _remove_created(dest: Path, created: list[Path], was_empty: bool) -> None:

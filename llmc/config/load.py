@@ -1,0 +1,167 @@
+"""The whole config (:class:`Config`, cross-section checks) and :func:`load_config`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from .errors import ConfigError, _KeyedError, _show, _to_config_error
+from .quant import AwqSpecial, GptqSpecial, QuantConfig
+from .sections import BaseConfig, CalibConfig, EvalConfig, ModelConfig, SaveConfig, _Section
+
+_NEEDS_CALIB = frozenset({"Awq", "GPTQ"})
+
+
+class Config(_Section):
+    """A whole config. Build it with :func:`load_config`."""
+
+    base: BaseConfig = Field(default_factory=BaseConfig)
+    model: ModelConfig
+    calib: CalibConfig | None = None
+    eval: list[EvalConfig] = Field(
+        default_factory=list, description="one mapping or a list of mappings in YAML")
+    quant: QuantConfig
+    save: SaveConfig | None = None
+
+    @classmethod
+    def _normalize(cls, data: dict) -> dict:
+        if data.get("base") is None:
+            data.pop("base", None)
+        evals = data.get("eval")
+        if evals is None:
+            data.pop("eval", None)
+        elif isinstance(evals, (Mapping, BaseModel)):
+            data["eval"] = [evals]
+        return data
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        if self.quant.method in _NEEDS_CALIB and self.calib is None:
+            raise _KeyedError(f"required for {self.quant.method}, which calibrates on data; "
+                              "add a calib section with name and path", key=("calib",))
+        if self.calib is not None and self.calib.seed is None:
+            self.calib.seed = self.base.seed
+        special = self.quant.special
+        if getattr(special, "online_rotate", False):
+            if not special.rotate:
+                raise _KeyedError("needs the residual-stream rotation; set quant.special.rotate: hadamard",
+                                  key=("quant", "special", "online_rotate"))
+            if self.save is not None:
+                for k in (k for k in SaveConfig.model_fields if k != "save_path"):
+                    if getattr(self.save, k):
+                        raise _KeyedError("a checkpoint cannot hold the online Hadamard before down_proj "
+                                          "(quant.special.online_rotate); set it to false or remove "
+                                          "quant.special.online_rotate", key=("save", k))
+        if isinstance(special, AwqSpecial) and special.search == "output":
+            from llmc.quant.blockwise import OUTPUT_NO_OFFLOAD
+            from llmc.quant.methods import OUTPUT_NEEDS_LAST, default_loss_tokens
+
+            if (special.loss_tokens if special.loss_tokens != "auto" else default_loss_tokens(self.calib)) != "last":
+                raise _KeyedError(OUTPUT_NEEDS_LAST, key=("quant", "special", "search"))
+            if self.model.offload:
+                raise _KeyedError(OUTPUT_NO_OFFLOAD, key=("quant", "special", "search"))
+        if self.save is not None:
+            self._check_exports()
+        return self
+
+    def _check_exports(self) -> None:
+        from llmc.export.model import FORMATS, ExportError, check_format
+        from llmc.quant.methods import weight_config
+
+        for fmt in FORMATS:
+            if not getattr(self.save, f"save_{fmt}"):
+                continue
+            key = ("save", f"save_{fmt}")
+            if self.quant.act is not None and not self.quant.skip_layers:
+                raise _KeyedError("activations are quantized in the decoder blocks only, so a W8A8 export "
+                                  "keeps the head in float; set quant.skip_layers: true", key=key)
+            special = self.quant.special
+            if isinstance(special, GptqSpecial) and special.actorder and not special.static_groups \
+                    and self.quant.weight.granularity == "per_group":
+                raise _KeyedError("GPTQ act-order groups cannot be stored in this format; "
+                                  "set quant.special.static_groups: true", key=key)
+            try:
+                check_format(fmt, weight_config(self.quant), self.quant.act)
+            except ExportError as exc:
+                raise _KeyedError(str(exc).split(": ", 1)[1], key=key) from None
+
+    @property
+    def evals(self) -> list[EvalConfig]:
+        """The eval entries, always as a list (empty when there is no eval section)."""
+        return list(self.eval)
+
+    def effective_yaml(self) -> str:
+        """The effective config, defaults filled in, as YAML in section order.
+
+        Loading the result with :func:`load_config` gives an equal :class:`Config`.
+        """
+        return yaml.safe_dump(self.model_dump(mode="python"), sort_keys=False,
+                              default_flow_style=False, allow_unicode=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+class _Loader(yaml.SafeLoader):
+    """A safe YAML loader that rejects duplicate keys (a silent override hides typos)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            if key_node.value in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key_node.value!r}", key_node.start_mark)
+            seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config path is a directory, not a file: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+
+
+def load_config(path_or_dict: str | os.PathLike | Mapping[str, Any] | Config) -> Config:
+    """Read, validate and complete a config.
+
+    ``path_or_dict`` is a YAML file path or an already-parsed mapping (a :class:`Config` is
+    returned as is). Raises :class:`ConfigError` with a one-line message on any problem.
+    """
+    if isinstance(path_or_dict, Config):
+        return path_or_dict
+    if isinstance(path_or_dict, Mapping):
+        raw: Any = path_or_dict
+    elif isinstance(path_or_dict, (str, os.PathLike)):
+        path = Path(os.path.expanduser(os.fspath(path_or_dict)))
+        raw = _read_yaml(path)
+        if raw is None:
+            raise ConfigError(f"config file is empty: {path}")
+    else:
+        raise TypeError(f"load_config takes a path or a mapping, not {type(path_or_dict).__name__}")
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"a config must be a mapping of sections (base, model, calib, eval, "
+                          f"quant, save), got {_show(raw)}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise _to_config_error(exc, raw) from None
