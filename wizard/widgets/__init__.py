@@ -1,0 +1,1 @@
+"""Widgets and renderings shared by the screens."""
