@@ -65,3 +65,10 @@ def test_onboard_demo_model_headless(name, zoo, tmp_path):
     assert f"| total | {mme['pretrain']['total']:.2f} | {mme['fake_quant']['total']:.2f} |" in table
     assert table in r.stderr
     assert (run_dir / "fake" / "config.json").exists()
+    # the Try step, headless: both models answer evaluation sample 3's own question
+    t = subprocess.run([sys.executable, "-m", "wizard.cli", "try", "--answers", str(answers), "--models-dir",
+                        str(tmp_path / "adapters"), "--install-target", str(tmp_path / "site"), "--sample", "3",
+                        "--device", "cpu"], capture_output=True, text=True, timeout=600)
+    assert t.returncode == 0, t.stderr[-3000:]
+    lines = t.stdout.splitlines()
+    assert [x.split(":")[0] for x in lines] == ["float", "quantized"] and all(x.split(": ", 1)[1] for x in lines)

@@ -54,6 +54,17 @@ def _cmd_steps(args) -> int:
     return 0
 
 
+def _cmd_try(args) -> int:
+    from .session import Session
+    from .steps import Reporter, ask
+
+    s = Session.load(args.answers, args.workdir, models_dir=args.models_dir, device=args.device,
+                     install_target=args.install_target)
+    out = ask(s, Reporter(log=lambda m: print(m, file=sys.stderr)), args.question, args.image, args.sample)
+    print(f"float: {out.float_answer}\nquantized: {out.quantized_answer}")
+    return 0
+
+
 def _cmd_inspect(args) -> int:
     if args.answers is not None:
         if args.model_dir is not None:
@@ -99,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
         _step_options(p)
         p.set_defaults(func=_cmd_steps)
+    t = sub.add_parser("try", help="ask the float and the quantized model one question (the latest run)")
+    _step_options(t)
+    t.add_argument("--question", default=None, help="the question (default: the evaluation sample's own)")
+    t.add_argument("--image", default=None, help="an image file (default: the evaluation sample's image)")
+    t.add_argument("--sample", type=int, default=0, help="the evaluation sample to ask about")
+    t.set_defaults(func=_cmd_try)
     i = sub.add_parser("inspect", help="report a model's structure: from a folder, or the inspect step of an "
                        "answers file", description="Report a model's structure from its config.json (no weights "
                        "read): `inspect MODEL_DIR [--code PKG] [--json]`, or run the inspect step of "

@@ -344,6 +344,63 @@ def fresh_run_dir(root: Path, module: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
+# try
+
+
+@dataclass
+class TryOutcome:
+    question: str
+    expected: str | None
+    float_answer: str
+    quantized_answer: str
+
+
+def ask(s: Session, r: Reporter = Reporter(), question: str | None = None, image_path: str | None = None,
+        sample: int = 0) -> TryOutcome:
+    """The float and the quantized model of the latest complete run answer one question about an
+    image (a file, or evaluation sample ``sample`` with its own question), in a child process."""
+    from llmc.rundir import complete_results
+
+    from .services.ask import compare_answers_in_child
+    from .services.render import class_name
+
+    s.activate_install_target()
+    g = s.answers.generate
+    res = complete_results(s.answers.run.run_dir) if s.answers.run.run_dir else None
+    if res is None:
+        raise WizardError("no finished run", "run the quantization first (the Run step)")
+    if not res.get("saved_fake"):
+        raise WizardError("the run saved no quantized model", "set save_fake: true (the default) and run again")
+    expected = None
+    if image_path:
+        from PIL import Image
+
+        if not Path(image_path).exists():
+            raise WizardError(f"image {image_path} not found", "give an existing image file")
+        image = Image.open(image_path).convert("RGB")
+    else:
+        from llmc.eval.mme import load_dataset
+
+        if not g.eval_path:
+            raise WizardError("no evaluation set", "give an image file, or set generate.eval_path")
+        ds = load_dataset(Path(g.eval_path))
+        if not 0 <= sample < len(ds):
+            raise WizardError(f"sample {sample} out of range", f"choose 0..{len(ds) - 1}")
+        row = ds[sample]
+        image, question, expected = row["image"], question or row["question"], row["answer"]
+    if not question:
+        raise WizardError("no question", "type a question")
+    a, b = compare_answers_in_child(class_name(g.class_name or g.name or "model"), Path(s.answers.source.weights_dir),
+                                    Path(res["saved_fake"]), image, question, s.device or "cpu",
+                                    s.models_dir_resolved(), log=r.log, cancelled=r.cancelled,
+                                    on_start=r.child_started)
+    out = TryOutcome(question, expected, a, b)
+    r.log(f"try: {question!r}" + (f" (expected {expected!r})" if expected else "")
+          + f": float {a!r}, quantized {b!r}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # all of them
 
 
