@@ -39,9 +39,29 @@ async def test_the_steps_by_keyboard_alone(zoo, tmp_path, size):
         await pilot.press("ctrl+n")
         s = app.screen
         assert s.TITLE_TEXT == "Generate" and app.focused is s.query_one("#name")
-        await pilot.press("enter")  # preview
+        await pilot.press("enter")  # preview: the declaration and the config, both
         await _until(pilot, lambda: "preview of" in _text(s, "#status"))
-        await pilot.press("tab")
+        parts = s.query_one("#preview-code").content.renderables  # title, declaration, title, config
+        shown = "\n".join(p if isinstance(p, str) else p.code for p in parts)
+        assert "adapters/tiny_llava.py" in shown and "projector_last_layers = " in shown
+        assert "configs/tiny_llava_awq.yml" in shown and "quant:" in shown
+        await pilot.press(*["tab"] * 9, "enter")  # through the choices to Write
+        await _until(pilot, lambda: "wrote" in _text(s, "#status"))
+        app.answers.generate.method, app.answers.generate.eval_samples = "RTN", 8  # a short run
+        app.answers.generate.n_calib = 4
+        await pilot.press("ctrl+n")
+        s = app.screen
+        assert s.TITLE_TEXT == "Run" and app.focused is s.query_one("#run")
+        await pilot.press("enter")
+        await _until(pilot, lambda: "done in" in _text(s, "#status") or "failed" in _text(s, "#status"), 300)
+        assert "done in" in _text(s, "#status"), _text(s, "#status")
+        await pilot.press("ctrl+n")
+        s = app.screen
+        assert s.TITLE_TEXT == "Try" and app.focused is s.query_one("#question")
+        await pilot.press("enter")  # the evaluation sample's own question
+        await _until(pilot, lambda: "asked:" in _text(s, "#status") or s.query_one("#status").has_class("error"),
+                     300)
+        assert "asked:" in _text(s, "#status"), _text(s, "#status")
         await pilot.press("ctrl+o")  # back to Welcome, to switch models
         await pilot.pause()
         assert app.screen.__class__.__name__ == "WelcomeScreen"
@@ -89,3 +109,21 @@ async def test_quitting_during_a_run_asks_first(zoo, tmp_path):
         await pilot.press("ctrl+q")  # nothing runs: quits at once
         await pilot.pause()
     assert not app.is_running
+
+
+def test_the_eta_is_the_phases_own_pace():
+    """Time left in the phase at its pace so far, not elapsed time; none before the first report."""
+    import time
+
+    from wizard.screens.run import RunScreen
+
+    s = RunScreen()
+    now = time.time()
+    s.t0, s._phase, s._phase_t0 = now - 50, "quantize", now - 10
+    s._frac = 0
+    assert "ETA" not in s._elapsed_text()
+    s._phase_progress(1, 4)  # a quarter done in 10 s: 30 s left
+    text = s._elapsed_text()
+    assert text.startswith("elapsed 50s") and "quantize ETA 30s" in text
+    s._phase_progress(4, 4)
+    assert "ETA" not in s._elapsed_text()

@@ -54,22 +54,29 @@ def as_cancel_check(cancelled) -> CancelCheck:
     raise TypeError(f"cancelled must be a threading.Event or a callable, not {type(cancelled).__name__}")
 
 
+def kill_group(pgid: int, wait: Callable[[float], object], grace: float = KILL_GRACE_S) -> None:
+    """The one kill routine (git, pip, the smoke test and the engine): SIGTERM the process group
+    ``pgid``, ``wait(grace)`` for its leader, then SIGKILL whatever is left of the group (the
+    leader may be gone while children linger)."""
+    for sig, pause in ((signal.SIGTERM, True), (signal.SIGKILL, False)):
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if pause:
+            wait(grace)
+
+
 def kill_process_group(proc: subprocess.Popen, grace: float = KILL_GRACE_S) -> None:
     """Stop ``proc`` and every process in its group (it must have been started with
-    ``start_new_session=True``): SIGTERM, wait up to ``grace`` seconds, then SIGKILL."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    # the leader may be gone while children linger: SIGKILL whatever is left of the group
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    ``start_new_session=True``)."""
+    def wait(seconds: float) -> None:
+        try:
+            proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            pass
+
+    kill_group(proc.pid, wait, grace)
     proc.wait()
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from llmc.progress import read_events
 from llmc.rundir import LOCK_NAME, is_complete, is_locked, lock_holder
 
 from .errors import WizardError
+from .install import kill_group
 
 
 def engine_command(config: Path, run_dir: Path, device: str | None = None, python: str = sys.executable) -> list[str]:
@@ -79,20 +79,15 @@ class RunHandle:
         run had already ended: a cancel that comes too late never marks a finished run cancelled."""
         if self.poll() is not None:
             return False
-        try:
-            os.killpg(self.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return False
-        deadline = time.time() + grace
-        while time.time() < deadline and self.poll() is None:
-            time.sleep(0.05)
-        if self.poll() is None:
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            if self.proc is not None:
-                self.proc.wait(timeout=5)
+
+        def wait(seconds: float) -> None:
+            deadline = time.time() + seconds
+            while time.time() < deadline and self.poll() is None:
+                time.sleep(0.05)
+
+        kill_group(self.pid, wait, grace)
+        if self.proc is not None:
+            self.proc.wait(timeout=5)
         if is_complete(self.run_dir):  # it finished while the signal was on its way
             return False
         with open(self.run_dir / "events.jsonl", "a") as f:
