@@ -44,8 +44,13 @@ def register_adapter(module: str, models_dir: Path, model_type: str | None = Non
     """Check that the engine discovers ``module`` in ``models_dir``; returns the model type."""
     from llmc.models.registry import MODEL_REGISTRY
 
+    import sys
+
     mod = import_adapter(module, models_dir)
     types = sorted(k for k, cls in MODEL_REGISTRY.items() if cls.__module__ == mod.__name__)
+    for k in types:  # a check only: the engine's own processes discover it; this one keeps nothing
+        del MODEL_REGISTRY[k]
+    sys.modules.pop(mod.__name__, None)
     if not types:
         raise WizardError(f"{adapter_path(module, models_dir)} registers no model type",
                           "run the Generate step again")
