@@ -35,18 +35,28 @@ def _chart(rows: list[tuple[str, list[tuple[float, tuple]]]], top: float, title:
     return img
 
 
-def score_rows(results: dict) -> list[tuple[str, float | None, float | None]]:
-    """(category, original, quantized) of every MME evaluation, categories then totals."""
-    out = []
+def score_values(results: dict, totals: bool = False):
+    """``(eval name, key, original, quantized)`` for every evaluation of ``results``: each MME
+    category (then perception, cognition and total with ``totals``), a perplexity's ``ppl``.
+    A side that was not evaluated is ``None``."""
     for name, per_pos in results.get("evals", {}).items():
-        orig, quant = per_pos.get("pretrain"), per_pos.get("fake_quant")
+        orig, quant = per_pos.get("pretrain") or {}, per_pos.get("fake_quant") or {}
         ref = orig or quant
-        if not ref or ref.get("kind") != "mme":
+        if not ref:
             continue
-        for cat in ref["categories"]:
-            out.append((f"{name}: {cat}", (orig or {}).get("categories", {}).get(cat),
-                        (quant or {}).get("categories", {}).get(cat)))
-    return out
+        if ref.get("kind") == "mme":
+            for cat in ref["categories"]:
+                yield name, cat, orig.get("categories", {}).get(cat), quant.get("categories", {}).get(cat)
+            if totals:
+                for k in ("perception", "cognition", "total"):
+                    yield name, k, orig.get(k), quant.get(k)
+        else:  # a perplexity (never an MME category's name)
+            yield name, "ppl", orig.get("ppl"), quant.get("ppl")
+
+
+def score_rows(results: dict) -> list[tuple[str, float | None, float | None]]:
+    """(category, original, quantized) of every MME evaluation's categories."""
+    return [(f"{name}: {k}", o, q) for name, k, o, q in score_values(results) if k != "ppl"]
 
 
 def write_report(run_dir: Path, results: dict, config_yaml: str) -> dict[str, Path]:

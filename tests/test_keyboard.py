@@ -118,19 +118,19 @@ async def test_quitting_during_a_run_asks_first(zoo, tmp_path):
     assert not app.is_running
 
 
-def test_the_eta_is_the_phases_own_pace():
+def test_the_run_screen_shows_the_time_left_at_the_phases_pace():
     """Time left in the phase at its pace so far, not elapsed time; none before the first report."""
     import time
 
+    from llmc.events import Block, Phase
     from wizard.screens.run import RunScreen
+    from wizard.services.eta import Eta
 
     s = RunScreen()
     now = time.time()
-    s.t0, s._phase, s._phase_t0 = now - 50, "quantize", now - 10
-    s._frac = 0
-    assert "ETA" not in s._elapsed_text()
-    s._phase_progress(1, 4)  # a quarter done in 10 s: 30 s left
+    s.t0, s.eta = now - 50, Eta()
+    s.eta.feed(Phase(t=now - 10, name="quantize", state="start", n_blocks=4))
+    assert "left" not in s._elapsed_text()
+    s.eta.feed(Block(t=now, i=0, n=4, seconds=10, block_error=0.1, last_error=0.1))  # a quarter in 10 s
     text = s._elapsed_text()
-    assert text.startswith("elapsed 50s") and "quantize ETA 30s" in text
-    s._phase_progress(4, 4)
-    assert "ETA" not in s._elapsed_text()
+    assert text.startswith("elapsed 50s") and "quantize 30s left" in text

@@ -72,3 +72,22 @@ def test_onboard_demo_model_headless(name, zoo, tmp_path):
     assert t.returncode == 0, t.stderr[-3000:]
     lines = t.stdout.splitlines()
     assert [x.split(":")[0] for x in lines] == ["float", "quantized"] and all(x.split(": ", 1)[1] for x in lines)
+    opts = ["--answers", str(answers), "--models-dir", str(tmp_path / "adapters"), "--install-target",
+            str(tmp_path / "site"), "--device", "cpu"]
+    # the data-parallel evaluation step, headless (one process here): the saved quantized model
+    # scores what the engine scored in memory
+    ev = subprocess.run([sys.executable, "-m", "wizard.cli", "evaluate", *opts, "--gpus", "1"],
+                        capture_output=True, text=True, timeout=600)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert json.loads(ev.stdout)["total"] == mme["fake_quant"]["total"]
+    assert (run_dir / "dp_eval_1.json").exists()
+    bad = subprocess.run([sys.executable, "-m", "wizard.cli", "evaluate", *opts, "--gpus", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1 and "--gpus" in bad.stderr
+    if name == "tiny-llava":
+        # a second run: a new run directory, and the time left from the first run's phases
+        again = subprocess.run([sys.executable, "-m", "wizard.cli", "run", *opts], capture_output=True, text=True,
+                               timeout=900)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert load_answers(answers).run.run_dir != done.run.run_dir
+        assert "quantize done in" in again.stderr and "run ~" in again.stderr

@@ -40,26 +40,39 @@ def _cmd_tui(args) -> int:
     return 0
 
 
-def _cmd_steps(args) -> int:
+def _session(args):
+    """The session of a headless subcommand: its answers file (which must exist) and options."""
     from .session import Session
-    from .steps import STEPS, Reporter, onboard
 
     if not Path(args.answers).exists():
         raise WizardError(f"answers file {args.answers} does not exist",
                           "check the path, or start the wizard without --answers to create one")
-    s = Session.load(args.answers, args.workdir, models_dir=args.models_dir, assume_yes=args.yes,
-                     device=args.device, install_target=args.install_target)
+    return Session.load(args.answers, args.workdir, models_dir=args.models_dir, assume_yes=args.yes,
+                        device=args.device, install_target=args.install_target)
+
+
+def _cmd_steps(args) -> int:
+    from .steps import STEPS, Reporter, onboard
+
+    s = _session(args)
     steps = STEPS if args.command == "onboard" else (args.command,)
     onboard(s, steps, Reporter(log=lambda m: print(m, file=sys.stderr)))
     return 0
 
 
+def _cmd_evaluate(args) -> int:
+    from .steps import Reporter, evaluate
+
+    s = _session(args)
+    res = evaluate(s, Reporter(log=lambda m: print(m, file=sys.stderr)), args.gpus)
+    print(json.dumps({k: res[k] for k in ("world_size", "total", "seconds") if k in res}))
+    return 0
+
+
 def _cmd_try(args) -> int:
-    from .session import Session
     from .steps import Reporter, ask
 
-    s = Session.load(args.answers, args.workdir, models_dir=args.models_dir, device=args.device,
-                     install_target=args.install_target)
+    s = _session(args)
     out = ask(s, Reporter(log=lambda m: print(m, file=sys.stderr)), args.question, args.image, args.sample)
     print(f"float: {out.float_answer}\nquantized: {out.quantized_answer}")
     return 0
@@ -110,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
         _step_options(p)
         p.set_defaults(func=_cmd_steps)
+    e = sub.add_parser("evaluate", help="evaluate the latest run's quantized model data-parallel "
+                       "(accelerate, one process per GPU)")
+    _step_options(e)
+    e.add_argument("--gpus", type=int, default=1, help="processes, one per GPU (default 1)")
+    e.set_defaults(func=_cmd_evaluate)
     t = sub.add_parser("try", help="ask the float and the quantized model one question (the latest run)")
     _step_options(t)
     t.add_argument("--question", default=None, help="the question (default: the evaluation sample's own)")

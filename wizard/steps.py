@@ -8,26 +8,20 @@ No step knows about Textual.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .reporter import Reporter
+from .runs import describe_event, evaluate, follow_run, fresh_run_dir, read_results, run, start_run
 from .services.errors import WizardError
 from .session import Session
 
 STEPS = ("fetch", "install", "inspect", "generate", "register", "smoke", "run")
 
-
-@dataclass
-class Reporter:
-    """How a step talks back: log lines, progress (done/total, either may be None), cancel."""
-
-    log: Callable[[str], None] = lambda message: None
-    progress: Callable[[float | None, float | None, str], None] = lambda done, total, message: None
-    cancelled: Callable[[], bool] = lambda: False
-    #: the pid of a child process the step started (so a UI can show or stop it)
-    child_started: Callable[[int], None] = lambda pid: None
+__all__ = ["STEPS", "STEP_FUNCS", "Reporter", "ask", "consent", "describe_event", "evaluate", "fetch", "follow_run",
+           "fresh_run_dir", "generate", "inspect", "install", "install_plan", "onboard", "plan", "read_results",
+           "register", "run", "smoke", "start_run"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,113 +228,6 @@ def smoke(s: Session, r: Reporter = Reporter()):
                               cancelled=r.cancelled, on_start=r.child_started, env=s.engine_env())
     r.log(f"smoke: ok (answer {rep.answer!r}, expected {rep.expected!r})")
     return rep
-
-
-# ---------------------------------------------------------------------------------------------
-# run
-
-
-def start_run(s: Session, r: Reporter = Reporter()):
-    """Write the config for the current settings and launch the engine in a fresh run directory;
-    returns the RunHandle (follow it with :func:`follow_run`, or the TUI's timer)."""
-    from .services import render, runner
-
-    g = s.answers.generate
-    if not g.calib_path or not Path(g.calib_path).exists():
-        raise WizardError(f"calibration set {g.calib_path!r} not found", "set generate.calib_path to the "
-                          "custom_mm folder (samples.json + images)")
-    p = plan(s)
-    render.write(p, s.answers)  # the config reflects the current settings
-    stored = Path(s.answers.run.run_dir) if s.answers.run.run_dir else None
-    run_dir = stored
-    if run_dir is None or _holds_anything(run_dir):
-        run_dir = fresh_run_dir(s.runs_dir(), p.module)  # a retry never reuses a used directory
-        if stored is not None and stored.exists():
-            r.log(f"run: {stored} already holds a run; this one goes to {run_dir}")
-    h = runner.launch(p.config_path, run_dir, device=s.device or s.answers.run.device, env=s.engine_env())
-    s.answers.run.run_dir = str(run_dir)
-    s.save()
-    r.log(f"run: {run_dir} (pid {h.pid})")
-    r.child_started(h.pid)
-    return h
-
-
-def describe_event(e) -> str | None:
-    """The one log line an engine event (:mod:`llmc.events`) deserves (None: not worth a line)."""
-    from llmc import events as ev
-
-    if isinstance(e, ev.Block):
-        return f"block {e.i + 1}/{e.n} error {e.block_error:.4f} (last token {e.last_error:.4f})"
-    if isinstance(e, ev.Phase) and e.state == "end":
-        return f"{e.name} done in {e.seconds or 0.0:.1f}s"
-    if isinstance(e, ev.Error):
-        return f"error: {e.message}"
-    if isinstance(e, ev.Warned):
-        return f"WARNING: {e.message}"
-    return None
-
-
-def follow_run(h, r: Reporter = Reporter(), poll_s: float = 0.2) -> dict:
-    """Wait for a launched run, reporting its events; cancel stops its process tree. Returns the
-    results of the complete run, or raises WizardError."""
-    from llmc.events import Block
-    from llmc.runner import format_table
-
-    try:
-        while True:
-            for e in h.events.poll():
-                line = describe_event(e)
-                if line:
-                    r.log(f"  {line}")
-                if isinstance(e, Block):
-                    r.progress(e.i + 1, e.n, "quantize")
-            rc = h.poll()
-            if rc is not None:
-                break
-            if r.cancelled():
-                h.cancel()
-                raise WizardError("run cancelled", f"the incomplete run stays in {h.run_dir}; run again when ready")
-            time.sleep(poll_s)
-    except KeyboardInterrupt:
-        h.cancel()
-        raise
-    h.events.poll()
-    results = read_results(h.run_dir, rc)
-    r.log(format_table(results, results["label"]))
-    return results
-
-
-def run(s: Session, r: Reporter = Reporter()) -> dict:
-    return follow_run(start_run(s, r), r)
-
-
-def read_results(run_dir: Path, rc: int | None = 0) -> dict:
-    """The results of a complete run (its ``COMPLETE`` marker, :mod:`llmc.rundir`); a
-    :class:`WizardError` for anything else, whatever ``results.json`` or the events say."""
-    from llmc.rundir import complete_results
-
-    run_dir = Path(run_dir)
-    results = complete_results(run_dir) if rc == 0 else None
-    if results is None:
-        log = run_dir / "process.log"
-        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-        raise WizardError(f"the run in {run_dir} did not complete (exit {rc}); see {log}:\n{tail}",
-                          "fix the config or adapter and run again (a new run directory is used)")
-    return results
-
-
-def _holds_anything(d: Path) -> bool:
-    return d.exists() and (not d.is_dir() or any(d.iterdir()))
-
-
-def fresh_run_dir(root: Path, module: str) -> Path:
-    """``<root>/<module>-<timestamp>``, suffixed when that name is taken."""
-    base = root / f"{module}-{time.strftime('%Y%m%d-%H%M%S')}"
-    d, i = base, 1
-    while _holds_anything(d):
-        i += 1
-        d = base.with_name(f"{base.name}-{i}")
-    return d
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from textual.widgets import Button, DataTable, Input, Label, Log, ProgressBar, S
 
 from ..services.errors import WizardError
 from ..widgets.charts import ReportScreen, bar_lines, score_bars, score_rows
+from ..services.eta import Eta
 from .base import StepScreen
 
 
@@ -68,6 +68,7 @@ class RunScreen(StepScreen):
         super().on_mount()
         self.handle = None
         self.t0 = None
+        self.eta = Eta()
         self.block_errors: list[float] = []
         self._log_offset = 0
         g = self.answers.generate
@@ -98,18 +99,28 @@ class RunScreen(StepScreen):
         if event.input.id in ("gpus", "eval", "eval-n"):
             self.show_dp_command()
 
+    def _take_eval_inputs(self) -> None:
+        """The evaluation set and size typed here, into the answers (the steps read them there)."""
+        g = self.answers.generate
+        g.eval_path = self.query_one("#eval", Input).value.strip() or None
+        n = self.query_one("#eval-n", Input).value.strip()
+        g.eval_samples = int(n) if n.isdigit() else None
+
     def show_dp_command(self) -> None:
         """With several GPUs, the data-parallel evaluation command (accelerate launch)."""
         from llmc.eval.dp import format_command, launch_command
+
+        from ..runs import dp_args, quantized_model
 
         n = self._gpus() or 1
         target = self.query_one("#dp-command", Static)
         if n <= 1:
             target.update("")
             return
-        model = self._quantized_model()
+        self._take_eval_inputs()
+        model = quantized_model(self.session)
         which = "the quantized model" if model else "the original model (no finished run yet)"
-        cmd = launch_command(n, self._dp_args(model))
+        cmd = launch_command(n, dp_args(self.session, model))
         target.update(f"data-parallel evaluation of {which} over {n} GPUs:\n" + format_command(cmd))
 
     def _gpus(self) -> int | None:
@@ -119,68 +130,30 @@ class RunScreen(StepScreen):
         except ValueError:
             return None
 
-    def _quantized_model(self) -> str | None:
-        """The fake-quant model the current run saved, if it completed (its marker)."""
-        from llmc.rundir import complete_results
-
-        run_dir = self.answers.run.run_dir
-        results = complete_results(run_dir) if run_dir else None
-        return results.get("saved_fake") if results else None
-
-    def _dp_args(self, model: str | None, out: Path | None = None) -> list[str]:
-        from ..services.render import class_name
-
-        g = self.answers.generate
-        args = ["--model-type", class_name(g.class_name or g.name or "model"),
-                "--model-path", model or str(self.answers.source.weights_dir or "<weights>"),
-                "--data", self.query_one("#eval", Input).value or "<eval set>"]
-        n_img = self.query_one("#eval-n", Input).value
-        if n_img:
-            args += ["--limit", n_img]
-        if out is not None:
-            args += ["--out", str(out)]
-        return args
-
     def start_dp_eval(self) -> None:
-        """Launch the data-parallel evaluation of the quantized model (accelerate, one process per GPU)."""
+        """Launch the data-parallel evaluation of the quantized model (:func:`wizard.runs.evaluate`)."""
         n = self._gpus()
-        model = self._quantized_model()
         if n is None or n < 1:
             self.set_status("GPUs must be a whole number ≥ 1", error=True)
             return
-        if not model:
-            self.set_status("no quantized model yet — run the quantization first (ctrl+r)", error=True)
-            return
-        data = self.query_one("#eval", Input).value.strip()
-        if not data or not Path(data).exists():
-            self.set_status(f"evaluation set {data!r} not found — enter the MME-format folder", error=True)
-            return
-        out = Path(self.answers.run.run_dir) / f"dp_eval_{n}.json"
+        self._take_eval_inputs()
         self.cancel_event.clear()
         self.query_one("#dp-run", Button).disabled = True
         self.query_one("#stop", Button).disabled = False
         self.set_status(f"data-parallel evaluation over {n} process(es)…")
-        self.dp_worker(n, self._dp_args(model, out), out)
+        self.dp_worker(n)
 
     @work(thread=True, exclusive=True, group="dp", exit_on_error=False)
-    def dp_worker(self, n: int, args: list[str], out: Path) -> None:
-        import torch
+    def dp_worker(self, n: int) -> None:
+        from .. import steps
 
-        from llmc.eval.dp import format_command, free_port, launch_command
-
-        from ..services.child import run_child
-
-        cmd = launch_command(n, args, cpu=not torch.cuda.is_available(), port=free_port())
         log = self.query_one("#log", Log)
-        self.app.call_from_thread(log.write_line, "$ " + format_command(cmd))
+        r = steps.Reporter(log=lambda m: self.app.call_from_thread(log.write_line, m), cancelled=self._stopping,
+                           child_started=self._child_started)
         try:
-            # accelerate's launcher module: the same command, without needing its console script
-            run_child("accelerate.commands.launch", cmd[2:], what="data-parallel evaluation", needs_result=False,
-                      on_line=lambda m: self.app.call_from_thread(log.write_line, m), env=self.app.engine_env(),
-                      cancelled=self._stopping, on_start=self._child_started)
-            res = json.loads(out.read_text())
+            res = steps.evaluate(self.session, r, n)
             text = (f"data-parallel evaluation over {res['world_size']} process(es): total {res['total']:.2f} "
-                    f"in {res['seconds']:.1f}s ({out.name})")
+                    f"in {res['seconds']:.1f}s (dp_eval_{n}.json)")
             self.app.call_from_thread(self._dp_done, text, False)
         except (WizardError, OSError, ValueError, KeyError) as e:
             self.app.call_from_thread(self._dp_done, str(e), True)
@@ -218,11 +191,8 @@ class RunScreen(StepScreen):
         if self.handle is not None and self.handle.poll() is None:
             self.set_status("a run is already in progress", error=True)
             return
-        g = self.answers.generate
-        g.calib_path = self.query_one("#calib", Input).value.strip() or None
-        g.eval_path = self.query_one("#eval", Input).value.strip() or None
-        n = self.query_one("#eval-n", Input).value.strip()
-        g.eval_samples = int(n) if n else None
+        self.answers.generate.calib_path = self.query_one("#calib", Input).value.strip() or None
+        self._take_eval_inputs()
         notes: list[str] = []
         try:
             self.handle = steps.start_run(self.session, steps.Reporter(log=notes.append))
@@ -259,7 +229,10 @@ class RunScreen(StepScreen):
             self.poll()
 
     def _start_following(self) -> None:
+        from ..runs import history
+
         self.t0 = time.time()
+        self.eta = Eta(history(self.session, exclude=Path(self.handle.run_dir)))
         self.block_errors = []
         self._log_offset = 0
         self.query_one("#scores", DataTable).clear()
@@ -309,37 +282,26 @@ class RunScreen(StepScreen):
             self.query_one("#log", Log).write_lines(data.decode(errors="replace").splitlines())
 
     def _elapsed_text(self) -> str:
-        """Elapsed time, and while a phase reports i of N (blocks, evaluated questions) the time
-        left in that phase at its pace so far; no guess before the first report."""
-        el = time.time() - self.t0
-        eta = ""
-        phase, started, frac = getattr(self, "_phase", None), getattr(self, "_phase_t0", None), getattr(self, "_frac", 0)
-        if phase and started and 0 < frac < 1:
-            spent = time.time() - started
-            eta = f", {phase} ETA {spent * (1 - frac) / frac:.0f}s"
-        return f"elapsed {el:.0f}s{eta}"
-
-    def _phase_progress(self, done: float, total: float) -> None:
-        self._frac = done / total if total else 0
+        """Elapsed time, and the time left (:class:`wizard.services.eta.Eta`: the phase at its pace
+        once it reports i of N, the phases to come from this model's past runs)."""
+        return f"elapsed {time.time() - self.t0:.0f}s{self.eta.text()}"
 
     def handle_engine_event(self, e) -> None:
         """One typed engine event (:mod:`llmc.events`)."""
         from llmc import events as ev
 
+        self.eta.feed(e)
         bar = self.query_one("#phase-progress", ProgressBar)
         if isinstance(e, ev.Phase) and e.state == "start":
             self.query_one("#phase", Static).update(f"phase: [b]{e.name}[/b]")
             bar.update(total=float(e.n_blocks) if e.n_blocks else None, progress=0)
-            self._phase, self._phase_t0, self._frac = e.name, float(e.t or time.time()), 0
         elif isinstance(e, ev.Block):
             self.block_errors.append(float(e.block_error))
             self.query_one("#errors", Static).update(bar_lines(
                 [(f"block {i + 1}", v) for i, v in enumerate(self.block_errors)], "{:.4f}"))
             bar.update(total=float(e.n), progress=float(e.i + 1))
-            self._phase_progress(e.i + 1, e.n)
         elif isinstance(e, ev.EvalProgress):
             bar.update(total=float(e.total), progress=float(e.done))
-            self._phase_progress(e.done, e.total)
         elif isinstance(e, ev.Error):
             self.set_status(f"engine error: {e.message}", error=True)
         elif isinstance(e, ev.Warned):

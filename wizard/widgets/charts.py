@@ -46,26 +46,10 @@ class ReportScreen(ModalScreen):
 
 def score_rows(results: dict) -> list[tuple[str, str, str, str]]:
     """Rows of the score table: (name, original, quantized, delta) for every eval and category."""
-    rows = []
-    for name, per_pos in results.get("evals", {}).items():
-        orig, quant = per_pos.get("pretrain"), per_pos.get("fake_quant")
-        ref = orig or quant
-        if not ref:
-            continue
-        if ref["kind"] == "mme":
-            keys = list(ref["categories"]) + ["perception", "cognition", "total"]
+    from llmc.report import score_values
 
-            def val(s, k):
-                if not s:
-                    return None
-                return s["categories"].get(k) if k in s["categories"] else s.get(k)
-        else:
-            keys = ["ppl"]
+    def cell(v):
+        return "-" if v is None else f"{v:.2f}"
 
-            def val(s, k):
-                return s.get(k) if s else None
-        for k in keys:
-            a, b = val(orig, k), val(quant, k)
-            rows.append((f"{name}: {k}", "-" if a is None else f"{a:.2f}", "-" if b is None else f"{b:.2f}",
-                         f"{b - a:+.2f}" if a is not None and b is not None else "-"))
-    return rows
+    return [(f"{name}: {k}", cell(a), cell(b), f"{b - a:+.2f}" if a is not None and b is not None else "-")
+            for name, k, a, b in score_values(results, totals=True)]
