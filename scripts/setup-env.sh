@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create or refresh the development environment in .venv (CPU torch, offline-safe pins).
+# Create or refresh the development environment in .venv (torch + its torchvision, offline-safe pins).
 # Idempotent: a second run only re-checks what is installed. Usage: scripts/setup-env.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,28 +23,31 @@ pipq() {
   "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
   return "${PIPESTATUS[0]}"
 }
-# The CPU build of torch (2.13.0 is the wheel this platform keeps locally); any other spec may
-# pull a multi-GB CUDA build. Users with GPUs install the package into their own CUDA env.
-echo "[setup] torch (CPU)"
-pipq install "torch==2.13.0"
-# lmms-eval without its dependency tree: its torchvision pin would replace torch by a CUDA
-# build, and the registry's torchvision fails to import next to the CPU torch.
+# torch with the torchvision built for it: transformers needs torchvision for every processor
+# that declares a video processor (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision, InternVL, SmolVLM) and
+# for the fast image processors. The registry's CPU torch has no matching torchvision, so this is
+# the CUDA pair (it runs on CPU; about 5.5 GB). Users with GPUs install the package into their
+# own CUDA environment.
+echo "[setup] torch + torchvision"
+pipq install "torch==2.14.1" "torchvision==0.29.1"
+# lmms-eval without its dependency tree (its pins would move torch)
 echo "[setup] lmms-eval and runtime dependencies"
 pipq install --no-deps "lmms-eval==0.7.3"
 pipq install "filelock<4" "transformers>=5,<6" accelerate datasets loguru pillow tenacity \
   pytablewriter sacrebleu evaluate safetensors tokenizers textual jinja2 pyyaml gitpython pydantic \
-  "pytest>=8,<9" pytest-timeout pytest-asyncio pytest-textual-snapshot setuptools
+  "pytest>=8,<9" pytest-timeout pytest-asyncio pytest-textual-snapshot setuptools num2words
 # compressed-tensors only to check our pack-quantized export against the library itself
 pipq install --no-deps "compressed-tensors==0.20.0"
-pipq uninstall -y torchvision >/dev/null 2>&1 || true
 echo "[setup] llmc-wizard (editable)"
 pipq install --no-deps --no-build-isolation -e .
 "$VENV/bin/python" - <<'PY'
 import importlib
-for m in ("torch", "transformers", "lmms_eval.evaluator", "textual", "git", "pydantic", "wizard", "llmc"):
+for m in ("torch", "torchvision.ops", "transformers", "lmms_eval.evaluator", "textual", "git", "pydantic", "wizard", "llmc"):
     importlib.import_module(m)
 import torch
-assert not torch.cuda.is_available() or True
+import torchvision
+
+torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)  # the compiled ops load next to this torch
 print(f"[setup] ok: torch {torch.__version__}")
 PY
 echo "$want" > "$STAMP"

@@ -50,6 +50,8 @@ def _fill(a: Answers, h: str, kind: str, code_dir: Path | None) -> None:
     a.inspect.model_kind = kind
     a.inspect.architecture = h
     a.inspect.projector_last_layers = [h, "x." + h]
+    a.inspect.language_model_path, a.inspect.vision_tower_path, a.inspect.projector_path = h, "v." + h, "p." + h
+    a.generate.prompt_template = h + "{question}"
     a.generate.name = h
     a.generate.class_name = h
     a.generate.calib_path = "/c/" + h
@@ -97,14 +99,18 @@ def test_declarations_are_literals_that_round_trip(plans):
             assert decl["CODE_PACKAGE"] == pkg
         else:
             assert decl["model_cls_name"] == h
+            assert (decl["language_model_path"], decl["vision_tower_path"], decl["projector_path"]) == \
+                (h, "v." + h, "p." + h)
+            assert decl["prompt_format"] == h + "{question}"
         assert decl["class"].isidentifier() and decl["class"].isascii() and decl["type"] == decl["class"]
         assert p.module.isidentifier() and len(p.module) <= render.MAX_MODULE_LEN
         assert p.adapter_text.isascii()  # no raw line separators or control characters at all
         # no hostile text outside the literals: not in the docstring, comments or header
         assert "PWNED" not in "".join(line for line in p.adapter_text.splitlines()
                                       if not line.lstrip().startswith(("display_name =", "model_cls_name =",
-                                                                      "projector_last_layers =",
-                                                                      "CODE_PACKAGE =")))
+                                                                      "projector_last_layers =", "CODE_PACKAGE =",
+                                                                      "language_model_path =", "projector_path =",
+                                                                      "vision_tower_path =", "prompt_format =")))
 
 
 def test_importing_a_hostile_declaration_runs_nothing_and_gives_the_values_back(plans, tmp_path):
@@ -189,7 +195,9 @@ def test_templates_refuse_an_unescaped_value(tmp_path, monkeypatch):
 
 def test_check_declaration_rejects_code(tmp_path):
     ok = render.render_text("adapter_hf.py.j2", dict(display_name="d", model_type="T", class_name="T",
-                                                     architecture="A", code_package=None, last_layers=["x"]))
+                                                     architecture="A", code_package=None, last_layers=["x"],
+                                                     language_model_path="", vision_tower_path="",
+                                                     projector_path="", prompt_format="chat"))
     body = render.split_header(ok)[1]
     assert render.check_declaration(body)["model_cls_name"] == "A"
     for evil in ["import os\n", "print(1)\n", "x = open('f')\n", "from os import system\n"]:

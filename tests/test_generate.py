@@ -113,7 +113,8 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
 def _ctx(model_type):
     return dict(display_name="d", model_type=model_type, class_name="M", architecture="A",
-                code_package=None, last_layers=["x"])
+                code_package=None, last_layers=["x"], language_model_path="", vision_tower_path="",
+                projector_path="", prompt_format="chat")
 
 
 def test_register_checks_discovery_and_writes_nothing(tmp_path):

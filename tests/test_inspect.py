@@ -270,7 +270,8 @@ def test_vlm_family_pick(family, tmp_path, no_weight_loading):
     assert r.model_kind == "transformers" and r.architecture.endswith("ForConditionalGeneration")
     assert (r.language_model_path, r.vision_tower_path, r.projector_path) == (lm_path, vision_path, proj_path)
     assert (r.blocks_path, r.num_blocks, r.hidden_size) == (f"{lm_path}.layers", 2, H)
-    assert r.proposed_last_layers == [last]
+    # LLaVA-OneVision's image_newline vector is placed among the image tokens: an injection point too
+    assert r.proposed_last_layers == [last] + (["model.image_newline"] if family == "llava-onevision" else [])
 
     with init_empty_weights():
         model = T.AutoModelForImageTextToText.from_config(make())

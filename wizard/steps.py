@@ -160,6 +160,8 @@ def inspect(s: Session, r: Reporter = Reporter()):
     rep = inspect_model(Path(src.weights_dir), code_package=code_pkg, group_size=g.group_size or None)
     ins.architecture, ins.model_kind = rep.architecture, rep.model_kind
     ins.hidden_size, ins.num_blocks = rep.hidden_size, rep.num_blocks
+    ins.language_model_path, ins.vision_tower_path = rep.language_model_path, rep.vision_tower_path
+    ins.projector_path, ins.prompt_format = rep.projector_path, rep.prompt_format
     if not ins.projector_last_layers:
         ins.projector_last_layers = list(rep.proposed_last_layers)
     s.save()

@@ -168,12 +168,18 @@ class BaseModel(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} does not expose answer logits")
 
     # --- helpers ---------------------------------------------------------------------------
-    def declared_injection_layers(self) -> list[nn.Module]:
-        """The modules named by :attr:`projector_last_layers`; one-line error for a missing one."""
+    def declared_injection_layers(self) -> list[nn.Module | nn.Parameter]:
+        """The modules (or raw Parameters: Gemma3's projection matrix, LLaVA-OneVision's
+        ``image_newline``) named by :attr:`projector_last_layers`; one-line error for a missing one."""
         out = []
         for path in self.projector_last_layers:
             try:
                 out.append(self.mm_model.get_submodule(path))
+                continue
+            except AttributeError:
+                pass
+            try:
+                out.append(self.mm_model.get_parameter(path))
             except AttributeError:
                 parent, _, _ = path.rpartition(".")
                 try:

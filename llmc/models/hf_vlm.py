@@ -11,40 +11,96 @@ from .base import BaseModel, Sample
 from .projector import find_injection_layers
 
 
-def find_submodule(root: nn.Module, suffixes: Sequence[str]) -> tuple[str, nn.Module] | tuple[None, None]:
-    """First module whose dotted name ends with one of ``suffixes`` (shallowest wins)."""
-    hits = [(n, m) for n, m in root.named_modules() if n and n.rsplit(".", 1)[-1] in suffixes]
-    if not hits:
-        return None, None
-    return min(hits, key=lambda h: h[0].count("."))
+#: what a processor may need besides transformers, by the text of the error it raises without it
+_PROCESSOR_PACKAGES = {"torchvision": "torchvision", "num2words": "num2words", "PIL": "pillow",
+                       "sentencepiece": "sentencepiece", "protobuf": "protobuf"}
+
+
+def load_processor(path):
+    """``AutoProcessor.from_pretrained(path)``; a missing optional package is named in one line."""
+    import transformers
+
+    try:
+        return transformers.AutoProcessor.from_pretrained(str(path))
+    except (ImportError, ValueError, OSError) as e:
+        text = str(e)
+        missing = [pkg for key, pkg in _PROCESSOR_PACKAGES.items() if key.lower() in text.lower()
+                   and ("requires" in text or "install" in text.lower() or isinstance(e, ImportError))]
+        if missing:
+            raise ValueError(f"the processor in {path} cannot load: it needs {', '.join(missing)} "
+                             f"(pip install {' '.join(missing)})") from None
+        raise ValueError(f"the processor in {path} cannot load: {' '.join(text.split())[:300]}") from None
+
+
+#: ``prompt_format`` values besides a template: the processor's chat template, or its own format
+#: (the question alone; the processor adds the image tokens itself, as PaliGemma's does)
+PROMPT_CHAT, PROMPT_PLAIN = "chat", "plain"
 
 
 class HFVisionLanguageModel(BaseModel):
-    """transformers VLM: processor chat template, ``generate``, ``save_pretrained``."""
+    """transformers VLM: processor, ``generate``, ``save_pretrained``; where its parts live is data.
+
+    A generated declaration sets the dotted paths inspect found (``language_model_path``,
+    ``vision_tower_path``, ``projector_path``: empty means found by structure here, as inspect
+    does) and ``prompt_format``: ``"chat"`` (the processor's chat template), ``"plain"`` (the
+    question as is; the processor's own format adds the image tokens) or a template holding
+    ``{question}``.
+    """
 
     __abstract_ok__ = True
     model_cls_name = "AutoModelForImageTextToText"
-    language_suffixes = ("language_model",)
-    vision_suffixes = ("vision_tower", "vision_model", "visual")
-    projector_suffixes = ("multi_modal_projector", "mm_projector", "connector", "merger")
+    language_model_path = ""
+    vision_tower_path = ""
+    projector_path = ""
+    prompt_format = PROMPT_CHAT
 
     def build_model(self) -> None:
         import transformers
 
-        cls = getattr(transformers, self.model_cls_name)
-        self.processor = transformers.AutoProcessor.from_pretrained(str(self.model_path))
-        self.tokenizer = self.processor.tokenizer
+        cls = getattr(transformers, self.model_cls_name, None)
+        if cls is None:
+            raise ValueError(f"transformers {transformers.__version__} has no class {self.model_cls_name!r}; "
+                             "upgrade transformers or fix model_cls_name")
+        self.processor = load_processor(self.model_path)
+        self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.tokenizer.padding_side = "left"
+        if self.prompt_format == PROMPT_CHAT and not getattr(self.processor, "chat_template", None):
+            raise ValueError(f"{type(self).__name__}: the processor in {self.model_path} has no chat template; "
+                             "set prompt_format = 'plain' (the processor's own format) or a template with {question}")
         dtype = self.torch_dtype if self.torch_dtype != "auto" else "auto"
         self.mm_model = cls.from_pretrained(str(self.model_path), dtype=dtype).to(self.device).eval()
         self.vlm_model = self.mm_model
-        _, lm = find_submodule(self.mm_model, self.language_suffixes)
-        if lm is None:
-            raise ValueError(f"{type(self.mm_model).__name__}: no language model module found")
-        self.model = lm
-        self.model_config = getattr(lm, "config", None) or self.mm_model.config.text_config
-        _, self.vision_model = find_submodule(self.mm_model, self.vision_suffixes)
-        _, self.mm_projector = find_submodule(self.mm_model, self.projector_suffixes)
+        self._locate_parts()
+
+    def _locate_parts(self) -> None:
+        """The language model, vision tower and projector: at the declared paths, else by structure."""
+        from .projector import locate_mm_parts
+
+        found = None
+        if not (self.language_model_path and self.vision_tower_path and self.projector_path):
+            try:
+                found = locate_mm_parts(self.mm_model)
+            except ValueError as e:
+                if not self.language_model_path:
+                    raise ValueError(f"{type(self).__name__}: no language model found (searched every module for "
+                                     f"decoder blocks after a token embedding: {e}); set language_model_path") from None
+
+        def part(path: str, kind: str, fallback: str | None) -> nn.Module | None:
+            path = path or fallback or ""
+            if not path:
+                return None
+            try:
+                return self.mm_model.get_submodule(path)
+            except AttributeError:
+                raise ValueError(f"{type(self).__name__}: {kind} {path!r} is not in {type(self.mm_model).__name__}; "
+                                 "re-run the wizard's Inspect step or fix the declaration") from None
+
+        lm_path = self.language_model_path or (found.language_model_path if found else "")
+        self.model = part(lm_path, "language_model_path", None) if lm_path else self.mm_model
+        self.vision_model = part(self.vision_tower_path, "vision_tower_path", found and found.vision_tower_path)
+        self.mm_projector = part(self.projector_path, "projector_path", found and found.projector_path)
+        cfg = self.mm_model.config
+        self.model_config = getattr(cfg, "text_config", None) or getattr(self.model, "config", None) or cfg
 
     def hidden_size(self) -> int:
         return int(self.model_config.hidden_size)
@@ -57,6 +113,12 @@ class HFVisionLanguageModel(BaseModel):
         return [m for _, m in find_injection_layers(self.mm_projector, self.hidden_size()).layers]
 
     def prompt(self, question: str, answer: str | None = None, with_image: bool = True) -> str:
+        fmt = self.prompt_format
+        if fmt == PROMPT_PLAIN:  # the processor adds the image tokens (and its own prefix)
+            return question + (f" {answer}" if answer is not None else "")
+        if fmt != PROMPT_CHAT:
+            text = fmt.replace("{question}", question)
+            return text + (f" {answer}" if answer is not None else "")
         content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": question}]
         msgs = [{"role": "user", "content": content}]
         if answer is not None:
@@ -65,10 +127,13 @@ class HFVisionLanguageModel(BaseModel):
         return self.processor.apply_chat_template(msgs, add_generation_prompt=True)
 
     def _inputs(self, texts, images) -> dict:
+        """Processor inputs for a batch; images nested per sample (``[[img], [img], …]``), the form
+        every multi-image processor reads as one image per sample."""
         kwargs = {"text": texts, "return_tensors": "pt", "padding": True}
         if any(i is not None for i in images):
-            kwargs["images"] = [i.convert("RGB") for i in images]
-        return dict(self.processor(**kwargs).to(self.device))
+            kwargs["images"] = [[i.convert("RGB")] if i is not None else [] for i in images]
+        out = self.processor(**kwargs)
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in out.items()}
 
     def batch_process(self, samples: Sequence[Sample], add_answer: bool = False) -> dict:
         texts = [self.prompt(s.question, s.answer if add_answer else None, s.image is not None) for s in samples]

@@ -157,10 +157,13 @@ def fold_norm_(norm: nn.Module, readers: list[nn.Module], where: str) -> None:
 
 
 def _raw_orientation(p: torch.Tensor, hidden: int, name: str) -> str:
-    """``"in_hidden"`` for a ``(in, hidden)`` Parameter used as ``x @ P``, ``"hidden_in"`` for a
-    ``(hidden, in)`` one used as ``F.linear(x, P)``."""
+    """``"in_hidden"`` for a ``(in, hidden)`` Parameter used as ``x @ P`` (or a ``(hidden,)`` vector
+    placed in the stream), ``"hidden_in"`` for a ``(hidden, in)`` one used as ``F.linear(x, P)``."""
+    if p.dim() == 1 and p.shape[0] == hidden:  # a learned stream vector (image_newline): v ← v·Q
+        return "in_hidden"
     if p.dim() != 2:
-        raise ValueError(f"{name}: a raw projection Parameter must be 2-D, got shape {tuple(p.shape)}")
+        raise ValueError(f"{name}: a raw projection Parameter must be 2-D (or a {hidden}-wide vector), "
+                         f"got shape {tuple(p.shape)}")
     a, b = p.shape
     if a == hidden and b == hidden:
         raise ValueError(f"{name}: a square {hidden}x{hidden} raw Parameter is ambiguous (x @ P or P @ x?); "

@@ -92,6 +92,13 @@ class Inspect(_Section):
     projector_last_layers: list[str] = Field(default_factory=list)
     hidden_size: int | None = None
     num_blocks: int | None = None
+    #: where the parts live (dotted paths from the model object), as inspect found them
+    language_model_path: str | None = None
+    vision_tower_path: str | None = None
+    projector_path: str | None = None
+    #: how prompts are built: "chat" (the processor's chat template) or "plain" (the processor's
+    #: own format, e.g. PaliGemma); found from the model folder
+    prompt_format: Literal["chat", "plain"] | None = None
 
 
 class Generate(_Section):
@@ -112,11 +119,21 @@ class Generate(_Section):
     eval_path: str | None = None
     n_calib: int = Field(64, ge=1)
     eval_samples: int | None = Field(None, ge=1)
+    #: a prompt template of your own, with {question} (overrides inspect.prompt_format)
+    prompt_template: str | None = None
     #: QuaRot-style rotation before RTN/GPTQ (uses the projector last-layer pick)
     rotate: Literal["hadamard", "random"] | None = None
     #: where the decoder blocks live: one device; CPU memory, each block moved to the device
     #: for its turn (``model.offload``); or spread over every GPU (``model.device_map: auto``)
     placement: Literal["single", "offload", "auto"] = "single"
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _has_question(cls, v: str | None) -> str | None:
+        if v is not None and "{question}" not in v:
+            raise ValueError("the prompt template must contain {question} (where the question goes), "
+                             "e.g. 'USER: <image>\\n{question} ASSISTANT:'")
+        return v
 
     @field_validator("method", mode="before")
     @classmethod

@@ -124,6 +124,9 @@ class ModelReport:
     group_size: int | None = None
     group_size_problems: list[str] = field(default_factory=list)  # quant layers whose in_features % group != 0
     weights_dir: str | None = None
+    #: "chat" when the model folder ships a chat template, "plain" when it does not (the
+    #: processor's own format), None when not read from a folder
+    prompt_format: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data; dataclass fields named ``cls`` become ``"class"``."""
@@ -220,6 +223,8 @@ def inspect_module(model: nn.Module, architecture: str | None = None, model_kind
             candidates.append(Candidate(_join(path, n), "Parameter", shape_of(p)))
     for v in parts.hidden_vectors:
         candidates.append(Candidate(v, "Parameter", shape_of(model.get_parameter(v))))
+        if proposed:  # spliced among the image tokens: it enters the stream too (rotated like the projector)
+            proposed.append(v)
 
     quant = []
     for n, m in dec.blocks.named_modules():
@@ -272,7 +277,31 @@ def inspect_model(weights_dir: str | Path, code_package: str | None = None,
                   group_size: int | None = None) -> ModelReport:
     """Build ``weights_dir``'s skeleton (no weight file is opened) and report its structure."""
     model, arch, kind = build_skeleton(weights_dir, code_package)
-    return inspect_module(model, arch, kind, group_size, str(weights_dir))
+    rep = inspect_module(model, arch, kind, group_size, str(weights_dir))
+    rep.prompt_format = prompt_format_of(weights_dir)
+    return rep
+
+
+#: where a transformers model folder keeps a chat template (its own file, or a key of a config)
+_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+_TEMPLATE_KEYS = ("processor_config.json", "tokenizer_config.json", "preprocessor_config.json")
+
+
+def prompt_format_of(weights_dir: str | Path) -> str:
+    """``"chat"`` when the folder ships a chat template (a processor's or a tokenizer's), else
+    ``"plain"``: the question as is, in the processor's own format (PaliGemma's)."""
+    import json
+
+    d = Path(weights_dir)
+    if any((d / f).is_file() for f in _TEMPLATE_FILES) or list(d.glob("additional_chat_templates/*.jinja")):
+        return "chat"
+    for f in _TEMPLATE_KEYS:
+        try:
+            if json.loads((d / f).read_text()).get("chat_template"):
+                return "chat"
+        except (OSError, ValueError, AttributeError):
+            continue
+    return "plain"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -306,7 +306,9 @@ def plan(answers, models_dir: Path, configs_dir: Path) -> RenderPlan:
         display_name=g.name, model_type=cls, class_name=cls,
         architecture=ins.architecture or "AutoModelForImageTextToText",
         code_package=getattr(ins, "code_package", None) or _code_package(src.code_dir),
-        last_layers=list(ins.projector_last_layers)))
+        last_layers=list(ins.projector_last_layers), language_model_path=ins.language_model_path or "",
+        vision_tower_path=ins.vision_tower_path or "", projector_path=ins.projector_path or "",
+        prompt_format=g.prompt_template or ins.prompt_format or "chat"))
     try:
         check_declaration(split_header(adapter)[1])
     except (ValueError, SyntaxError) as e:  # the templates guarantee this; fail loudly if not
