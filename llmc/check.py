@@ -257,8 +257,8 @@ def _width_problem(obj, hidden: int) -> str | None:
     from .models.structure import is_norm
 
     if isinstance(obj, nn.Parameter):
-        if obj.dim() == 2 and hidden in obj.shape:
-            return None
+        if (obj.dim() == 2 and hidden in obj.shape) or (obj.dim() == 1 and obj.shape[0] == hidden):
+            return None  # a raw projection, or a hidden-width vector placed among the image tokens
         return f"is a Parameter of shape {'×'.join(map(str, obj.shape))}, with no dimension of the hidden size {hidden}"
     out = linear_out(obj)
     if out is not None:

@@ -132,10 +132,10 @@ def test_block_replays_hold_no_kv_cache(which, zoo, tiny_vila_installed):
     """Captured block inputs carry no KV cache: a replay after the weights change sees only the
     new weights (a cache kept with the inputs would serve keys/values of the first replay)."""
     from llmc.quant import awq
-    from llmc.quant.blockwise import _is_cache, capture_first_block_inputs, run_block
+    from llmc.quant.blockwise import _is_cache, capture_block_inputs, run_block
 
     m = get_model_class(which)(ASSETS / ("tiny-llava" if which == "Llava" else "tiny-vila"), "float32", "cpu")
-    inputs = capture_first_block_inputs(m, _calib(m, zoo, 2))
+    inputs = capture_block_inputs(m, _calib(m, zoo, 2))
     assert not any(_is_cache(v) for bi in inputs for v in bi.kwargs.values())
     block = m.get_blocks()[0]
     attn = block.self_attn
@@ -157,7 +157,7 @@ def test_block_replays_hold_no_kv_cache(which, zoo, tiny_vila_installed):
 @pytest.mark.parametrize("search", ["block", "layer"])
 @pytest.mark.parametrize("which", ["Llava", "Vila"])
 def test_awq_transform_keeps_the_float_model_equivalent(which, search, zoo, tiny_vila_installed):
-    from llmc.quant.blockwise import BlockContext, capture_first_block_inputs, run_block
+    from llmc.quant.blockwise import BlockContext, capture_block_inputs, run_block
     from llmc.quant.methods import Awq
     from llmc.quant.quantizer import WeightQuantConfig
 
@@ -165,7 +165,7 @@ def test_awq_transform_keeps_the_float_model_equivalent(which, search, zoo, tiny
     reqs = _requests(2)
     ref = m.answer_logits(reqs)
     batches = _calib(m, zoo, 4)
-    inputs = capture_first_block_inputs(m, batches)
+    inputs = capture_block_inputs(m, batches)
     method = Awq(WeightQuantConfig(bit=3, group_size=32), {"n_grid": 10, "search": search})
     before = {n: p.detach().clone() for n, p in m.get_blocks().named_parameters()}
     from llmc.quant.blockwise import BlockInput
@@ -186,7 +186,7 @@ def test_awq_block_search_never_worse_than_rtn_on_its_loss(which, loss_tokens, z
     """The joint search has ``s = 1`` among its candidates and simulates the block exactly as it
     will be quantized: after the transform, RTN of the block is no worse than RTN of the
     original block on the search's loss (and strictly better where a scale was chosen)."""
-    from llmc.quant.blockwise import BlockContext, capture_first_block_inputs, run_block
+    from llmc.quant.blockwise import BlockContext, capture_block_inputs, run_block
     from llmc.quant.methods import RTN, Awq, _token_relative_mse
     from llmc.quant.quantizer import WeightQuantConfig
 
@@ -197,7 +197,7 @@ def test_awq_block_search_never_worse_than_rtn_on_its_loss(which, loss_tokens, z
 
     def block_loss(transform: bool) -> float:
         m = get_model_class(which)(path, "float32", "cpu")
-        inputs = capture_first_block_inputs(m, _calib(m, zoo, 8))
+        inputs = capture_block_inputs(m, _calib(m, zoo, 8))
         block = m.get_blocks()[0]
         ref = run_block(block, inputs, "cpu")
         ctx = BlockContext(0, m.block_name(0), block, inputs, m.get_subsets_in_block(block), torch.device("cpu"))
@@ -217,9 +217,9 @@ def test_awq_block_search_never_worse_than_rtn_on_its_loss(which, loss_tokens, z
 
 
 def _first_inputs(m, batches):
-    from llmc.quant.blockwise import capture_first_block_inputs
+    from llmc.quant.blockwise import capture_block_inputs
 
-    inputs = capture_first_block_inputs(m, batches)
+    inputs = capture_block_inputs(m, batches)
     return [b.hidden for b in inputs], inputs
 
 
@@ -228,7 +228,7 @@ def test_awq_output_search_fits_the_models_answers(which, zoo, tiny_vila_install
     """``search: output`` scores each candidate by the KL divergence of the model's answers (the
     rest of the model run on the block's output) from the float model's: folding the chosen
     scales and RTN reproduces the loss it saw, and that loss is below RTN's."""
-    from llmc.quant.blockwise import BlockContext, answer_tail, capture_first_block_inputs, run_block
+    from llmc.quant.blockwise import BlockContext, answer_tail, capture_block_inputs, run_block
     from llmc.quant.methods import RTN, Awq, _answer_kl
     from llmc.quant.quantizer import WeightQuantConfig
 
@@ -240,7 +240,7 @@ def test_awq_output_search_fits_the_models_answers(which, zoo, tiny_vila_install
     def answer_loss(transform: bool) -> float:
         m = get_model_class(which)(path, "float32", "cpu")
         batches = _calib(m, zoo, 8)
-        inputs = capture_first_block_inputs(m, batches)
+        inputs = capture_block_inputs(m, batches)
         block = m.get_blocks()[0]
         float_answers = answer_tail(m, 0, "cpu")([b.hidden for b in inputs], inputs)
         # from the first block's inputs, the tail gives the float model's own next-token distribution
@@ -321,7 +321,7 @@ def test_awq_block_simulation_matches_the_folded_quantized_block(which, zoo, tin
     """With one non-trivial candidate per subset (so every subset is scaled, v_proj and up_proj
     absorbing the next subset's 1/s), the search's simulated loss equals the real block's:
     scales folded by apply_scales_, then RTN."""
-    from llmc.quant.blockwise import BlockContext, capture_first_block_inputs, run_block
+    from llmc.quant.blockwise import BlockContext, capture_block_inputs, run_block
     from llmc.quant.methods import RTN, Awq, _token_relative_mse
     from llmc.quant.quantizer import WeightQuantConfig
 
@@ -332,7 +332,7 @@ def test_awq_block_simulation_matches_the_folded_quantized_block(which, zoo, tin
 
     cfg = WeightQuantConfig(bit=3, group_size=32)
     m = get_model_class(which)(ASSETS / ("tiny-llava" if which == "Llava" else "tiny-vila"), "float32", "cpu")
-    inputs = capture_first_block_inputs(m, _calib(m, zoo, 4))
+    inputs = capture_block_inputs(m, _calib(m, zoo, 4))
     block = m.get_blocks()[0]
     ref = run_block(block, inputs, "cpu")
     ctx = BlockContext(0, m.block_name(0), block, inputs, m.get_subsets_in_block(block), torch.device("cpu"))
@@ -346,12 +346,12 @@ def test_awq_block_simulation_matches_the_folded_quantized_block(which, zoo, tin
 
 def test_awq_loss_tokens_last_fits_the_answer_position(zoo, tmp_path):
     from llmc.config import CalibConfig, load_config
-    from llmc.quant.blockwise import capture_first_block_inputs, collect_inputs
+    from llmc.quant.blockwise import capture_block_inputs, collect_inputs
     from llmc.quant.methods import Awq, make_method
     from llmc.quant.quantizer import WeightQuantConfig
 
     m = get_model_class("Llava")(ASSETS / "tiny-llava", "float32", "cpu")
-    inputs = capture_first_block_inputs(m, _calib(m, zoo, 4))
+    inputs = capture_block_inputs(m, _calib(m, zoo, 4))
     block = m.get_blocks()[0]
     layers = {"q": block.self_attn.q_proj}
     every = collect_inputs(block, inputs, layers, "cpu")["q"].x

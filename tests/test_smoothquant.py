@@ -20,7 +20,7 @@ from llmc.quant.actquant import (
 from llmc.quant.blockwise import (
     BlockContext,
     BlockInput,
-    capture_first_block_inputs,
+    capture_block_inputs,
     quantize_blockwise,
     run_block,
 )
@@ -65,7 +65,7 @@ def _kl(ref: torch.Tensor, new: torch.Tensor) -> float:
 
 def _transform_only(adapter, method, batches):
     """Run the method's float transform block by block (no weight quantization)."""
-    inputs = capture_first_block_inputs(adapter, batches)
+    inputs = capture_block_inputs(adapter, batches)
     for i, block in enumerate(adapter.get_blocks()):
         ctx = BlockContext(i, adapter.block_name(i), block, inputs, adapter.get_subsets_in_block(block),
                            torch.device("cpu"))
@@ -277,7 +277,7 @@ def test_smoothing_lowers_layer_w8a8_error_on_calibration_tokens(zoo):
     from llmc.quant.smoothquant import weight_absmax
 
     m = _model("Llava")
-    inputs = capture_first_block_inputs(m, _calib(m, zoo, 8))
+    inputs = capture_block_inputs(m, _calib(m, zoo, 8))
     block = m.get_blocks()[0]
     q = IntQuantizer(W8)
     for s in m.get_subsets_in_block(block):

@@ -190,7 +190,26 @@ def plan(s: Session):
     g = s.answers.generate
     if not g.name:
         g.name = Path(s.answers.source.weights_dir or s.answers.source.weights_url or "model").name
-    return render.plan(s.answers, s.models_dir_resolved(), s.configs_dir())
+    p = render.plan(s.answers, s.models_dir_resolved(), s.configs_dir())
+    if g.method == "Quarot" or (g.rotate and g.method in ("RTN", "GPTQ")):
+        _check_rotation(s)
+    return p
+
+
+def _check_rotation(s: Session) -> None:
+    """Refuse a rotation the engine could not do, now rather than in the middle of the run."""
+    from .services.inspect import rotation_refusal
+    from .services.render import _code_package
+
+    src, ins = s.answers.source, s.answers.inspect
+    if not src.weights_dir or not Path(src.weights_dir).exists():
+        return  # nothing to check against yet; the engine checks again before it rotates
+    s.activate_install_target()
+    code = _code_package(src.code_dir) if ins.model_kind == "custom-code" and src.code_dir else None
+    why = rotation_refusal(src.weights_dir, code, ins.language_model_path, ins.projector_last_layers, ins.hidden_size)
+    if why:
+        raise WizardError(f"this model cannot be rotated: {why}",
+                          "choose no rotation (generate.rotate: null) and a method other than Quarot")
 
 
 def generate(s: Session, r: Reporter = Reporter()):
@@ -218,8 +237,18 @@ def register(s: Session, r: Reporter = Reporter()) -> str:
     return model_type
 
 
+def _eval_batch_size(config_text: str) -> int:
+    """The evaluation batch size the generated config runs at (``eval.bs``)."""
+    import yaml
+
+    ev = yaml.safe_load(config_text).get("eval") or {}
+    ev = ev[0] if isinstance(ev, list) and ev else ev
+    return int(ev.get("bs", 1)) if isinstance(ev, dict) else 1
+
+
 def smoke(s: Session, r: Reporter = Reporter()):
-    """Import, build, one calibration and one evaluation sample, in a child process that cancel kills."""
+    """Import, build, a calibration sample and an evaluation batch at the run's batch size
+    (answers as one at a time, finite logits), in a child process that cancel kills."""
     from .services.smoke import smoke_test_in_child
 
     p, g = plan(s), s.answers.generate
@@ -227,7 +256,8 @@ def smoke(s: Session, r: Reporter = Reporter()):
                               Path(g.calib_path) if g.calib_path else None,
                               Path(g.eval_path) if g.eval_path else None, device=s.device or "cpu",
                               models_dir=s.models_dir_resolved(), log=lambda m: r.log(f"  smoke: {m}"),
-                              cancelled=r.cancelled, on_start=r.child_started, env=s.engine_env())
+                              cancelled=r.cancelled, on_start=r.child_started, env=s.engine_env(),
+                              eval_bs=_eval_batch_size(p.config_text))
     r.log(f"smoke: ok (answer {rep.answer!r}, expected {rep.expected!r})")
     return rep
 

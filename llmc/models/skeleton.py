@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["CodeImportError", "SkeletonError", "build_skeleton"]
+__all__ = ["CodeImportError", "SkeletonError", "build_skeleton", "skeleton_view"]
 
 
 class SkeletonError(ValueError):
@@ -166,3 +166,35 @@ def build_skeleton(weights_dir: str | Path, code_package: str | None = None,
         except ValueError:  # not a vision-language config: a text-only LM
             model = _on_meta(lambda: transformers.AutoModelForCausalLM.from_config(config))
     return model, arch or type(model).__name__, "transformers"
+
+
+def skeleton_view(model: nn.Module, language_model_path: str, injection: tuple[str, ...] | list[str],
+                  hidden_size: int):
+    """The engine's structural view of a skeleton (blocks, embeddings, head, norms, per-block
+    subsets, the declared injection points) for checks that need no weights, e.g. whether a
+    rotation is possible (:func:`llmc.quant.rotation.check_rotation`) before a run is generated."""
+    from types import SimpleNamespace
+
+    from .base import BaseModel
+
+    class SkeletonView(BaseModel):
+        projector_last_layers = tuple(injection)
+
+        def build_model(self) -> None:
+            self.mm_model = model
+            self.model = model.get_submodule(language_model_path) if language_model_path else model
+            self.model_config = SimpleNamespace(hidden_size=int(hidden_size))
+
+        def batch_process(self, samples, add_answer: bool = False) -> dict:
+            raise NotImplementedError("a skeleton has no weights to run")
+
+        def answer(self, requests) -> list[str]:
+            raise NotImplementedError("a skeleton has no weights to run")
+
+        def get_extra_rot_module_besides_embed_layers(self) -> list:
+            return self.declared_injection_layers()
+
+        def save_pretrained(self, path) -> None:
+            raise NotImplementedError("a skeleton has no weights to save")
+
+    return SkeletonView(".", "auto", "cpu")

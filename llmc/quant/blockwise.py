@@ -36,9 +36,22 @@ class _Stop(Exception):
 
 @dataclass
 class BlockInput:
+    """One calibration batch at a block's input: the hidden states and the block's own positional
+    and keyword inputs. ``calls[j]`` holds block ``j``'s ``(args, kwargs)`` for this batch: blocks
+    differ (sliding-window vs global masks and rotary tables, cross-attention states), and the
+    decoder loop computed each one's; ``None`` when every block takes the same."""
+
     hidden: torch.Tensor
     args: tuple
     kwargs: dict
+    calls: list[tuple[tuple, dict]] | None = None
+
+    def for_block(self, j: int, hidden: torch.Tensor) -> BlockInput:
+        """``hidden`` as the input of block ``j``, with that block's own arguments."""
+        if self.calls is None:
+            return BlockInput(hidden, self.args, self.kwargs)
+        args, kwargs = self.calls[j]
+        return BlockInput(hidden, args, kwargs, self.calls)
 
 
 def _to(obj, device):
@@ -53,41 +66,66 @@ def _to(obj, device):
     return obj
 
 
-@torch.no_grad()
-def capture_first_block_inputs(adapter: BaseModel, batches: list[dict]) -> list[BlockInput]:
-    blocks = adapter.get_blocks()
-    first = blocks[0]
-    store: list[BlockInput] = []
+def _keep(kwargs: dict) -> dict:
+    # No KV cache: a cache object kept with the inputs would grow with every replay of the block,
+    # and later replays would attend to keys and values of earlier weights.
+    kwargs = {k: v for k, v in kwargs.items() if k not in _CACHE_KWARGS and not _is_cache(v)}
+    kwargs["use_cache"] = False
+    return kwargs
 
-    class Catcher(nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-            # decoder loops may read attributes of their layers (e.g. attention_type)
-            for attr in ("attention_type", "layer_idx", "is_sliding"):
-                if hasattr(inner, attr):
-                    setattr(self, attr, getattr(inner, attr))
 
-        def forward(self, hidden_states, *args, **kwargs):
-            # No KV cache: a cache object kept with the inputs would grow with every replay of the
-            # block, and later replays would attend to keys and values of earlier weights.
-            kwargs = {k: v for k, v in kwargs.items() if k not in _CACHE_KWARGS and not _is_cache(v)}
-            kwargs["use_cache"] = False
-            store.append(BlockInput(hidden_states.detach(), args, kwargs))
+class _Catcher(nn.Module):
+    """Stands in for block ``index`` during capture: records its inputs and passes the hidden
+    states on unchanged (the decoder loop computes every block's own masks and rotary tables
+    without needing real outputs); the last one stops the forward pass."""
+
+    def __init__(self, inner: nn.Module, index: int, store: list, last: bool):
+        super().__init__()
+        self.inner, self.index, self.store, self.last = inner, index, store, last
+        # decoder loops may read attributes of their layers (e.g. attention_type)
+        for attr in ("attention_type", "layer_idx", "is_sliding"):
+            if hasattr(inner, attr):
+                setattr(self, attr, getattr(inner, attr))
+
+    def forward(self, hidden_states, *args, **kwargs):
+        self.store.append((self.index, hidden_states.detach() if self.index == 0 else None, args, _keep(kwargs)))
+        if self.last:
             raise _Stop
+        return hidden_states
 
-    blocks[0] = Catcher(first)
-    try:
-        for inputs in batches:
-            try:
-                adapter.forward_calib(inputs)
-            except _Stop:
-                pass
-    finally:
-        blocks[0] = first
-    if len(store) != len(batches):
-        raise RuntimeError("the first decoder block was not reached for every calibration batch")
-    return store
+
+@torch.no_grad()
+def capture_block_inputs(adapter: BaseModel, batches: list[dict]) -> list[BlockInput]:
+    """The first block's inputs for every calibration batch, each with every block's own
+    arguments (:attr:`BlockInput.calls`). One pass of the model in which every block is replaced
+    by a recorder that passes its input through: only the embeddings (and the vision side) run.
+
+    Should the decoder loop need real block outputs to go on (older custom code reading the
+    layer output's shape), the capture falls back to the first block's arguments for every block
+    (``calls`` None), as before per-block capture."""
+    blocks = adapter.get_blocks()
+    n = len(blocks)
+    originals = [blocks[j] for j in range(n)]
+    out: list[BlockInput] = []
+    for inputs in batches:
+        store: list = []
+        for j in range(n):
+            blocks[j] = _Catcher(originals[j], j, store, last=j == n - 1)
+        try:
+            adapter.forward_calib(inputs)
+        except _Stop:
+            pass
+        except Exception:  # noqa: BLE001 - the loop broke on a pass-through block: first block only
+            store = store[:1]
+        finally:
+            for j in range(n):
+                blocks[j] = originals[j]
+        if not store or store[0][0] != 0:
+            raise RuntimeError("the first decoder block was not reached for every calibration batch")
+        _, hidden, args, kwargs = store[0]
+        calls = [(a, k) for _, _, a, k in store] if len(store) == n else None
+        out.append(BlockInput(hidden, args, kwargs, calls))
+    return out
 
 
 _CACHE_KWARGS = ("past_key_values", "past_key_value", "cache", "layer_past")
@@ -131,7 +169,7 @@ def answer_tail(adapter: BaseModel, first: int, device) -> Callable[[list[torch.
         out = []
         for h, bi in zip(hidden, inputs):
             for j in range(first, len(blocks)):
-                h = run_block(blocks[j], [BlockInput(h, bi.args, bi.kwargs)], _device_of(blocks[j], device))[0]
+                h = run_block(blocks[j], [bi.for_block(j, h)], _device_of(blocks[j], device))[0]
             h = last_positions(h)
             for norm in norms:
                 h = norm(h.to(_device_of(norm, device)))
@@ -277,7 +315,7 @@ def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], 
     device = torch.device(device or adapter.device)
     offload = placement is not None and placement.offload
     check_layers(adapter, method.wcfg)
-    inputs = capture_first_block_inputs(adapter, batches)
+    inputs = capture_block_inputs(adapter, batches)
     last = [k for k in ("loss_tokens", "clip_tokens") if getattr(method, k) == "last"]
     if last and any(bi.hidden.shape[0] > 1 for bi in inputs):
         raise ValueError(f"{last[0]}: last fits each sequence's last position, which needs one unpadded "
@@ -319,7 +357,8 @@ def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], 
         reports.append(rep)
         if offload:
             placement.unpin(block)
-        inputs = [BlockInput(o, bi.args, bi.kwargs) for o, bi in zip(q_out if quant_out else fp_out, inputs)]
+        if i + 1 < len(blocks):
+            inputs = [bi.for_block(i + 1, o) for o, bi in zip(q_out if quant_out else fp_out, inputs)]
         if on_block:
             on_block(rep, len(blocks))
     return reports

@@ -3,8 +3,8 @@
 The residual stream ``x`` (row vectors of width ``hidden``) is replaced by ``x·Q`` everywhere:
 
 * every norm scale is folded first into the linears that read the norm's output
-  (``W ← W·diag(g)``, ``g ← 1``): RMSNorm is rotation-invariant (``RMSNorm(x·Q) = RMSNorm(x)·Q``)
-  only when its scale is 1;
+  (``W ← W·diag(g)``, ``g ← 1``; Gemma's ``(1 + weight)`` norms too): RMSNorm is rotation-invariant
+  (``RMSNorm(x·Q) = RMSNorm(x)·Q``) only when its scale is 1;
 * the stream's **sources** are rotated on their output side: token embedding rows (``E ← E·Q``),
   the attention/MLP writers ``o_proj``/``down_proj`` and, for a VLM, the projector's injection
   layers (``W ← Qᵀ·W``, ``b ← Qᵀ·b``): image tokens enter the same residual stream;
@@ -21,7 +21,6 @@ rotates weights, which is what weight-only quantization benefits from.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -30,7 +29,14 @@ from torch import nn
 from llmc.models.projector import CONV_TYPES
 from llmc.models.structure import is_norm
 
-KINDS = ("hadamard", "random")
+from .orthogonal import (  # noqa: F401 - part of this module's interface
+    KINDS,
+    hadamard_matrix,
+    is_power_of_two,
+    random_hadamard,
+    random_orthogonal,
+    rotation_matrix,
+)
 
 
 @dataclass
@@ -46,52 +52,6 @@ class RotationReport:
     untied: bool = False  # the word embeddings were tied and have been untied
     notes: list[str] = field(default_factory=list)
     Q: torch.Tensor | None = field(default=None, repr=False)  # the rotation (float64, CPU)
-
-
-# ---------------------------------------------------------------------------------------------
-# Orthogonal matrices
-# ---------------------------------------------------------------------------------------------
-
-
-def is_power_of_two(n: int) -> bool:
-    return n > 0 and n & (n - 1) == 0
-
-
-def hadamard_matrix(d: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """The ``d×d`` Sylvester Hadamard matrix (entries ±1, ``H·Hᵀ = d·I``); ``d`` a power of two."""
-    if not is_power_of_two(d):
-        raise ValueError(f"a Sylvester Hadamard matrix needs a power-of-two size, got {d}")
-    h = torch.ones(1, 1, dtype=dtype)
-    while h.shape[0] < d:
-        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
-    return h
-
-
-def random_hadamard(d: int, seed: int = 0) -> torch.Tensor:
-    """Randomized Hadamard rotation ``H·diag(s)/sqrt(d)`` with seeded random signs ``s``."""
-    g = torch.Generator().manual_seed(seed)
-    signs = torch.randint(0, 2, (d,), generator=g, dtype=torch.int64).to(torch.float64) * 2 - 1
-    return hadamard_matrix(d) * signs / math.sqrt(d)
-
-
-def random_orthogonal(d: int, seed: int = 0) -> torch.Tensor:
-    """A random orthogonal matrix: QR of a seeded Gaussian, signs fixed so the draw is Haar."""
-    g = torch.Generator().manual_seed(seed)
-    q, r = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
-    return q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, torch.ones(d, dtype=torch.float64))
-
-
-def rotation_matrix(d: int, kind: str = "hadamard", seed: int = 0) -> tuple[torch.Tensor, str, list[str]]:
-    """``(Q, kind used, notes)``: an orthogonal ``d×d`` float64 matrix of the requested kind."""
-    if kind not in KINDS:
-        raise ValueError(f"rotation kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    if kind == "hadamard":
-        if is_power_of_two(d):
-            return random_hadamard(d, seed), "hadamard", []
-        note = (f"hidden size {d} is not a power of two: no Sylvester Hadamard matrix; "
-                "fell back to a random orthogonal matrix (QR of a Gaussian)")
-        return random_orthogonal(d, seed), "random", [note]
-    return random_orthogonal(d, seed), "random", []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,8 +90,6 @@ def _norm_kind_ok(norm: nn.Module, where: str) -> None:
             f"rotation supports RMSNorm language models only (Llama, Qwen2...): {where} is a {cls}, whose "
             "mean subtraction does not commute with a rotation (LayerNorm models need their norms "
             "converted first)")
-    if "gemma" in cls.lower():
-        raise ValueError(f"rotation: {where} is a {cls}, which scales by (1 + weight); not supported")
     w = getattr(norm, "weight", None)
     if not isinstance(w, torch.Tensor) or w.dim() != 1:
         raise ValueError(f"rotation: {where} ({cls}) has no per-channel weight to fold")
@@ -140,15 +98,32 @@ def _norm_kind_ok(norm: nn.Module, where: str) -> None:
 
 
 @torch.no_grad()
+def _norm_offset(norm: nn.Module) -> float:
+    """``0.0`` for a norm computing ``normalised * weight``, ``1.0`` for ``normalised * (1 + weight)``
+    (Gemma's): the convention is not visible from outside, so it is read off a fixed probe."""
+    w = norm.weight.detach()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, w.numel(), generator=gen, dtype=torch.float64)
+    y = norm(x.to(device=w.device, dtype=w.dtype)).double().cpu()
+    eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-6)))
+    base = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    wd = w.double().cpu()
+    errs = {off: float((base * (wd + off) - y).norm()) for off in (0.0, 1.0)}
+    return min(errs, key=errs.get)
+
+
+@torch.no_grad()
 def fold_norm_(norm: nn.Module, readers: list[nn.Module], where: str) -> None:
-    """Fold an RMSNorm's scale into the linears that read its output: ``W ← W·diag(g)``, ``g ← 1``."""
+    """Fold an RMSNorm's scale ``g`` into the linears that read its output: ``W ← W·diag(g)``, then
+    ``g ← 1`` (``weight`` 1, or 0 for a ``(1 + weight)`` norm)."""
     _norm_kind_ok(norm, where)
-    g = norm.weight.detach().double()
+    offset = _norm_offset(norm)
+    g = norm.weight.detach().double() + offset
     for r in readers:
         if r.weight.shape[-1] != g.shape[0]:
             raise ValueError(f"rotation: a reader of {where} takes width {r.weight.shape[-1]}, the norm is {g.shape[0]}")
         _set(r.weight, r.weight.detach().double() * g.to(r.weight.device))
-    norm.weight.data.fill_(1.0)
+    norm.weight.data.fill_(1.0 - offset)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,28 +213,18 @@ def _untie_config(adapter) -> None:
 
 
 @torch.no_grad()
-def rotate_model_(adapter, kind: str = "hadamard", seed: int = 0, *, skip_extra: bool = False,
-                  skip_extra_bias: bool = False) -> RotationReport:
-    """Rotate the residual stream of ``adapter``'s language model in place by an orthogonal ``Q``.
-
-    ``kind``: ``"hadamard"`` (randomized Hadamard ``H·diag(±1)/sqrt(d)``; a random orthogonal
-    matrix with a note when the hidden size is not a power of two) or ``"random"`` (QR of a
-    seeded Gaussian). The float model's outputs are unchanged up to rounding.
-
-    ``skip_extra`` / ``skip_extra_bias`` leave the projector's injection layers (resp. their
-    biases) unrotated: they exist to demonstrate that equivalence *needs* them, never for use.
-    """
+def check_rotation(adapter):
+    """Everything a rotation of ``adapter`` needs, checked before any weight is touched (works on a
+    skeleton on the meta device too: shapes and module kinds only). Returns ``(embeds, heads,
+    final_norms, per-block subsets, extra targets)``; raises ValueError naming what cannot rotate."""
     hidden = int(adapter.model_config.hidden_size)
-    Q, used, notes = rotation_matrix(hidden, kind, seed)
     name = _namer(adapter.mm_model)
-    report = RotationReport(used, kind, hidden, seed, notes=notes, Q=Q)
 
     embeds = [e for e in adapter.get_embed_layers() if e is not None]
     heads = [h for h in adapter.get_head_layers() if h is not None]
     final_norms = adapter.get_pre_head_layernorm_layers()
     blocks = adapter.get_blocks()
 
-    # --- check everything before touching a weight ------------------------------------------
     for e in embeds:
         if e.weight.shape[-1] != hidden:
             raise ValueError(f"{name(e)}: embedding width {e.weight.shape[-1]}, not the hidden size {hidden}")
@@ -290,6 +255,26 @@ def rotate_model_(adapter, kind: str = "hadamard", seed: int = 0, *, skip_extra:
     extras = []
     for t in adapter.get_extra_rot_module_besides_embed_layers():
         extras += _extra_plan(t, hidden, name(t))
+
+    return embeds, heads, final_norms, plans, extras
+
+
+def rotate_model_(adapter, kind: str = "hadamard", seed: int = 0, *, skip_extra: bool = False,
+                  skip_extra_bias: bool = False) -> RotationReport:
+    """Rotate the residual stream of ``adapter``'s language model in place by an orthogonal ``Q``.
+
+    ``kind``: ``"hadamard"`` (randomized Hadamard ``H·diag(±1)/sqrt(d)``; a random orthogonal
+    matrix with a note when the hidden size is not a power of two) or ``"random"`` (QR of a
+    seeded Gaussian). The float model's outputs are unchanged up to rounding.
+
+    ``skip_extra`` / ``skip_extra_bias`` leave the projector's injection layers (resp. their
+    biases) unrotated: they exist to demonstrate that equivalence *needs* them, never for use.
+    """
+    hidden = int(adapter.model_config.hidden_size)
+    embeds, heads, final_norms, plans, extras = check_rotation(adapter)
+    Q, used, notes = rotation_matrix(hidden, kind, seed)
+    name = _namer(adapter.mm_model)
+    report = RotationReport(used, kind, hidden, seed, notes=notes, Q=Q)
 
     # --- untie ------------------------------------------------------------------------------
     emb_ids = {id(e.weight) for e in embeds} | {e.weight.data_ptr() for e in embeds}

@@ -111,6 +111,10 @@ _RECIPES = {
 }
 
 FAMILIES: tuple[str, ...] = tuple(_RECIPES)
+# what a build writes (and a rebuild into the same folder first removes)
+STALE_FILES = ("config.json", "generation_config.json", "model.safetensors", "processor_config.json",
+               "preprocessor_config.json", "video_preprocessor_config.json", "tokenizer.json",
+               "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json")
 
 
 def family_info(name: str) -> FamilyInfo:
@@ -139,42 +143,51 @@ def build_family(name: str, out: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
-    _redraw_zero_matrices(model, config)
+    _wake_zero_init(model, config)
     model.eval()
-    model.generation_config = _generation_config(GenerationConfig, tok)
+    model.generation_config = _generation_config(GenerationConfig, tok, spec)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in STALE_FILES:  # a previous build of another family may have left these
+        (out / stale).unlink(missing_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     _check_saved(out, family_info(name))
     return out
 
 
-def _redraw_zero_matrices(model, config) -> None:
-    """Give weight matrices that the family initialises to zero random values instead.
+def _wake_zero_init(model, config) -> None:
+    """Replace zero initialisations that would cut the image off from the LM by random values.
 
-    Gemma 3 zero-initialises its projector matrix (``mm_input_projection_weight``), which would make
-    every image feature zero: the image could not influence the LM at all, and calibration or
-    quantization statistics of the projector would be degenerate. 1-D parameters (norm weights,
-    biases; Gemma's RMSNorm is ``1 + w`` with ``w`` zero) are left alone.
+    Two families start with the image path switched off, sensible for fine-tuning from pretrained
+    parts but useless in a random checkpoint: the image could not influence the answer, and
+    calibration statistics of the vision side would be degenerate.
+
+    * Gemma 3 zero-initialises its projector matrix ``mm_input_projection_weight``; every weight
+      matrix that is all zero is redrawn from N(0, initializer_range).
+    * Mllama zero-initialises its tanh gates (cross-attention and the vision tower's tile and
+      positional embeddings); zero gates are set to 0.5.
+
+    1-D parameters otherwise (norm weights, biases; Gemma's RMSNorm is ``1 + w`` with ``w``
+    zero) are left alone. Runs under the build's seed, so it stays deterministic.
     """
     import torch
 
     std = getattr(config, "initializer_range", None) or config.get_text_config().initializer_range
     with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim >= 2 and p.is_floating_point() and not p.any():
+        for name, p in model.named_parameters():
+            if p.any() or not p.is_floating_point():
+                continue
+            if p.ndim >= 2:
                 p.normal_(0.0, std)
+            elif name.endswith("gate"):
+                p.fill_(0.5)
 
 
-def _generation_config(cls, tok):
-    """Greedy by default; stop at EOS and at the family's end-of-turn token where it has one."""
-    stops = [tok.eos_token_id]
-    for t in ("<|im_end|>", "<|endoftext|>", "<end_of_turn>", "<end_of_utterance>"):
-        i = tok.convert_tokens_to_ids(t)
-        if isinstance(i, int) and i != tok.unk_token_id and i not in stops and t in tok.get_vocab():
-            stops.append(i)
+def _generation_config(cls, tok, spec):
+    """Greedy by default; stop at EOS and at the family's other stop tokens (end of turn)."""
+    stops = [tok.eos_token_id] + [tok.convert_tokens_to_ids(t) for t in spec.stops]
     return cls(bos_token_id=tok.bos_token_id, eos_token_id=stops if len(stops) > 1 else stops[0],
                pad_token_id=tok.pad_token_id, do_sample=False)
 

@@ -21,14 +21,14 @@ from .family_tokenizer import (
 
 HIDDEN = 64
 # Llama-style decoder shared by the families (head_dim 16).
-TEXT = dict(hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=4096)
+TEXT = {"hidden_size": HIDDEN, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "max_position_embeddings": 4096}
 # SigLIP-style vision tower: 32 px images, 8 px patches -> 4x4 patches.
-SIGLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-              image_size=32, patch_size=8)
+SIGLIP = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+          "image_size": 32, "patch_size": 8}
 # Qwen2-VL's smart_resize keeps images between these pixel counts (multiples of 28 px):
 # a 64x64 image becomes 56x56 = 4x4 patches of 14 px = 4 merged image tokens.
-QWEN_PIXELS = dict(min_pixels=28 * 28, max_pixels=56 * 56)
+QWEN_PIXELS = {"min_pixels": 28 * 28, "max_pixels": 56 * 56}
 
 
 def vocab_size(tok) -> int:
@@ -52,6 +52,7 @@ QWEN_TOKENIZER = TokenizerSpec(
     extra={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
            "vision_bos_token": "<|vision_start|>", "vision_eos_token": "<|vision_end|>"},
     chat_template=QWEN2_VL_TEMPLATE,
+    stops=("<|endoftext|>",),
 )
 
 
@@ -65,8 +66,8 @@ def _qwen_text(tok) -> dict:
 def _qwen_processor(processor_cls, tok):
     from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
-    px = dict(patch_size=14, temporal_patch_size=2, merge_size=2,
-              size={"shortest_edge": QWEN_PIXELS["min_pixels"], "longest_edge": QWEN_PIXELS["max_pixels"]})
+    px = {"patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+          "size": {"shortest_edge": QWEN_PIXELS["min_pixels"], "longest_edge": QWEN_PIXELS["max_pixels"]}}
     return processor_cls(image_processor=Qwen2VLImageProcessor(**px), tokenizer=tok,
                          video_processor=Qwen2VLVideoProcessor(**px), chat_template=tok.chat_template)
 
@@ -81,8 +82,8 @@ def qwen2_vl(tok):
 
     cfg = Qwen2VLConfig(
         text_config=_qwen_text(tok),
-        vision_config=dict(depth=1, embed_dim=32, hidden_size=HIDDEN, num_heads=2, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2),
+        vision_config={"depth": 1, "embed_dim": 32, "hidden_size": HIDDEN, "num_heads": 2, "patch_size": 14,
+                       "spatial_merge_size": 2, "temporal_patch_size": 2},
         **_qwen_token_ids(tok),
     )
     return cfg, _qwen_processor(Qwen2VLProcessor, tok)
@@ -95,9 +96,9 @@ def qwen2_5_vl(tok):
     # is a full-attention block, as in the released models' mix.
     cfg = Qwen2_5_VLConfig(
         text_config=_qwen_text(tok),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=HIDDEN,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=28,
-                           fullatt_block_indexes=[1]),
+        vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                       "out_hidden_size": HIDDEN, "patch_size": 14, "spatial_merge_size": 2,
+                       "temporal_patch_size": 2, "window_size": 28, "fullatt_block_indexes": [1]},
         **_qwen_token_ids(tok),
     )
     return cfg, _qwen_processor(Qwen2_5_VLProcessor, tok)
@@ -111,6 +112,7 @@ LLAVA_ONEVISION_TOKENIZER = TokenizerSpec(
     named={"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
     extra={"image_token": "<image>", "video_token": "<video>"},
     chat_template=LLAVA_ONEVISION_TEMPLATE,
+    stops=("<|endoftext|>",),
 )
 # anyres: a 64x64 image picks the 64x64 grid = 2x2 tiles of 32 px plus the 32 px base image.
 LLAVA_PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64]]
@@ -158,6 +160,7 @@ IDEFICS3_TOKENIZER = TokenizerSpec(
     extra={"image_token": "<image>", "fake_image_token": "<fake_token_around_image>",
            "global_image_token": "<global-img>", "end_of_utterance_token": "<end_of_utterance>"},
     chat_template=IDEFICS3_TEMPLATE,
+    stops=("<|end_of_text|>",),
 )
 # pixel shuffle by 2 turns 4x4 patches into 4 image tokens per 32 px tile
 IDEFICS3_SCALE = 2
@@ -170,7 +173,7 @@ def idefics3(tok):
     cfg = Idefics3Config(
         text_config=dict(TEXT, model_type="llama", vocab_size=vocab_size(tok), bos_token_id=tok.bos_token_id,
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
-        vision_config={k: v for k, v in SIGLIP.items()},
+        vision_config=dict(SIGLIP),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         scale_factor=IDEFICS3_SCALE,
         pad_token_id=tok.pad_token_id,
@@ -194,6 +197,7 @@ GEMMA3_TOKENIZER = TokenizerSpec(
     named=GEMMA_NAMED,
     extra={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"},
     chat_template=GEMMA3_TEMPLATE,
+    stops=("<end_of_turn>",),
 )
 GEMMA3_IMAGE_TOKENS = 4  # 4x4 patches average-pooled 2x2
 
@@ -205,7 +209,8 @@ def gemma3(tok):
     # the released models (5 local : 1 global) in miniature. The window (16) is shorter than a
     # chat prompt, so the sliding mask really cuts.
     text = dict(TEXT, num_hidden_layers=3, vocab_size=vocab_size(tok), head_dim=16, query_pre_attn_scalar=16,
-                sliding_window=16, layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                sliding_window=16, sliding_window_pattern=3,
+                layer_types=["sliding_attention", "sliding_attention", "full_attention"],
                 bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     cfg = Gemma3Config(
         text_config=text,
@@ -265,7 +270,12 @@ SMOLVLM_TOKENIZER = TokenizerSpec(
 
 
 def smolvlm(tok):
-    from transformers import SmolVLMConfig, SmolVLMImageProcessor, SmolVLMProcessor, SmolVLMVideoProcessor
+    from transformers import (
+        SmolVLMConfig,
+        SmolVLMImageProcessor,
+        SmolVLMProcessor,
+        SmolVLMVideoProcessor,
+    )
 
     cfg = SmolVLMConfig(
         text_config=dict(TEXT, model_type="llama", vocab_size=vocab_size(tok), bos_token_id=tok.bos_token_id,
@@ -275,8 +285,8 @@ def smolvlm(tok):
         scale_factor=IDEFICS3_SCALE,
         pad_token_id=tok.pad_token_id,
     )
-    sizes = dict(size={"longest_edge": 2 * SIGLIP["image_size"]},
-                 max_image_size={"longest_edge": SIGLIP["image_size"]})
+    sizes = {"size": {"longest_edge": 2 * SIGLIP["image_size"]},
+             "max_image_size": {"longest_edge": SIGLIP["image_size"]}}
     return cfg, SmolVLMProcessor(image_processor=SmolVLMImageProcessor(do_image_splitting=True, **sizes),
                                  tokenizer=tok, video_processor=SmolVLMVideoProcessor(**sizes),
                                  image_seq_len=IDEFICS3_SEQ, chat_template=tok.chat_template)
@@ -291,6 +301,7 @@ MLLAMA_TOKENIZER = TokenizerSpec(
     named={"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "pad_token": "<|finetune_right_pad_id|>"},
     extra={"image_token": "<|image|>"},
     chat_template=MLLAMA_TEMPLATE,
+    stops=("<|end_of_text|>",),
 )
 MLLAMA_TILES = 4  # up to 4 tiles of 32 px; a 64x64 image uses a 2x2 arrangement
 
@@ -305,9 +316,9 @@ def mllama(tok):
         text_config=dict(TEXT, vocab_size=vocab_size(tok), cross_attention_layers=[1],
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_global_layers=1,
-                           attention_heads=2, image_size=SIGLIP["image_size"], patch_size=SIGLIP["patch_size"],
-                           max_num_tiles=MLLAMA_TILES, intermediate_layers_indices=[0], vision_output_dim=64),
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_global_layers": 1,
+                       "attention_heads": 2, "image_size": SIGLIP["image_size"], "patch_size": SIGLIP["patch_size"],
+                       "max_num_tiles": MLLAMA_TILES, "intermediate_layers_indices": [0], "vision_output_dim": 64},
         image_token_index=tok.convert_tokens_to_ids("<|image|>"),
     )
     improc = MllamaImageProcessor(size={"height": SIGLIP["image_size"], "width": SIGLIP["image_size"]},

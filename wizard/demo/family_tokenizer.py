@@ -33,13 +33,15 @@ class TokenizerSpec:
     (``bos_token``, ``eos_token``, ``pad_token``, ``unk_token``) and ``extra`` the family-specific
     attributes the processors read (``image_token`` -> ``tokenizer.image_token`` and
     ``tokenizer.image_token_id``); ``added`` are plain (non-special) tokens appended after training
-    (PaliGemma's ``<locXXXX>``/``<segXXX>``).
+    (PaliGemma's ``<locXXXX>``/``<segXXX>``); ``stops`` are the tokens besides EOS at which
+    generation stops (the generation config's ``eos_token_id`` list, e.g. Gemma's ``<end_of_turn>``).
     """
 
     specials: tuple[str, ...]
     named: dict[str, str]
     extra: dict[str, str] = field(default_factory=dict)
     added: tuple[str, ...] = ()
+    stops: tuple[str, ...] = ()
     chat_template: str | None = None
     vocab_size: int = 512
 
@@ -51,7 +53,14 @@ def build_tokenizer(spec: TokenizerSpec):
     Idefics3) or the processor inserts it (PaliGemma), so text from ``apply_chat_template`` fed
     back through the processor never gets a doubled BOS.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import (
+        AddedToken,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=spec.named.get("unk_token")))
@@ -127,7 +136,8 @@ IDEFICS3_TEMPLATE = (
 # Gemma 3: <start_of_turn>user/model turns; the processor expands <start_of_image>.
 GEMMA3_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}"
+    "{% if message['role'] == 'assistant' %}{% set role = 'model' %}"
+    "{% else %}{% set role = message['role'] %}{% endif %}"
     "{{ '<start_of_turn>' + role + '\n' }}"
     "{% if message['content'] is string %}{{ message['content'] | trim }}{% else %}"
     "{% for item in message['content'] %}{% if item['type'] == 'image' %}{{ '<start_of_image>' }}"

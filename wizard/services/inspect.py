@@ -282,6 +282,25 @@ def inspect_model(weights_dir: str | Path, code_package: str | None = None,
     return rep
 
 
+def rotation_refusal(weights_dir: str | Path, code_package: str | None, language_model_path: str | None,
+                     injection: list[str], hidden_size: int | None) -> str | None:
+    """Why the engine could not rotate this model (one line), or None when it can: the engine's
+    own pre-rotation checks run on the skeleton (config.json only, no weights)."""
+    from llmc.models.projector import locate_mm_parts
+    from llmc.models.skeleton import skeleton_view
+    from llmc.quant.rotation import check_rotation
+
+    model, _, _ = build_skeleton(weights_dir, code_package)
+    try:
+        if language_model_path is None or not hidden_size:
+            parts = locate_mm_parts(model)
+            language_model_path, hidden_size = parts.language_model_path, parts.hidden_size
+        check_rotation(skeleton_view(model, language_model_path, injection, hidden_size))
+    except ValueError as e:
+        return " ".join(str(e).split())
+    return None
+
+
 #: where a transformers model folder keeps a chat template (its own file, or a key of a config)
 _TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 _TEMPLATE_KEYS = ("processor_config.json", "tokenizer_config.json", "preprocessor_config.json")

@@ -1,4 +1,6 @@
-"""Smoke test of a generated adapter: import, build, one calibration and one eval sample."""
+"""Smoke test of a generated adapter: import, build, a calibration sample, and an evaluation batch
+at the run's batch size whose answers must equal the one-at-a-time answers (with finite logits),
+so that a batching bug fails here in seconds rather than after the original model's evaluation."""
 
 from __future__ import annotations
 
@@ -17,8 +19,42 @@ class SmokeReport:
     expected: str | None = None
 
 
+def eval_batch(rows: list[dict], batch_size: int) -> list[dict]:
+    """``batch_size`` evaluation rows (at least two), spread over different images first."""
+    k = max(2, int(batch_size))
+    first = {}
+    for r in rows:  # one question per image first, then the rest
+        first.setdefault(r.get("question_id", id(r)), r)
+    seen = {id(r) for r in first.values()}
+    order = list(first.values()) + [r for r in rows if id(r) not in seen]
+    return order[:k]
+
+
+def check_batch(adapter, rows: list[dict], max_new_tokens: int = 8) -> str:
+    """Answers of ``rows`` as one batch equal their answers one at a time, and the answer logits
+    are finite; returns a one-line summary, raises ValueError naming the first disagreement."""
+    import torch
+
+    from llmc.eval.vqa import VQARequest
+
+    reqs = [VQARequest(r["question"], [r["image"]], {"max_new_tokens": max_new_tokens}) for r in rows]
+    batched = adapter.answer(reqs)
+    single = [adapter.answer([q])[0] for q in reqs]
+    for i, (b, s) in enumerate(zip(batched, single)):
+        if b != s:
+            raise ValueError(f"sample {i} of a batch of {len(reqs)} answers {b!r} but {s!r} alone: batching changes "
+                             "the answers (padding side, attention mask, or images not matched to their samples)")
+    try:
+        logits = adapter.answer_logits(reqs)
+    except NotImplementedError:
+        return f"batch of {len(reqs)} answers as one at a time"
+    if not torch.isfinite(logits).all():
+        raise ValueError(f"the answer logits of a batch of {len(reqs)} are not finite (nan/inf): check the dtype")
+    return f"batch of {len(reqs)} answers as one at a time; logits finite"
+
+
 def smoke_test(module: str, model_type: str, weights: Path, calib_path: Path | None, eval_path: Path | None,
-               device: str = "cpu", models_dir: Path | None = None, log=None) -> SmokeReport:
+               device: str = "cpu", models_dir: Path | None = None, log=None, eval_bs: int = 2) -> SmokeReport:
     from llmc.models import get_model_class
 
     from .register import import_adapter
@@ -57,21 +93,25 @@ def smoke_test(module: str, model_type: str, weights: Path, calib_path: Path | N
         from llmc.eval.mme import load_dataset
         from llmc.eval.vqa import VQARequest
 
-        row = load_dataset(Path(eval_path))[0]
+        ds = load_dataset(Path(eval_path))
+        row = ds[0]
         rep.answer = step("eval sample", lambda: adapter.answer([VQARequest(row["question"], [row["image"]],
                                                                             {"max_new_tokens": 8})])[0])
         rep.expected = row["answer"]
+        rows = eval_batch([ds[i] for i in range(min(len(ds), max(2, eval_bs) * 2))], eval_bs)
+        step("eval batch", lambda: check_batch(adapter, rows))
     rep.ok = True
     return rep
 
 
 def smoke_test_in_child(module: str, model_type: str, weights: Path, calib_path: Path | None,
                         eval_path: Path | None, device: str = "cpu", models_dir: Path | None = None, log=None,
-                        cancelled=None, on_start=None, env: dict | None = None) -> SmokeReport:
+                        cancelled=None, on_start=None, env: dict | None = None, eval_bs: int = 2) -> SmokeReport:
     """:func:`smoke_test` in a child process: ``cancelled()`` turning true kills it (WizardError)."""
     from .child import run_child
 
-    args = ["--module", module, "--model-type", model_type, "--weights", weights, "--device", device]
+    args = ["--module", module, "--model-type", model_type, "--weights", weights, "--device", device,
+            "--eval-bs", str(eval_bs)]
     for flag, value in (("--calib", calib_path), ("--eval", eval_path), ("--models-dir", models_dir)):
         if value is not None:
             args += [flag, value]
@@ -95,9 +135,10 @@ def main(argv=None) -> int:
     ap.add_argument("--eval", type=Path)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--models-dir", type=Path)
+    ap.add_argument("--eval-bs", type=int, default=2, help="the run's evaluation batch size (at least 2 are checked)")
     a = ap.parse_args(argv)
     return child_main(lambda: asdict(smoke_test(a.module, a.model_type, a.weights, a.calib, a.eval, a.device,
-                                                a.models_dir, log=print)))
+                                                a.models_dir, log=print, eval_bs=a.eval_bs)))
 
 
 if __name__ == "__main__":
