@@ -164,3 +164,26 @@ def test_generate_refuses_a_rotation_the_model_cannot_take(tmp_path, zoo):
     assert "\n" not in str(e.value)
     a.generate.rotate = None
     assert plan(s).config_text  # without rotation the same model generates
+
+
+def test_a_processor_missing_a_package_names_it(tmp_path):
+    """SmolVLM's processor needs num2words: without it (blocked in a fresh interpreter) the
+    adapter says which package to install, in one line."""
+    import subprocess
+    import sys
+
+    path = build_family("smolvlm", tmp_path / "smolvlm")
+    code = ("import sys; sys.modules['num2words'] = None\n"
+            "from llmc.models.hf_vlm import load_processor\n"
+            "try:\n    load_processor(sys.argv[1])\nexcept ValueError as e:\n    print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300)
+    assert r.stdout.strip().endswith("it needs num2words (pip install num2words)"), r.stdout + r.stderr[-2000:]
+    assert len(r.stdout.strip().splitlines()) == 1
+
+
+def test_a_wrong_language_model_path_names_what_was_looked_for(tmp_path):
+    path = build_family("qwen2_vl", tmp_path / "qwen2_vl")
+    cls = declared("qwen2_vl", path)
+    cls.language_model_path = "model.text_model"
+    with pytest.raises(ValueError, match=r"language_model_path 'model.text_model' is not in Qwen2VLForConditional"):
+        cls(path, "float32", "cpu")

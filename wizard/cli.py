@@ -13,6 +13,14 @@ from .services.errors import WizardError
 def _cmd_demo(args) -> int:
     from .demo import zoo as zoo_mod
 
+    if args.action == "family":
+        from .demo.families import FAMILIES, publish_family
+
+        if args.family not in FAMILIES:
+            what = f"unknown family {args.family!r}" if args.family else "`demo family` needs a family name"
+            raise WizardError(what, f"choose one of {', '.join(FAMILIES)}")
+        print(publish_family(args.family, args.cache))
+        return 0
     zoo = zoo_mod.build(args.cache, force=args.force, log=lambda m: print(f"[demo] {m}", file=sys.stderr))
     if args.action == "build":
         print(zoo.to_json(), end="")
@@ -107,8 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="llmc-wizard", description="Onboard, quantize and evaluate a (vision-)language model.")
     sub = ap.add_subparsers(dest="command")
     d = sub.add_parser("demo", help="the demo zoo: build it (if needed) and open the wizard on it")
-    d.add_argument("action", nargs="?", choices=["launch", "build", "info"], default="launch",
-                   help="launch (default): open the wizard; build: only build the zoo; info: print model facts")
+    d.add_argument("action", nargs="?", choices=["launch", "build", "info", "family"], default="launch",
+                   help="launch (default): open the wizard; build: only build the zoo; info: print model facts; "
+                   "family NAME: a tiny checkpoint of a transformers VLM family as a local git repository")
+    d.add_argument("family", nargs="?", default=None, help="with `family`: llava_onevision, qwen2_vl, qwen2_5_vl, "
+                   "idefics3, gemma3, paligemma, smolvlm or mllama")
     d.add_argument("--cache", type=Path, default=None, help="cache folder (default $LLMC_WIZARD_CACHE or ~/.cache/llmc-wizard)")
     d.add_argument("--force", action="store_true", help="rebuild the zoo even if it is up to date")
     d.set_defaults(func=_cmd_demo)

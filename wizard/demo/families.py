@@ -196,3 +196,15 @@ def _check_saved(out: Path, info: FamilyInfo) -> None:
     arch = json.loads((out / "config.json").read_text())["architectures"][0]
     if arch != info.architecture:
         raise RuntimeError(f"{info.name}: saved architecture {arch}, expected {info.architecture}")
+
+
+def publish_family(name: str, cache: Path | None = None) -> Path:
+    """Build family ``name`` and publish it as a local git repository (the form a user's weights
+    come in): ``<cache>/families/<name>.git``, which is returned. Rebuilt on every call."""
+    from .zoo import default_cache, publish_repo
+
+    root = Path(cache) if cache is not None else default_cache()
+    src = build_family(name, root / "families" / "build" / name)
+    dest = root / "families" / f"{name}.git"
+    publish_repo(src, dest, lfs=False)
+    return dest
