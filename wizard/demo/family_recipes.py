@@ -167,10 +167,9 @@ IDEFICS3_SCALE = 2
 IDEFICS3_SEQ = (SIGLIP["image_size"] // SIGLIP["patch_size"]) ** 2 // IDEFICS3_SCALE**2
 
 
-def idefics3(tok):
-    from transformers import Idefics3Config, Idefics3ImageProcessor, Idefics3Processor
-
-    cfg = Idefics3Config(
+def _idefics_config(tok) -> dict:
+    """The config values Idefics3 and SmolVLM (the same architecture) share."""
+    return dict(
         text_config=dict(TEXT, model_type="llama", vocab_size=vocab_size(tok), bos_token_id=tok.bos_token_id,
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
         vision_config=dict(SIGLIP),
@@ -178,6 +177,12 @@ def idefics3(tok):
         scale_factor=IDEFICS3_SCALE,
         pad_token_id=tok.pad_token_id,
     )
+
+
+def idefics3(tok):
+    from transformers import Idefics3Config, Idefics3ImageProcessor, Idefics3Processor
+
+    cfg = Idefics3Config(**_idefics_config(tok))
     # A 64x64 image is split into 2x2 tiles of 32 px (row/col tokens) plus a global 32 px image.
     improc = Idefics3ImageProcessor(size={"longest_edge": 2 * SIGLIP["image_size"]},
                                     max_image_size={"longest_edge": SIGLIP["image_size"]},
@@ -277,14 +282,7 @@ def smolvlm(tok):
         SmolVLMVideoProcessor,
     )
 
-    cfg = SmolVLMConfig(
-        text_config=dict(TEXT, model_type="llama", vocab_size=vocab_size(tok), bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
-        vision_config=dict(SIGLIP),
-        image_token_id=tok.convert_tokens_to_ids("<image>"),
-        scale_factor=IDEFICS3_SCALE,
-        pad_token_id=tok.pad_token_id,
-    )
+    cfg = SmolVLMConfig(**_idefics_config(tok))
     sizes = {"size": {"longest_edge": 2 * SIGLIP["image_size"]},
              "max_image_size": {"longest_edge": SIGLIP["image_size"]}}
     return cfg, SmolVLMProcessor(image_processor=SmolVLMImageProcessor(do_image_splitting=True, **sizes),
