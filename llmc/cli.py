@@ -36,6 +36,8 @@ def cmd_check(args) -> int:
     except Exception as e:  # noqa: BLE001 - a check must never end in a traceback
         problems = [f"the check itself failed ({type(e).__name__}: {' '.join(str(e).split())}); "
                     "please report this with the config"]
+    for n in cfg.notices():
+        print(f"llmc: note: {n}", file=sys.stderr)
     for p in problems:
         print(f"llmc: error: {p}", file=sys.stderr)
     if not problems:

@@ -200,6 +200,9 @@ def _run(cfg: Config, run_dir: Path, *, device: str | None, progress: Progress, 
     atomic_write_text(run_dir / "config.yml", cfg.effective_yaml())
     progress.event("start", run_dir=str(run_dir), device=device, pid=os.getpid(), run_id=run_id)
     progress.log(f"effective config:\n{cfg.effective_yaml()}")
+    for n in cfg.notices():  # keys the config sets that change nothing here: said, not silent
+        progress.log(f"note: {n}")
+        progress.event("warning", message=f"config {n}")
     _seed(cfg.base.seed)
     results: dict = {"label": quant_label(cfg), "run_id": run_id, "device": device, "evals": {}, "timings": {},
                      "blocks": []}

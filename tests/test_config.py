@@ -390,7 +390,7 @@ def test_ignored_llmc_keys_are_accepted(raw):
 def test_effective_yaml_round_trips(example_file, tmp_path):
     cfg = load_config(example_file)
     text = cfg.effective_yaml()
-    assert list(yaml.safe_load(text)) == ["base", "model", "calib", "eval", "quant", "save"]
+    assert list(yaml.safe_load(text)) == ["base", "model", "calib", "eval", "quant", "save", "run"]
     out = tmp_path / "effective.yml"
     out.write_text(text)
     again = load_config(out)
@@ -475,3 +475,32 @@ def test_presets_follow_the_cache_variable(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match=r"model.path.*\$\{NOPE_UNSET\} is not set"):
         load_config({"model": {"type": "Llava", "path": "${NOPE_UNSET}/x"},
                      "quant": {"method": "RTN", "weight": {"bit": 4, "group_size": 32}}})
+
+
+def test_an_llmc_tpu_config_loads_and_names_what_it_ignores(raw, tmp_path):
+    """llmc-tpu configs carry `run: {task_name, task_type}`; keys accepted without effect are said."""
+    import subprocess
+    import sys
+
+    raw["run"] = {"task_name": "vila_awq_w4a16", "task_type": "VLM"}
+    cfg = load_config(raw)
+    assert cfg.run.task_name == "vila_awq_w4a16" and cfg.run.task_type == "VLM"
+    notes = cfg.notices()
+    assert [n.split(":")[0] for n in notes] == ["calib.preproc", "calib.type", "eval.eval_token_consist",
+                                                "model.tokenizer_mode", "run"]
+    assert all("\n" not in n for n in notes)
+    assert "did you mean 'task_name'" in error_of({**raw, "run": {"task_nam": "x"}})
+    # a config setting none of them has no notice
+    for k in ("tokenizer_mode",):
+        raw["model"].pop(k)
+    for k in ("preproc", "type"):
+        raw["calib"].pop(k)
+    raw["eval"].pop("eval_token_consist")
+    raw.pop("run")
+    assert load_config(raw).notices() == []
+    # `llmc check` prints them before its verdict
+    path = tmp_path / "tpu.yml"
+    path.write_text(LLMC_EXAMPLE + "run:\n    task_name: t\n    task_type: VLM\n")
+    r = subprocess.run([sys.executable, "-m", "llmc", "check", str(path)], capture_output=True, text=True, timeout=300)
+    assert "llmc: note: run: accepted but informational" in r.stderr
+    assert "llmc: note: model.tokenizer_mode: accepted but ignored" in r.stderr

@@ -30,6 +30,8 @@ UNSUPPORTED_LLMC_KEYS: dict[str, str] = {
                      "the model adapter.",
     "eval.eval_token_consist": "accepted but informational: token consistency between the "
                                "original and the quantized model is not measured.",
+    "run": "accepted but informational: llmc-tpu's task name and type do not change what runs "
+           "(the run directory is given on the command line).",
 }
 
 #: Entries of :data:`UNSUPPORTED_LLMC_KEYS` that are accepted and have no effect.
@@ -38,6 +40,7 @@ ACCEPTED_BUT_IGNORED: frozenset[str] = frozenset({
     "calib.type",
     "calib.preproc",
     "eval.eval_token_consist",
+    "run",
 })
 
 # Values of llmc-only keys (absent from the schema) that request nothing and are dropped

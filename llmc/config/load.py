@@ -12,7 +12,8 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from .errors import ConfigError, _KeyedError, _show, _to_config_error
 from .quant import AwqSpecial, GptqSpecial, QuantConfig
-from .sections import BaseConfig, CalibConfig, EvalConfig, ModelConfig, SaveConfig, _Section
+from .compat import ACCEPTED_BUT_IGNORED, UNSUPPORTED_LLMC_KEYS
+from .sections import BaseConfig, CalibConfig, EvalConfig, ModelConfig, RunConfig, SaveConfig, _Section
 
 _NEEDS_CALIB = frozenset({"Awq", "GPTQ"})
 
@@ -27,6 +28,7 @@ class Config(_Section):
         default_factory=list, description="one mapping or a list of mappings in YAML")
     quant: QuantConfig
     save: SaveConfig | None = None
+    run: RunConfig | None = Field(None, description="llmc-tpu's task name and type; informational")
 
     @classmethod
     def _normalize(cls, data: dict) -> dict:
@@ -89,6 +91,17 @@ class Config(_Section):
                 check_format(fmt, weight_config(self.quant), self.quant.act)
             except ExportError as exc:
                 raise _KeyedError(str(exc).split(": ", 1)[1], key=key) from None
+
+    def notices(self) -> list[str]:
+        """One line for every key this config sets that is accepted but has no effect."""
+        out = []
+        for full in sorted(ACCEPTED_BUT_IGNORED):
+            section, _, key = full.partition(".")
+            values = getattr(self, section, None)
+            values = values if isinstance(values, list) else [values]
+            if any(v is not None and (not key or key in v.model_fields_set) for v in values):
+                out.append(f"{full}: {UNSUPPORTED_LLMC_KEYS[full]}")
+        return out
 
     @property
     def evals(self) -> list[EvalConfig]:

@@ -234,6 +234,15 @@ def _require_local_path(section: CalibConfig | EvalConfig) -> None:
                           "(datasets are never downloaded)", key=("path",))
 
 
+class RunConfig(_Section):
+    """llmc-tpu's ``run`` section (``task_name``, ``task_type``): accepted, informational."""
+
+    _yaml_path: ClassVar[str] = "run"
+
+    task_name: Str | None = None
+    task_type: Str | None = None
+
+
 class SaveConfig(_Section):
     """``save``: where and what to write after quantization."""
 
