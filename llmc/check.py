@@ -295,7 +295,7 @@ def check_projector_layers(cls, mp: Path) -> list[str]:
         layers = (layers,)
     if not layers:
         return []  # built-in adapters find the layer by structure
-    from .models.projector import find_language_model
+    from .models.parts import find_language_model
     from .models.skeleton import SkeletonError, build_skeleton
 
     who = f"model.type {getattr(cls, 'name', '') or cls.__name__}"

@@ -486,3 +486,41 @@ def test_cli_text_summary(capsys):
     assert main_inspect([str(TINY_LLAVA), "--group-size", "32"]) == 0
     out = capsys.readouterr().out
     assert "last layer(s)  : model.multi_modal_projector.linear_2" in out and "every layer divisible" in out
+
+
+def _llava_original(tower_layers: int = 1):
+    """The original LLaVA code's layout: vision_tower and mm_projector kept inside the language
+    model's module (``LlavaLlamaModel`` extends ``LlamaModel``), beside its layers."""
+
+    class LlavaLikeModel(T.LlamaModel):
+        def __init__(self, config):
+            super().__init__(config)
+            self.vision_tower = T.CLIPVisionModel(T.CLIPVisionConfig(
+                hidden_size=32, intermediate_size=64, num_hidden_layers=tower_layers, num_attention_heads=2,
+                image_size=32, patch_size=8))
+            self.mm_projector = nn.Sequential(nn.Linear(32, H), nn.GELU(), nn.Linear(H, H))
+
+    class LlavaLikeForCausalLM(T.LlamaForCausalLM):
+        def __init__(self, config):
+            super().__init__(config)
+            self.model = LlavaLikeModel(config)
+
+    return LlavaLikeForCausalLM(T.LlamaConfig(**TEXT))
+
+
+@pytest.mark.parametrize("tower_layers", [1, 4])
+def test_parts_kept_inside_the_language_model_are_found(tower_layers):
+    """The projector and tower live under `model` with the decoder: found there, and the decoder
+    blocks are still the language model's (even when the tower has more layers)."""
+    r = inspect_module(_llava_original(tower_layers), "LlavaLlamaForCausalLM", "custom-code", group_size=32)
+    assert (r.language_model_path, r.vision_tower_path, r.projector_path) == \
+        ("model", "model.vision_tower", "model.mm_projector")
+    assert r.proposed_last_layers == ["model.mm_projector.2"]
+    assert (r.blocks_path, r.num_blocks) == ("model.layers", 2)
+    assert all(q.name.startswith("model.layers.") for q in r.quant_layers)
+    assert not any(f.startswith("text-only") for f in r.flags)
+
+
+def test_a_plain_language_model_has_no_attached_parts():
+    r = inspect_module(T.LlamaForCausalLM(T.LlamaConfig(**TEXT)), "LlamaForCausalLM")
+    assert r.vision_tower_path is None and r.projector_path is None and r.proposed_last_layers == []

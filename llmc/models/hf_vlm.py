@@ -74,7 +74,7 @@ class HFVisionLanguageModel(BaseModel):
 
     def _locate_parts(self) -> None:
         """The language model, vision tower and projector: at the declared paths, else by structure."""
-        from .projector import locate_mm_parts
+        from .parts import locate_mm_parts
 
         found = None
         if not (self.language_model_path and self.vision_tower_path and self.projector_path):

@@ -61,7 +61,13 @@ def _linear_count(m: nn.Module) -> int:
 
 
 def find_decoder(lm: nn.Module) -> Decoder:
-    """The decoder stack of a language model: the longest ModuleList of blocks with attention."""
+    """The decoder stack of a language model: the ModuleList of attention blocks beside the token
+    embedding (a vision tower kept inside the same module, as in the original LLaVA, has its own
+    list elsewhere); without one there, the longest such list."""
+    try:
+        token_embed = lm.get_input_embeddings() if hasattr(lm, "get_input_embeddings") else None
+    except (NotImplementedError, AttributeError):
+        token_embed = None
     best = None
     for name, mod in lm.named_modules():
         if not isinstance(mod, nn.ModuleList) or len(mod) == 0:
@@ -69,14 +75,17 @@ def find_decoder(lm: nn.Module) -> Decoder:
         if not all(_linear_count(b) >= 4 and any("attn" in n or "attention" in n for n, _ in b.named_modules())
                    for b in mod):
             continue
-        if best is None or len(mod) > len(best[1]):
-            best = (name, mod)
+        parent_path = name.rsplit(".", 1)[0] if "." in name else ""
+        parent = lm.get_submodule(parent_path) if parent_path else lm
+        key = (any(c is token_embed for c in parent.children()), len(mod))
+        if best is None or key > best[0]:
+            best = (key, name, mod)
     if best is None:
         raise ValueError(f"no decoder blocks found in {type(lm).__name__}: expected a ModuleList of attention blocks")
-    path, blocks = best
+    _, path, blocks = best
     parent_path = path.rsplit(".", 1)[0] if "." in path else ""
     parent = lm.get_submodule(parent_path) if parent_path else lm
-    embed = lm.get_input_embeddings() if hasattr(lm, "get_input_embeddings") else None
+    embed = token_embed
     if embed is None:
         embed = next((m for m in parent.children() if isinstance(m, nn.Embedding)), None)
     norm = None

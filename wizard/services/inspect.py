@@ -29,10 +29,10 @@ from typing import Any
 
 from torch import nn
 
+from llmc.models.parts import locate_mm_parts
 from llmc.models.projector import (
     CONV_TYPES,
     find_injection_layers,
-    locate_mm_parts,
     norm_width,
     raw_params,
 )
@@ -286,7 +286,6 @@ def rotation_refusal(weights_dir: str | Path, code_package: str | None, language
                      injection: list[str], hidden_size: int | None) -> str | None:
     """Why the engine could not rotate this model (one line), or None when it can: the engine's
     own pre-rotation checks run on the skeleton (config.json only, no weights)."""
-    from llmc.models.projector import locate_mm_parts
     from llmc.models.skeleton import skeleton_view
     from llmc.quant.rotation import check_rotation
 
