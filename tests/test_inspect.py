@@ -524,3 +524,64 @@ def test_parts_kept_inside_the_language_model_are_found(tower_layers):
 def test_a_plain_language_model_has_no_attached_parts():
     r = inspect_module(T.LlamaForCausalLM(T.LlamaConfig(**TEXT)), "LlamaForCausalLM")
     assert r.vision_tower_path is None and r.projector_path is None and r.proposed_last_layers == []
+
+
+def _code_package(root: Path, name: str, body: str) -> None:
+    """A model code package ``name`` (``name.model`` holds ``body``) importable from ``root``."""
+    (root / name / "model").mkdir(parents=True)
+    (root / name / "__init__.py").write_text("")
+    (root / name / "model" / "__init__.py").write_text(body)
+
+
+_TWO_MODELS = '''
+import transformers as T
+
+class LlavaLlamaConfig(T.LlamaConfig):
+    model_type = "llava_llama"
+
+class LlavaMistralConfig(T.MistralConfig):
+    model_type = "llava_mistral"
+
+class LlavaLlamaModel(T.LlamaForCausalLM):
+    config_class = LlavaLlamaConfig
+
+class LlavaMistralForCausalLM(T.MistralForCausalLM):
+    config_class = LlavaMistralConfig
+
+class LlavaLlamaForCausalLM(T.LlamaForCausalLM):
+    config_class = LlavaLlamaConfig
+'''
+
+
+def test_the_class_chooser_reads_architectures_against_every_export(tmp_path, monkeypatch):
+    """VILA's config names LlavaLlamaModel (not a *ForCausalLM); several candidates and no match:
+    an error naming them all, never a silent first pick."""
+    pkg = f"vila_like_{os.getpid()}"
+    _code_package(tmp_path, pkg, _TWO_MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    weights = tmp_path / "w"
+    weights.mkdir()
+    cfg = {**TEXT, "model_type": "llava_llama", "architectures": ["LlavaLlamaModel"]}
+    (weights / "config.json").write_text(json.dumps(cfg))
+    model, arch, kind = build_skeleton(weights, pkg)
+    assert type(model).__name__ == "LlavaLlamaModel" and arch == "LlavaLlamaModel" and kind == "custom-code"
+    (weights / "config.json").write_text(json.dumps({**cfg, "architectures": ["LlavaGemmaForCausalLM"]}))
+    with pytest.raises(WizardError) as e:
+        build_skeleton(weights, pkg)
+    assert "several model classes (LlavaLlamaForCausalLM, LlavaMistralForCausalLM)" in e.value.message
+    assert "'LlavaGemmaForCausalLM', which it does not export" in e.value.message
+
+
+def test_installed_code_that_does_not_import_says_why(tmp_path, monkeypatch):
+    """Code pinned to an older transformers (VILA imports no_init_weights, removed in 5) is
+    installed: the error shows the import failure, not "not installed"."""
+    pkg = f"old_code_{os.getpid()}"
+    _code_package(tmp_path, pkg, "from transformers.modeling_utils import no_such_helper_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "config.json").write_text(json.dumps({**TEXT, "model_type": "llava_llama"}))
+    with pytest.raises(WizardError) as e:
+        build_skeleton(tmp_path / "w", pkg)
+    assert f"{pkg}.model is installed but does not import: ImportError: cannot import name 'no_such_helper_xyz'" \
+        in e.value.message
+    assert "not installed" not in e.value.message and "older transformers" in e.value.fix

@@ -62,38 +62,71 @@ def _read_config(weights_dir: Path) -> dict:
 
 
 def _import_code(code_package: str):
-    """``<code_package>.model``, with an install hint when the package is missing."""
+    """``<code_package>.model``: an install hint when the package is missing, and the import
+    error itself when it is there but does not import (code pinned to older libraries)."""
+    def failure(e: ImportError, what: str) -> CodeImportError:
+        top = code_package.split(".")[0]
+        if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == top and what == code_package:
+            return CodeImportError(
+                f"cannot import the model's code package {code_package!r}: it is not installed ({e})",
+                "install it with `pip install -e <code repo>` (or the wizard's Install step)")
+        return CodeImportError(
+            f"{what} is installed but does not import: {type(e).__name__}: {' '.join(str(e).split())}",
+            "the code may need other versions of its dependencies (e.g. an older transformers): install it "
+            "with its own pins in a separate environment, or a missing dependency")
+
     try:
         importlib.import_module(code_package)
     except ImportError as e:
-        raise CodeImportError(
-            f"cannot import the model's code package {code_package!r}: it is not installed ({e})",
-            "install it with `pip install -e <code repo>` (or the wizard's Install step)") from e
+        raise failure(e, code_package) from e
     try:
         return importlib.import_module(f"{code_package}.model")
     except ImportError as e:
-        raise CodeImportError(f"cannot import {code_package}.model ({e})",
-                              f"check that {code_package!r} is a VILA-style package with a `model` module "
-                              "and that its dependencies are installed") from e
+        if isinstance(e, ModuleNotFoundError) and e.name == f"{code_package}.model":
+            raise CodeImportError(f"{code_package} has no `model` module",
+                                  f"check that {code_package!r} is a VILA- or LLaVA-style package "
+                                  "(with <package>.model exporting the model class)") from e
+        raise failure(e, f"{code_package}.model") from e
+
+
+#: name endings of a code package's whole-model classes (what ``architectures`` usually names)
+MODEL_CLASS_ENDINGS = ("ForCausalLM", "ForConditionalGeneration", "Model")
 
 
 def _pick_classes(mod, raw: dict) -> tuple[type, type]:
-    """The ``*ForCausalLM`` model class and its ``*Config`` class exported by ``mod``."""
+    """The model class ``config.json``'s ``architectures[0]`` names among everything ``mod``
+    exports (any ``nn.Module`` class: VILA's is ``LlavaLlamaModel``), and its ``*Config`` class.
+    Without such a name, the one whole-model class (``*ForCausalLM``, ``*ForConditionalGeneration``,
+    ``*Model``); several: an error naming them, never a silent first pick."""
     classes = [c for _, c in pyinspect.getmembers(mod, pyinspect.isclass)]
-    models = [c for c in classes if c.__name__.endswith("ForCausalLM")]
-    if not models:
-        raise SkeletonError(f"{mod.__name__} exports no *ForCausalLM class", "check the --code package name")
+    modules = [c for c in classes if issubclass(c, nn.Module)]
     arch = (raw.get("architectures") or [None])[0]
-    model_cls = next((c for c in models if c.__name__ == arch), models[0])
+    model_cls = next((c for c in modules if c.__name__ == arch), None)
+    if model_cls is None:
+        models = [c for c in modules if c.__name__.endswith(MODEL_CLASS_ENDINGS[:2])] \
+            or [c for c in modules if c.__name__.endswith(MODEL_CLASS_ENDINGS[2])]
+        if not models:
+            raise SkeletonError(f"{mod.__name__} exports no model class (*ForCausalLM, *ForConditionalGeneration, "
+                                "*Model)", "check the --code package name")
+        if len(models) > 1:
+            names = ", ".join(sorted(c.__name__ for c in models))
+            said = f"config.json names {arch!r}, which it does not export" if arch else "config.json names none"
+            raise SkeletonError(f"{mod.__name__} exports several model classes ({names}); {said}",
+                                "set architectures in config.json to the model's class")
+        model_cls = models[0]
     configs = [c for c in classes if c.__name__.endswith("Config")]
     config_cls = getattr(model_cls, "config_class", None)
     if config_cls is None or config_cls not in configs:
-        stem = model_cls.__name__[: -len("ForCausalLM")]
+        stem = model_cls.__name__
+        for end in MODEL_CLASS_ENDINGS:
+            stem = stem[: -len(end)] if stem.endswith(end) else stem
         config_cls = (next((c for c in configs if getattr(c, "model_type", None) == raw.get("model_type")), None)
                       or next((c for c in configs if c.__name__ == f"{stem}Config"), None)
-                      or (configs[0] if configs else None))
+                      or (configs[0] if len(configs) == 1 else None))
     if config_cls is None:
-        raise SkeletonError(f"{mod.__name__} exports no *Config class", "check the --code package name")
+        found = ", ".join(c.__name__ for c in configs) or "none"
+        raise SkeletonError(f"{mod.__name__}: no config class for {model_cls.__name__} (model_type "
+                            f"{raw.get('model_type')!r}; *Config classes: {found})", "check the --code package name")
     return model_cls, config_cls
 
 
