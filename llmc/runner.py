@@ -299,7 +299,8 @@ def _run(cfg: Config, run_dir: Path, *, device: str | None, progress: Progress, 
     with progress.phase("quantize", method=cfg.quant.method, n_blocks=len(adapter.get_blocks())):
         t = time.time()
         quantize_blockwise(adapter, method, batches, device=device, quant_out=cfg.quant.quant_out,
-                           placement=placement, on_block=on_block, stash=stash, cancelled=cancelled)
+                           placement=placement, on_block=on_block, stash=stash, cancelled=cancelled,
+                           on_note=lambda m: (progress.log(f"WARNING: {m}"), progress.event("warning", message=m)))
         if not cfg.quant.skip_layers:
             from .quant.rtn import rtn_
 

@@ -38,6 +38,10 @@ pipq install "filelock<4" "transformers>=5,<6" accelerate datasets loguru pillow
   "pytest>=8,<9" pytest-timeout pytest-asyncio pytest-textual-snapshot setuptools num2words
 # compressed-tensors only to check our pack-quantized export against the library itself
 pipq install --no-deps "compressed-tensors==0.20.0"
+# The original LLaVA code as the registry publishes it, kept as a file (not installed): the tests
+# publish it as a git repository and onboard a tiny LLaVA-1.5 checkpoint through it
+mkdir -p "$VENV/wheels"
+pipq download --no-deps -d "$VENV/wheels" "llava-torch==1.2.2.post1"
 echo "[setup] llmc-wizard (editable)"
 pipq install --no-deps --no-build-isolation -e .
 "$VENV/bin/python" - <<'PY'

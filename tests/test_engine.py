@@ -154,6 +154,20 @@ def test_block_replays_hold_no_kv_cache(which, zoo, tiny_vila_installed):
         torch.testing.assert_close(o, r, rtol=1e-4, atol=1e-4)
 
 
+def test_capture_lets_an_error_before_the_first_block_through(llava, zoo):
+    """A model that fails before its decoder (a token id outside the vocabulary) shows its own
+    error, not "the first decoder block was not reached"."""
+    from llmc.quant.blockwise import capture_block_inputs
+
+    good = _calib(llava, zoo, 1)
+    bad = {**good[0], "input_ids": torch.full_like(good[0]["input_ids"], 10**6)}
+    with pytest.raises(IndexError):
+        capture_block_inputs(llava, [bad])
+    notes: list[str] = []
+    inputs = capture_block_inputs(llava, good, notes.append)
+    assert notes == [] and inputs[0].calls is not None and len(inputs[0].calls) == len(llava.get_blocks())
+
+
 @pytest.mark.parametrize("search", ["block", "layer"])
 @pytest.mark.parametrize("which", ["Llava", "Vila"])
 def test_awq_transform_keeps_the_float_model_equivalent(which, search, zoo, tiny_vila_installed):

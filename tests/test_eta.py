@@ -58,10 +58,29 @@ def test_eta_uses_the_pace_then_the_history():
 
 def test_no_history_no_guess_before_the_first_report():
     eta = Eta()
-    eta.feed(Phase(t=0.0, name="quantize", state="start"))
-    assert eta.phase_left(now=10) is None and eta.run_left(now=10) is None and eta.text(now=10) == ""
-    eta.feed(Block(t=10.0, i=0, n=4, seconds=10, block_error=0.1, last_error=0.1))
-    assert eta.phase_left(now=10) == 30
-    assert eta.run_left(now=10) is None  # the phases after this one are unknown
-    eta.feed(Block(t=40.0, i=3, n=4, seconds=10, block_error=0.1, last_error=0.1))
-    assert eta.phase_left(now=40) == 0
+    eta.feed(Phase(t=100.0, name="quantize", state="start"))
+    assert eta.phase_left(now=110) is None and eta.run_left(now=110) is None and eta.text(now=110) == ""
+    eta.feed(Block(t=110.0, i=0, n=4, seconds=10, block_error=0.1, last_error=0.1))
+    assert eta.phase_left(now=110) == 30
+    assert eta.run_left(now=110) is None  # the phases after this one are unknown
+    eta.feed(Block(t=140.0, i=3, n=4, seconds=10, block_error=0.1, last_error=0.1))
+    assert eta.phase_left(now=140) == 0
+
+
+def test_an_event_without_a_time_starts_the_phase_now():
+    import time
+
+    eta = Eta()
+    eta.feed(Phase(name="quantize", state="start"))  # t left at its default
+    assert eta.phase_t0 is not None and abs(eta.phase_t0 - time.time()) < 5
+
+
+def test_a_phase_run_twice_in_a_run_counts_with_its_total(tmp_path):
+    p = Progress(tmp_path / "r", echo=None)
+    for s in (10, 30):  # two evaluations of the original model
+        p.event("phase", name="eval_pretrain", state="start")
+        p.event("phase", name="eval_pretrain", state="end", seconds=s)
+    p.close()
+    (tmp_path / "r" / "results.json").write_text(json.dumps({"label": "x"}))
+    write_marker(tmp_path / "r", run_id="r", started=time.time() - 1, outputs={})
+    assert phase_history([tmp_path / "r"]) == {"eval_pretrain": 40}

@@ -120,7 +120,7 @@ def test_gptq_beats_rtn_at_w3(family, zoo):
 
 
 #: families whose language model the rotation cannot take, and why
-NOT_ROTATABLE = {"gemma3": "post-norm"}
+NOT_ROTATABLE = {"gemma3": "post-norm", "mllama": "cross-attention"}
 
 
 def test_rotation_keeps_the_logits_or_is_refused_before_the_run(family, zoo):
@@ -139,6 +139,15 @@ def test_rotation_keeps_the_logits_or_is_refused_before_the_run(family, zoo):
             rotate_model_(adapter, "hadamard", seed=0)
         return
     assert why is None
+    # trained norms are not all ones (a random checkpoint's are): give them a seeded spread, so a
+    # norm folded into the wrong readers shows
+    from llmc.models.structure import is_norm
+
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in adapter.language_model().modules():
+            if is_norm(m) and isinstance(getattr(m, "weight", None), torch.Tensor):
+                m.weight.add_(0.3 * torch.randn(m.weight.shape, generator=gen))
     batches = _batches(adapter, zoo, 2)
     before = _final_logits(adapter, batches)
     rotate_model_(adapter, "hadamard", seed=0)

@@ -153,7 +153,8 @@ def test_generated_adapter_registers_builds_and_answers(tmp_path, zoo):
                      models_dir=tmp_path / "adapters")
     assert rep.ok and rep.answer in ("Yes", "No")
     assert [s[0] for s in rep.steps] == ["import adapter", "registered", "build model", "calibration sample",
-                                         "eval sample"]
+                                         "eval sample", "eval batch"]
+    assert rep.steps[-1][1] == "batch of 2 answers as one at a time; logits finite"
     adapter = MODEL_REGISTRY[p.model_type](ASSETS / "tiny-llava", "float32", "cpu")
     (last,) = adapter.get_extra_rot_module_besides_embed_layers()
     assert last is adapter.mm_model.model.multi_modal_projector.linear_2
@@ -313,3 +314,24 @@ def test_choices_the_engine_rejects_are_reported_in_one_line(tmp_path):
     a.generate.export, a.generate.bit = None, 9
     with pytest.raises(WizardError, match=r"quant.weight.bit: 9 is out of range; use 2..8"):
         render.plan(a, tmp_path / "m", tmp_path / "c")
+
+
+def test_smoke_catches_images_not_matched_to_their_samples(zoo):
+    """The batch check fails in seconds on a batching bug (here: each sample gets another sample's
+    image when batched, as a flat image list does in some processors), naming the sample."""
+    from llmc.eval.mme import load_dataset
+    from llmc.models import get_model_class
+    from wizard.services.smoke import check_batch, eval_batch
+
+    class Swapped(get_model_class("Llava")):
+        def _inputs(self, texts, images):
+            return super()._inputs(texts, list(reversed(images)) if len(images) > 1 else images)
+
+    ds = load_dataset(zoo.eval_set / "data")
+    rows = eval_batch([ds[i] for i in range(64)], 8)
+    assert len({r["question_id"] for r in rows}) == 8  # eight different images
+    good = get_model_class("Llava")(ASSETS / "tiny-llava", "float32", "cpu")
+    assert check_batch(good, rows).startswith("batch of 8 answers as one at a time")
+    bad = Swapped(ASSETS / "tiny-llava", "float32", "cpu")
+    with pytest.raises(ValueError, match=r"sample \d+ of a batch of 8 answers .* alone: batching changes"):
+        check_batch(bad, rows)

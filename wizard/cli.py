@@ -13,6 +13,8 @@ from .services.errors import WizardError
 def _cmd_demo(args) -> int:
     from .demo import zoo as zoo_mod
 
+    if args.family is not None and args.action != "family":
+        raise WizardError(f"unexpected argument {args.family!r}", "only `demo family NAME` takes a name")
     if args.action == "family":
         from .demo.families import FAMILIES, publish_family
 

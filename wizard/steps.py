@@ -164,9 +164,19 @@ def inspect(s: Session, r: Reporter = Reporter()):
     ins.projector_path, ins.prompt_format = rep.projector_path, rep.prompt_format
     if not ins.projector_last_layers:
         ins.projector_last_layers = list(rep.proposed_last_layers)
+    missing: list[str] = []
+    if code_pkg:
+        from .services.inspect import code_conventions
+
+        ins.code_conventions, mode, missing = code_conventions(code_pkg)
+        ins.conv_mode = ins.conv_mode or mode
     s.save()
     r.log(f"inspect: {rep.architecture}, {rep.num_blocks} blocks, hidden {rep.hidden_size}, "
-          f"projector last layer(s): {', '.join(ins.projector_last_layers) or '-'}")
+          f"projector last layer(s): {', '.join(ins.projector_last_layers) or '-'}"
+          + (f", code conventions: {ins.code_conventions}" if code_pkg else ""))
+    if missing:
+        r.log(f"  flag: {code_pkg} lacks {', '.join(missing)} of the LLaVA lineage's conventions: override "
+              "the hooks it needs (load, build_inputs, answer, save_pretrained; see llmc/models/llava_lineage.py)")
     for f in rep.flags:
         r.log(f"  flag: {f}")
     return rep

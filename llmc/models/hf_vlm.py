@@ -11,9 +11,21 @@ from .base import BaseModel, Sample
 from .projector import find_injection_layers
 
 
-#: what a processor may need besides transformers, by the text of the error it raises without it
+#: what a processor may need besides transformers: the module an ImportError names, or the
+#: library transformers says it "requires"
 _PROCESSOR_PACKAGES = {"torchvision": "torchvision", "num2words": "num2words", "PIL": "pillow",
-                       "sentencepiece": "sentencepiece", "protobuf": "protobuf"}
+                       "sentencepiece": "sentencepiece", "google.protobuf": "protobuf", "protobuf": "protobuf"}
+
+
+def _missing_packages(e: BaseException) -> list[str]:
+    import re
+
+    if isinstance(e, ModuleNotFoundError) and e.name:
+        top = e.name.split(".")[0]
+        return [_PROCESSOR_PACKAGES.get(e.name, _PROCESSOR_PACKAGES.get(top, top))]
+    text = str(e)
+    said = re.findall(r"(?:requires the|Package) `?([A-Za-z0-9_.]+)`? (?:library|is required)", text)
+    return [_PROCESSOR_PACKAGES.get(m, m.lower()) for m in dict.fromkeys(said)]
 
 
 def load_processor(path):
@@ -23,13 +35,11 @@ def load_processor(path):
     try:
         return transformers.AutoProcessor.from_pretrained(str(path))
     except (ImportError, ValueError, OSError) as e:
-        text = str(e)
-        missing = [pkg for key, pkg in _PROCESSOR_PACKAGES.items() if key.lower() in text.lower()
-                   and ("requires" in text or "install" in text.lower() or isinstance(e, ImportError))]
+        missing = _missing_packages(e)
         if missing:
             raise ValueError(f"the processor in {path} cannot load: it needs {', '.join(missing)} "
                              f"(pip install {' '.join(missing)})") from None
-        raise ValueError(f"the processor in {path} cannot load: {' '.join(text.split())[:300]}") from None
+        raise ValueError(f"the processor in {path} cannot load: {' '.join(str(e).split())[:300]}") from None
 
 
 #: ``prompt_format`` values besides a template: the processor's chat template, or its own format
@@ -64,9 +74,12 @@ class HFVisionLanguageModel(BaseModel):
         self.processor = load_processor(self.model_path)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.tokenizer.padding_side = "left"
-        if self.prompt_format == PROMPT_CHAT and not getattr(self.processor, "chat_template", None):
-            raise ValueError(f"{type(self).__name__}: the processor in {self.model_path} has no chat template; "
-                             "set prompt_format = 'plain' (the processor's own format) or a template with {question}")
+        # the chat template: the processor's, else the tokenizer's (some folders keep it there only)
+        self._templater = next((t for t in (self.processor, self.tokenizer) if getattr(t, "chat_template", None)), None)
+        if self.prompt_format == PROMPT_CHAT and self._templater is None:
+            raise ValueError(f"{type(self).__name__}: neither the processor nor the tokenizer in {self.model_path} has "
+                             "a chat template; set prompt_format = 'plain' (the processor's own format) or a "
+                             "template with {question}")
         dtype = self.torch_dtype if self.torch_dtype != "auto" else "auto"
         self.mm_model = cls.from_pretrained(str(self.model_path), dtype=dtype).to(self.device).eval()
         self.vlm_model = self.mm_model
@@ -116,15 +129,15 @@ class HFVisionLanguageModel(BaseModel):
         fmt = self.prompt_format
         if fmt == PROMPT_PLAIN:  # the processor adds the image tokens (and its own prefix)
             return question + (f" {answer}" if answer is not None else "")
-        if fmt != PROMPT_CHAT:
-            text = fmt.replace("{question}", question)
+        if fmt != PROMPT_CHAT:  # a template of the user's: it holds the image placeholder, so text-only
+            text = fmt.replace("{question}", question) if with_image else question  # samples go plain
             return text + (f" {answer}" if answer is not None else "")
         content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": question}]
         msgs = [{"role": "user", "content": content}]
         if answer is not None:
             msgs.append({"role": "assistant", "content": answer})
-            return self.processor.apply_chat_template(msgs, add_generation_prompt=False)
-        return self.processor.apply_chat_template(msgs, add_generation_prompt=True)
+            return self._templater.apply_chat_template(msgs, add_generation_prompt=False, tokenize=False)
+        return self._templater.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
 
     def _inputs(self, texts, images) -> dict:
         """Processor inputs for a batch; images nested per sample (``[[img], [img], …]``), the form

@@ -110,11 +110,13 @@ def attached_parts(model: nn.Module, lm_path: str) -> list[str]:
     encoders, writers = [], []
     hidden = dec.hidden_size
     for n, c in parent.named_children():
-        if c is dec.blocks or c is dec.embed or isinstance(c, nn.Embedding) or is_norm(c) \
-                or not any(True for _ in c.parameters()):
+        if c is dec.blocks or c is dec.embed or isinstance(c, nn.Embedding) or is_norm(c):
             continue
-        if any(is_block_list(x) for x in c.modules()):
+        # an encoder; or a tower named so but loaded later (LLaVA builds its CLIP tower lazily)
+        if any(is_block_list(x) for x in c.modules()) or n in VISION_NAMES:
             encoders.append(_join(base, n))
+        elif not any(True for _ in c.parameters()):
+            continue
         elif hidden and _has_writer(c, hidden):
             writers.append(_join(base, n))
     return encoders + writers if encoders else []

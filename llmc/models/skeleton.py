@@ -98,7 +98,9 @@ def _pick_classes(mod, raw: dict) -> tuple[type, type]:
     exports (any ``nn.Module`` class: VILA's is ``LlavaLlamaModel``), and its ``*Config`` class.
     Without such a name, the one whole-model class (``*ForCausalLM``, ``*ForConditionalGeneration``,
     ``*Model``); several: an error naming them, never a silent first pick."""
-    classes = [c for _, c in pyinspect.getmembers(mod, pyinspect.isclass)]
+    own = mod.__name__.split(".")[0]  # the package's own classes, not what it imports (LlamaModel...)
+    classes = [c for _, c in pyinspect.getmembers(mod, pyinspect.isclass)
+               if (c.__module__ or "").split(".")[0] == own]
     modules = [c for c in classes if issubclass(c, nn.Module)]
     arch = (raw.get("architectures") or [None])[0]
     model_cls = next((c for c in modules if c.__name__ == arch), None)
@@ -122,7 +124,8 @@ def _pick_classes(mod, raw: dict) -> tuple[type, type]:
             stem = stem[: -len(end)] if stem.endswith(end) else stem
         config_cls = (next((c for c in configs if getattr(c, "model_type", None) == raw.get("model_type")), None)
                       or next((c for c in configs if c.__name__ == f"{stem}Config"), None)
-                      or (configs[0] if len(configs) == 1 else None))
+                      or (configs[0] if len(configs) == 1 else None)
+                      or getattr(model_cls, "config_class", None))  # one it takes from a library
     if config_cls is None:
         found = ", ".join(c.__name__ for c in configs) or "none"
         raise SkeletonError(f"{mod.__name__}: no config class for {model_cls.__name__} (model_type "

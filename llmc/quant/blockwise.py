@@ -95,14 +95,15 @@ class _Catcher(nn.Module):
 
 
 @torch.no_grad()
-def capture_block_inputs(adapter: BaseModel, batches: list[dict]) -> list[BlockInput]:
+def capture_block_inputs(adapter: BaseModel, batches: list[dict],
+                         on_note: Callable[[str], None] | None = None) -> list[BlockInput]:
     """The first block's inputs for every calibration batch, each with every block's own
     arguments (:attr:`BlockInput.calls`). One pass of the model in which every block is replaced
     by a recorder that passes its input through: only the embeddings (and the vision side) run.
 
     Should the decoder loop need real block outputs to go on (older custom code reading the
     layer output's shape), the capture falls back to the first block's arguments for every block
-    (``calls`` None), as before per-block capture."""
+    (``calls`` None) and says so through ``on_note``. An error before the first block propagates."""
     blocks = adapter.get_blocks()
     n = len(blocks)
     originals = [blocks[j] for j in range(n)]
@@ -115,7 +116,14 @@ def capture_block_inputs(adapter: BaseModel, batches: list[dict]) -> list[BlockI
             adapter.forward_calib(inputs)
         except _Stop:
             pass
-        except Exception:  # noqa: BLE001 - the loop broke on a pass-through block: first block only
+        except Exception as e:
+            if not store:  # the model failed before its first block: that is the error to see
+                raise
+            # the decoder loop broke on a pass-through block: every block replays the first one's
+            if on_note is not None:
+                on_note(f"per-block inputs not captured ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                        "every block replays the first block's masks and position inputs")
+                on_note = None
             store = store[:1]
         finally:
             for j in range(n):
@@ -310,12 +318,14 @@ def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], 
                        quant_out: bool = True, placement=None,
                        on_block: Callable[[BlockReport, int], None] | None = None,
                        stash: Callable[[int, nn.Module], None] | None = None,
-                       cancelled: Callable[[], bool] | None = None) -> list[BlockReport]:
-    """Quantize every decoder block of ``adapter`` in place (fake-quant weights)."""
+                       cancelled: Callable[[], bool] | None = None,
+                       on_note: Callable[[str], None] | None = None) -> list[BlockReport]:
+    """Quantize every decoder block of ``adapter`` in place (fake-quant weights); ``on_note``
+    receives what the run should say (e.g. a fallback of the input capture)."""
     device = torch.device(device or adapter.device)
     offload = placement is not None and placement.offload
     check_layers(adapter, method.wcfg)
-    inputs = capture_block_inputs(adapter, batches)
+    inputs = capture_block_inputs(adapter, batches, on_note)
     last = [k for k in ("loss_tokens", "clip_tokens") if getattr(method, k) == "last"]
     if last and any(bi.hidden.shape[0] > 1 for bi in inputs):
         raise ValueError(f"{last[0]}: last fits each sequence's last position, which needs one unpadded "

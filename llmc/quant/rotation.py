@@ -217,8 +217,14 @@ def check_rotation(adapter):
     """Everything a rotation of ``adapter`` needs, checked before any weight is touched (works on a
     skeleton on the meta device too: shapes and module kinds only). Returns ``(embeds, heads,
     final_norms, per-block subsets, extra targets)``; raises ValueError naming what cannot rotate."""
+    from llmc.models.parts import cross_attention_blocks
+
     hidden = int(adapter.model_config.hidden_size)
     name = _namer(adapter.mm_model)
+    xattn = cross_attention_blocks(adapter.language_model())
+    if xattn:  # their k/v read the image features, not the norm folded into them
+        raise ValueError(f"rotation: blocks {', '.join(xattn)} use cross-attention, whose key/value layers read "
+                         "the image features rather than the residual stream: this layout is not supported")
 
     embeds = [e for e in adapter.get_embed_layers() if e is not None]
     heads = [h for h in adapter.get_head_layers() if h is not None]

@@ -104,7 +104,7 @@ class RunScreen(StepScreen):
         g = self.answers.generate
         g.eval_path = self.query_one("#eval", Input).value.strip() or None
         n = self.query_one("#eval-n", Input).value.strip()
-        g.eval_samples = int(n) if n.isdigit() else None
+        g.eval_samples = int(n) if n.isdigit() and int(n) > 0 else None  # empty or 0: the whole set
 
     def show_dp_command(self) -> None:
         """With several GPUs, the data-parallel evaluation command (accelerate launch)."""

@@ -99,6 +99,11 @@ class Inspect(_Section):
     #: how prompts are built: "chat" (the processor's chat template) or "plain" (the processor's
     #: own format, e.g. PaliGemma); found from the model folder
     prompt_format: Literal["chat", "plain"] | None = None
+    #: custom code: whose conventions it follows ("llava-lineage": LLaVA / VILA's loader, conversation
+    #: templates and mm_utils; "demo-vila": the demo's tiny_vila API)
+    code_conventions: Literal["llava-lineage", "demo-vila"] | None = None
+    #: llava-lineage: the key of the code's conversation.conv_templates the prompts use
+    conv_mode: str | None = None
 
 
 class Generate(_Section):

@@ -4,7 +4,9 @@
 and by the headless ``follow_run`` alike. Within a phase that reports i of N (quantized blocks,
 evaluated questions) the time left is ``spent * (N - i) / i``; before its first report, and for
 every phase not yet started, it is what that phase took in this model's past complete runs
-(:func:`phase_history`, the median of the newest few). Without history there is no guess.
+(:func:`phase_history`, the median of the newest few; a phase that runs several times in a run,
+such as ``eval_pretrain`` with two evaluations, counts with its total). Without history there is
+no guess.
 """
 
 from __future__ import annotations
@@ -31,9 +33,12 @@ def phase_history(run_dirs: list[Path], keep: int = HISTORY_RUNS) -> dict[str, f
         if not is_complete(d):
             continue
         used += 1
+        per_run: dict[str, float] = {}  # a phase that runs several times (one eval_<pos> per eval) adds up
         for e in load_events(Path(d) / "events.jsonl"):
             if isinstance(e, Phase) and e.state == "end" and e.seconds is not None:
-                seen.setdefault(e.name, []).append(float(e.seconds))
+                per_run[e.name] = per_run.get(e.name, 0.0) + float(e.seconds)
+        for name, sec in per_run.items():
+            seen.setdefault(name, []).append(sec)
     return {name: statistics.median(v) for name, v in seen.items()}
 
 
@@ -55,7 +60,7 @@ class Eta:
     def feed(self, e) -> None:
         if isinstance(e, Phase):
             if e.state == "start":
-                self.phase, self.phase_t0, self.frac = e.name, time.time() if e.t is None else float(e.t), 0.0
+                self.phase, self.phase_t0, self.frac = e.name, float(e.t or time.time()), 0.0  # t 0: unset
             elif e.state == "end":
                 self.done.add(e.name)
                 if e.name == self.phase:

@@ -300,6 +300,28 @@ def rotation_refusal(weights_dir: str | Path, code_package: str | None, language
     return None
 
 
+def code_conventions(package: str) -> tuple[str, str | None, list[str]]:
+    """Whose conventions a model's code package follows: ``("llava-lineage", conv_mode, [])`` when
+    it has the LLaVA / VILA loader, conversation templates and mm_utils (the conversation mode
+    ``vicuna_v1`` when it has it, else its first); ``("demo-vila", None, [])`` for the demo's
+    tiny_vila API; otherwise ``("llava-lineage", None, missing)``: the closest, with what it lacks."""
+    import importlib
+
+    from llmc.models.llava_lineage import follows_conventions
+
+    missing = follows_conventions(package)
+    if not missing:
+        templates = importlib.import_module(f"{package}.conversation").conv_templates
+        mode = "vicuna_v1" if "vicuna_v1" in templates else next(iter(templates), None)
+        return "llava-lineage", mode, []
+    try:
+        if hasattr(importlib.import_module(f"{package}.conversation"), "build_prompt"):
+            return "demo-vila", None, []
+    except ImportError:
+        pass
+    return "llava-lineage", None, missing
+
+
 #: where a transformers model folder keeps a chat template (its own file, or a key of a config)
 _TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 _TEMPLATE_KEYS = ("processor_config.json", "tokenizer_config.json", "preprocessor_config.json")

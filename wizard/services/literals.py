@@ -77,7 +77,7 @@ def finalize_only(allowed: tuple[type, ...]):
     return finalize
 
 
-_ALLOWED_IMPORTS = {"llmc.models.hf_vlm", "llmc.models.vila", "llmc.models.registry"}
+_ALLOWED_IMPORTS = {"llmc.models.hf_vlm", "llmc.models.vila", "llmc.models.llava_lineage", "llmc.models.registry"}
 
 
 def check_declaration(text: str) -> dict:

@@ -308,7 +308,8 @@ def plan(answers, models_dir: Path, configs_dir: Path) -> RenderPlan:
         code_package=getattr(ins, "code_package", None) or _code_package(src.code_dir),
         last_layers=list(ins.projector_last_layers), language_model_path=ins.language_model_path or "",
         vision_tower_path=ins.vision_tower_path or "", projector_path=ins.projector_path or "",
-        prompt_format=g.prompt_template or ins.prompt_format or "chat"))
+        prompt_format=g.prompt_template or ins.prompt_format or "chat",
+        lineage=ins.code_conventions == "llava-lineage", conv_mode=ins.conv_mode or "vicuna_v1"))
     try:
         check_declaration(split_header(adapter)[1])
     except (ValueError, SyntaxError) as e:  # the templates guarantee this; fail loudly if not

@@ -1,0 +1,87 @@
+"""The original LLaVA code (llava-torch 1.2.2.post1, haotian-liu/LLaVA) onboarded as it comes.
+
+Its code is cloned from a local git repository, pinned and installed (without its pinned
+dependencies); a tiny checkpoint in LLaVA-1.5's own format (``LlavaLlamaForCausalLM``, the
+vision tower and ``mm_projector`` kept inside ``model``) goes through every step to the score
+table, with a generated declaration of data only: the engine drives the code through the
+lineage's own loader, conversation templates and mm_utils (:mod:`llmc.models.llava_lineage`).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def llava(tmp_path_factory):
+    """(weights repo, code repo, unpacked code) for the original LLaVA and a tiny checkpoint."""
+    from wizard.demo.llava_original import build_checkpoint, code_repo, unpack
+    from wizard.demo.zoo import publish_repo
+
+    root = tmp_path_factory.mktemp("llava")
+    src = unpack(root / "src")
+    weights = build_checkpoint(src, root / "build" / "llava-v1.5-tiny", root / "clip-tower")
+    repo = root / "repos" / "llava-v1.5-tiny.git"
+    publish_repo(weights, repo, lfs=False)
+    return repo, code_repo(root / "repos" / "LLaVA.git", root / "work"), src
+
+
+def test_the_original_llava_code_reaches_the_score_table(llava, zoo, tmp_path):
+    from wizard.services.answers import Answers
+    from wizard.services.literals import check_declaration
+    from wizard.services.render import split_header
+    from wizard.session import Session
+    from wizard.steps import STEPS, Reporter, onboard
+
+    weights, code, _ = llava
+    a = Answers()
+    a.source.weights_url, a.source.code_url, a.source.code_commit = str(weights), str(code), "v0.1.0"
+    a.install.no_deps = True  # its pins (torch 2.1.2, transformers 4.37.2) are not this environment's
+    a.generate.name, a.generate.method = "llava-v1.5-tiny", "RTN"
+    a.generate.calib_path, a.generate.eval_path = str(zoo.calib_set), str(zoo.eval_set / "data")
+    a.generate.n_calib, a.generate.eval_samples = 4, 8
+    s = Session(a, tmp_path / "answers.yml", tmp_path / "work", install_target=tmp_path / "site",
+                assume_yes=True, device="cpu")
+    log: list[str] = []
+    results = onboard(s, STEPS, Reporter(log=log.append))
+    text = "\n".join(log)
+    ins = s.answers.inspect
+    assert ins.model_kind == "custom-code" and ins.architecture == "LlavaLlamaForCausalLM"
+    assert (ins.code_conventions, ins.conv_mode) == ("llava-lineage", "vicuna_v1")
+    # found inside the language model's module, where LLaVA keeps them
+    assert ins.projector_last_layers == ["model.mm_projector.2"] and ins.language_model_path == "model"
+    (adapter,) = (s.workdir / "adapters").glob("*.py")
+    decl = check_declaration(split_header(adapter.read_text())[1])
+    assert (decl["CODE_PACKAGE"], decl["conv_mode"]) == ("llava", "vicuna_v1")
+    assert "(LlavaLineage)" in adapter.read_text()
+    assert "eval batch: batch of" in text
+    mme = results["evals"]["mme"]
+    assert sum(mme["pretrain"]["n_images"].values()) == 8 and sum(mme["fake_quant"]["n_images"].values()) == 8
+    assert results["table"] in text
+
+
+def test_a_failing_hook_is_named_by_the_smoke_test(llava, zoo, tmp_path, monkeypatch):
+    """A model whose conventions differ fails in one hook: the smoke test says which."""
+    from wizard.services.errors import WizardError
+    from wizard.services.smoke import smoke_test
+
+    weights_repo, _, src = llava
+    monkeypatch.syspath_prepend(str(src))
+    models = tmp_path / "adapters"
+    models.mkdir()
+    (models / "broken_llava.py").write_text(
+        "from llmc.models.llava_lineage import LlavaLineage\n"
+        "from llmc.models.registry import register\n\n\n"
+        "@register('BrokenLlava')\n"
+        "class BrokenLlava(LlavaLineage):\n"
+        "    conv_mode = 'no_such_template'\n")
+    import git
+
+    weights = tmp_path / "w"
+    git.Repo.clone_from(str(weights_repo), weights)
+    with pytest.raises(WizardError, match=r"smoke test failed at 'calibration sample' in the adapter's "
+                                          r"build_inputs hook|at 'eval sample'.*hook") as e:
+        smoke_test("broken_llava", "BrokenLlava", weights, zoo.calib_set, zoo.eval_set / "data", models_dir=models)
+    assert "KeyError" in e.value.message and "no_such_template" in e.value.message
