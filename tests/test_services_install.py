@@ -156,3 +156,34 @@ def test_run_streaming_reports_exit_code_and_lines():
     res = run_streaming(["sh", "-c", "echo one; printf 'two\\rthree\\n'; echo err >&2; exit 3"])
     assert res.returncode == 3 and not res.cancelled
     assert res.tail == ["one", "two", "three", "err"]
+
+
+def test_the_codes_conflicting_pins_are_shown_and_never_installed_over_the_engine(tmp_path):
+    """Research code pins old libraries: the plan lists the pins this environment does not
+    satisfy, and an install with dependencies that would replace them is refused in one line."""
+    import importlib.metadata as md
+    import json
+
+    from wizard.services.answers import Answers
+    from wizard.services.errors import WizardError
+    from wizard.session import Session
+    from wizard.steps import install, install_plan
+
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "config.json").write_text(json.dumps({"model_type": "llava_llama"}))
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "pyproject.toml").write_text(
+        '[project]\nname = "old-code"\nversion = "1"\n'
+        'dependencies = ["transformers==4.37.2", "torch==2.1.2", "pillow", "numpy<0.1; python_version < \'3.0\'", '
+        '"no-such-package-here==1.0"]\n')
+    a = Answers()
+    a.source.weights_dir, a.source.code_dir = str(tmp_path / "w"), str(code)
+    a.source.code_url, a.source.code_commit = str(code), "0" * 40
+    s = Session(a, tmp_path / "answers.yml", tmp_path, assume_yes=True)
+    plan = install_plan(s)
+    assert plan.conflicts == [f"transformers==4.37.2 (this environment has transformers {md.version('transformers')})",
+                              f"torch==2.1.2 (this environment has torch {md.version('torch')})"]
+    with pytest.raises(WizardError, match=r"would replace 2 package\(s\) the engine runs on: transformers==4.37.2") as e:
+        install(s)
+    assert "install.no_deps: true" in e.value.fix and "\n" not in e.value.message

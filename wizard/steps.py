@@ -85,6 +85,8 @@ class InstallPlan:
     command: list[str] | None = None  #: credentials masked
     consented: bool = False
     seconds: float | None = None  #: how long the install took, once it ran
+    #: the code's pins this environment does not satisfy (an install with dependencies replaces them)
+    conflicts: list[str] = field(default_factory=list)
 
 
 def install_plan(s: Session) -> InstallPlan:
@@ -103,9 +105,12 @@ def install_plan(s: Session) -> InstallPlan:
     if not src.code_dir:
         raise WizardError("this model needs its code installed but no code repository was fetched",
                           "set source.code_url (and code_commit) to the model's code repository and fetch it")
+    from .services.pins import conflicts
+
     cmd = describe_install(Path(src.code_dir), editable=ins.editable, no_deps=ins.no_deps, extra=ins.extra_packages,
                            target=s.install_target)
-    return InstallPlan(True, reason, [redact(c) for c in cmd], ins.consented(src))
+    return InstallPlan(True, reason, [redact(c) for c in cmd], ins.consented(src),
+                       conflicts=[str(c) for c in conflicts(Path(src.code_dir))])
 
 
 def consent(s: Session) -> None:
@@ -128,6 +133,13 @@ def install(s: Session, r: Reporter = Reporter()) -> InstallPlan:
         s.save()
         return plan
     r.log("install: " + " ".join(plan.command))
+    for c in plan.conflicts:
+        r.log(f"  pin: {c}")
+    if plan.conflicts and not ins.no_deps:
+        raise WizardError(f"installing the code with its dependencies would replace {len(plan.conflicts)} package(s) "
+                          f"the engine runs on: {'; '.join(plan.conflicts)}",
+                          "set install.no_deps: true (the engine's versions stay; the Install step's checkbox), "
+                          "or install the code into an environment of its own")
     if not (plan.consented or s.assume_yes):
         raise WizardError(f"installing executes the cloned code of {redact(src.code_url)} at "
                           f"{(src.code_commit or '?')[:12]}, which you have not agreed to",

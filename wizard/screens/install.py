@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.markup import escape
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Button, Checkbox, Input, Label, Log, Static
@@ -65,7 +66,13 @@ class InstallScreen(StepScreen):
             return
         self.query_one("#detect", Static).update(f"[yellow]Custom code[/]: {plan.reason}")
         agreed = " (you agreed to install this code at this commit)" if plan.consented else ""
-        self.query_one("#command", Static).update(" ".join(plan.command) + agreed)
+        pins = ""
+        if plan.conflicts:
+            pins = ("\n[yellow]The code pins versions this environment does not have[/] — "
+                    + ("installed without dependencies, these stay as they are:" if self.answers.install.no_deps
+                       else "with its dependencies they would be replaced (tick no-deps):")
+                    + "".join(f"\n  {c}" for c in plan.conflicts))
+        self.query_one("#command", Static).update(escape(" ".join(plan.command) + agreed) + pins)
         button.disabled = False
 
     def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
