@@ -19,18 +19,7 @@ from .projector import (
     linear_out,
     raw_params,
 )
-from .structure import is_norm
-
-
-def _linear_count(m: nn.Module) -> int:
-    return sum(isinstance(x, nn.Linear) for x in m.modules())
-
-
-def is_block_list(m: nn.Module) -> bool:
-    """A ModuleList of transformer blocks (each with attention and at least four Linears)."""
-    return (isinstance(m, nn.ModuleList) and len(m) > 0
-            and all(_linear_count(b) >= 4 and any("attn" in n or "attention" in n for n, _ in b.named_modules())
-                    for b in m))
+from .structure import is_block_list, is_norm
 
 
 def _inside(path: str, root: str | None) -> bool:

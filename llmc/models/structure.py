@@ -60,6 +60,13 @@ def _linear_count(m: nn.Module) -> int:
     return sum(isinstance(x, nn.Linear) for x in m.modules())
 
 
+def is_block_list(m: nn.Module) -> bool:
+    """A ModuleList of transformer blocks (each with attention and at least four Linears)."""
+    return (isinstance(m, nn.ModuleList) and len(m) > 0
+            and all(_linear_count(b) >= 4 and any("attn" in n or "attention" in n for n, _ in b.named_modules())
+                    for b in m))
+
+
 def find_decoder(lm: nn.Module) -> Decoder:
     """The decoder stack of a language model: the ModuleList of attention blocks beside the token
     embedding (a vision tower kept inside the same module, as in the original LLaVA, has its own
@@ -70,10 +77,7 @@ def find_decoder(lm: nn.Module) -> Decoder:
         token_embed = None
     best = None
     for name, mod in lm.named_modules():
-        if not isinstance(mod, nn.ModuleList) or len(mod) == 0:
-            continue
-        if not all(_linear_count(b) >= 4 and any("attn" in n or "attention" in n for n, _ in b.named_modules())
-                   for b in mod):
+        if not is_block_list(mod):
             continue
         parent_path = name.rsplit(".", 1)[0] if "." in name else ""
         parent = lm.get_submodule(parent_path) if parent_path else lm
