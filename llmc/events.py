@@ -52,14 +52,15 @@ class Phase(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class Block(Event):
-    """Block ``i`` of ``n`` quantized: its relative output error over every token and at the last."""
+    """Block ``i`` of ``n`` quantized: its relative output error over every token and at the last
+    (``None`` for RTN without calibration data: nothing was measured)."""
 
     EVENT: ClassVar[str] = "block"
     i: int
     n: int
     seconds: float
-    block_error: float
-    last_error: float = 0.0
+    block_error: float | None
+    last_error: float | None = 0.0
 
 
 @dataclass(frozen=True, kw_only=True)

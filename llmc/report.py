@@ -75,10 +75,13 @@ def write_report(run_dir: Path, results: dict, config_yaml: str) -> dict[str, Pa
         img.save(run_dir / "report-scores.png")
         written["report-scores.png"] = run_dir / "report-scores.png"
         lines += ["![scores per category](report-scores.png)", ""]
-    blocks = results.get("blocks", [])
+    blocks = [b for b in results.get("blocks", []) if b.get("block_error") is not None]
+    if results.get("blocks") and not blocks:
+        lines += ["## Output error per block", "", "Rounded without calibration data: no errors were measured "
+                  "(add a calib section to measure them).", ""]
     if blocks:
-        top = max(max(b["block_error"], b.get("last_error", 0.0)) for b in blocks) or 1.0
-        img = _chart([(f"block {b['i'] + 1}", [(b["block_error"], _QUANT), (b.get("last_error", 0.0), _LAST)])
+        top = max(max(b["block_error"], b.get("last_error") or 0.0) for b in blocks) or 1.0
+        img = _chart([(f"block {b['i'] + 1}", [(b["block_error"], _QUANT), (b.get("last_error") or 0.0, _LAST)])
                       for b in blocks], top, "relative output error per block: blue every token, orange the last",
                      "{:.4f}")
         img.save(run_dir / "report-blocks.png")
@@ -87,7 +90,7 @@ def write_report(run_dir: Path, results: dict, config_yaml: str) -> dict[str, Pa
                   "| block | error (every token) | error (last token) | seconds | worst layer |", "|---|---|---|---|---|"]
         for b in blocks:
             worst = max(b.get("layer_errors", {}).items(), key=lambda kv: kv[1], default=("-", 0.0))
-            lines.append(f"| {b['i'] + 1} | {b['block_error']:.4f} | {b.get('last_error', 0.0):.4f} | "
+            lines.append(f"| {b['i'] + 1} | {b['block_error']:.4f} | {b.get('last_error') or 0.0:.4f} | "
                          f"{b.get('seconds', 0.0):.2f} | {worst[0]} ({worst[1]:.4f}) |")
         lines.append("")
     timings = results.get("timings", {})

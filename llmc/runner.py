@@ -131,6 +131,10 @@ def check_overlap(cfg: Config, progress: Progress) -> int:
     return overlap
 
 
+#: methods that can round without calibration data (the runner's path without a calib section)
+DATA_FREE_METHODS = ("RTN", "Quarot")
+
+
 def format_table(results: dict, label: str) -> str:
     """The seed's score table: original vs quantized, per category, totals and deltas."""
     lines = []
@@ -247,14 +251,17 @@ def _run(cfg: Config, run_dir: Path, *, device: str | None, progress: Progress, 
     if cancelled and cancelled():
         raise KeyboardInterrupt("cancelled")
 
-    if cfg.calib is None:
-        raise ValueError("calib: a calibration section is required to quantize")
-    check_overlap(cfg, progress)
-    with progress.phase("calibration_data"):
-        from .data import load_calib
+    data_free = cfg.calib is None  # RTN / Quarot without a calib section: no data, no forward pass
+    if data_free and cfg.quant.method not in DATA_FREE_METHODS:
+        raise ValueError(f"calib: {cfg.quant.method} calibrates on data; add a calib section")
+    batches: list = []
+    if not data_free:
+        check_overlap(cfg, progress)
+        with progress.phase("calibration_data"):
+            from .data import load_calib
 
-        batches = load_calib(cfg.calib, adapter)
-        progress.log(f"{len(batches)} calibration batch(es) from {cfg.calib.name}")
+            batches = load_calib(cfg.calib, adapter)
+            progress.log(f"{len(batches)} calibration batch(es) from {cfg.calib.name}")
 
     rotate = getattr(cfg.quant.special, "rotate", None)
     if rotate:
@@ -284,6 +291,11 @@ def _run(cfg: Config, run_dir: Path, *, device: str | None, progress: Progress, 
     def on_block(rep, n):
         progress.event("block", i=rep.index, n=n, seconds=round(rep.seconds, 3), block_error=rep.block_error,
                        last_error=rep.last_error, **peak_gpu_memory())
+        results["blocks"].append({"i": rep.index, "seconds": rep.seconds, "block_error": rep.block_error,
+                                  "last_error": rep.last_error, "layer_errors": rep.layer_errors})
+        if rep.block_error is None:
+            progress.log(f"block {rep.index + 1}/{n}: {rep.seconds:.2f}s (rounded without data)")
+            return
         for layer, err in rep.layer_errors.items():
             progress.event("layer_error", block=rep.index, layer=layer, error=err)
         for (i, layers), (kept, without, with_clip) in getattr(method, "clip_verdicts", {}).items():
@@ -293,14 +305,18 @@ def _run(cfg: Config, run_dir: Path, *, device: str | None, progress: Progress, 
         worst = max(rep.layer_errors.items(), key=lambda kv: kv[1])
         progress.log(f"block {rep.index + 1}/{n}: {rep.seconds:.2f}s, output error {rep.block_error:.4f} "
                      f"(last token {rep.last_error:.4f}), worst layer {worst[0]} {worst[1]:.4f}")
-        results["blocks"].append({"i": rep.index, "seconds": rep.seconds, "block_error": rep.block_error,
-                                  "last_error": rep.last_error, "layer_errors": rep.layer_errors})
 
     with progress.phase("quantize", method=cfg.quant.method, n_blocks=len(adapter.get_blocks())):
         t = time.time()
-        quantize_blockwise(adapter, method, batches, device=device, quant_out=cfg.quant.quant_out,
-                           placement=placement, on_block=on_block, stash=stash, cancelled=cancelled,
-                           on_note=lambda m: (progress.log(f"WARNING: {m}"), progress.event("warning", message=m)))
+        if data_free:
+            from .quant.datafree import quantize_without_data
+
+            quantize_without_data(adapter, method, placement=placement, on_block=on_block, stash=stash,
+                                  cancelled=cancelled)
+        else:
+            quantize_blockwise(adapter, method, batches, device=device, quant_out=cfg.quant.quant_out,
+                               placement=placement, on_block=on_block, stash=stash, cancelled=cancelled,
+                               on_note=lambda m: (progress.log(f"WARNING: {m}"), progress.event("warning", message=m)))
         if not cfg.quant.skip_layers:
             from .quant.rtn import rtn_
 

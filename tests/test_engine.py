@@ -598,3 +598,42 @@ def test_weight_activation_runs(quant, llava_run_config, tmp_path):
     assert mme["fake_quant"]["total"] >= mme["pretrain"]["total"] - 37.5, mme
     log = (tmp_path / "out" / "run.log").read_text()
     assert "activation fake quantization (A8, per_token) on 14 layers" in log
+
+
+def test_rtn_without_a_calib_section_runs_without_data(zoo, tmp_path):
+    """RTN needs no data: without a calib section the run loads no calibration set and runs no
+    calibration pass, and its weights are exactly RTN's from a run with data; methods that
+    calibrate still need one (refused at config load, one line)."""
+    import os
+
+    from llmc.config import ConfigError, load_config
+    from llmc.runner import run
+    from safetensors.torch import load_file
+
+    os.environ["LLMC_CACHE"] = str(tmp_path / "cache")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with_data = load_config(_config(tmp_path / "a", zoo, "Llava", ASSETS / "tiny-llava", method="RTN", n_eval=8))
+    raw = yaml.safe_load(_config(tmp_path / "b", zoo, "Llava", ASSETS / "tiny-llava", method="RTN", n_eval=8)
+                         .read_text())
+    raw.pop("calib")
+    raw["save"]["save_path"] = str(tmp_path / "b" / "out")
+    free = load_config(raw)
+    run(with_data, tmp_path / "a" / "out")
+    res = run(free, tmp_path / "b" / "out")
+    events = _events(tmp_path / "b" / "out")
+    phases = [e["name"] for e in events if e["event"] == "phase" and e["state"] == "start"]
+    assert "calibration_data" not in phases and "quantize" in phases
+    blocks = [e for e in events if e["event"] == "block"]
+    assert [b["i"] for b in blocks] == [0, 1] and all(b["block_error"] is None for b in blocks)
+    assert not any(e["event"] == "layer_error" for e in events)
+    a = load_file(str(next((tmp_path / "a" / "out" / "fake").glob("*.safetensors"))))
+    b = load_file(str(next((tmp_path / "b" / "out" / "fake").glob("*.safetensors"))))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert res["evals"]["mme"]["fake_quant"]["total"] == json.loads(
+        (tmp_path / "a" / "out" / "results.json").read_text())["evals"]["mme"]["fake_quant"]["total"]
+    report = (tmp_path / "b" / "out" / "report.md").read_text()
+    assert "Rounded without calibration data" in report
+    raw["quant"]["method"] = "SmoothQuant"
+    with pytest.raises(ConfigError, match="calib: required for SmoothQuant"):
+        load_config(raw)

@@ -45,7 +45,9 @@ def describe_event(e) -> str | None:
     from llmc import events as ev
 
     if isinstance(e, ev.Block):
-        return f"block {e.i + 1}/{e.n} error {e.block_error:.4f} (last token {e.last_error:.4f})"
+        if e.block_error is None:
+            return f"block {e.i + 1}/{e.n} rounded without data"
+        return f"block {e.i + 1}/{e.n} error {e.block_error:.4f} (last token {e.last_error or 0.0:.4f})"
     if isinstance(e, ev.Phase) and e.state == "end":
         return f"{e.name} done in {e.seconds or 0.0:.1f}s"
     if isinstance(e, ev.Error):

@@ -15,7 +15,7 @@ from .quant import AwqSpecial, GptqSpecial, QuantConfig
 from .compat import ACCEPTED_BUT_IGNORED, UNSUPPORTED_LLMC_KEYS
 from .sections import BaseConfig, CalibConfig, EvalConfig, ModelConfig, RunConfig, SaveConfig, _Section
 
-_NEEDS_CALIB = frozenset({"Awq", "GPTQ"})
+_NEEDS_CALIB = frozenset({"Awq", "GPTQ", "SmoothQuant"})
 
 
 class Config(_Section):

@@ -296,10 +296,12 @@ class BlockContext:
 class BlockReport:
     index: int
     seconds: float
-    block_error: float  #: relative output error over every token of the calibration inputs
+    #: relative output error over every token of the calibration inputs (None: quantized
+    #: without data, nothing measured)
+    block_error: float | None
     layer_errors: dict[str, float]
     #: the same at each sequence's last position (where a VQA prompt is answered)
-    last_error: float = 0.0
+    last_error: float | None = 0.0
 
 
 def _relative(new: list[torch.Tensor], ref: list[torch.Tensor]) -> float:

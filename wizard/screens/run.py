@@ -296,9 +296,13 @@ class RunScreen(StepScreen):
             self.query_one("#phase", Static).update(f"phase: [b]{e.name}[/b]")
             bar.update(total=float(e.n_blocks) if e.n_blocks else None, progress=0)
         elif isinstance(e, ev.Block):
-            self.block_errors.append(float(e.block_error))
-            self.query_one("#errors", Static).update(bar_lines(
-                [(f"block {i + 1}", v) for i, v in enumerate(self.block_errors)], "{:.4f}"))
+            if e.block_error is None:  # RTN without calibration data: nothing measured
+                self.query_one("#errors", Static).update(f"rounded without data: {e.i + 1} of {e.n} blocks "
+                                                         "(no errors measured; add calibration data to see them)")
+            else:
+                self.block_errors.append(float(e.block_error))
+                self.query_one("#errors", Static).update(bar_lines(
+                    [(f"block {i + 1}", v) for i, v in enumerate(self.block_errors)], "{:.4f}"))
             bar.update(total=float(e.n), progress=float(e.i + 1))
         elif isinstance(e, ev.EvalProgress):
             bar.update(total=float(e.total), progress=float(e.done))
