@@ -15,6 +15,7 @@ sequential algorithm in a different order of additions, so ``blocksize`` only af
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import torch
@@ -24,6 +25,82 @@ from llmc.quant.quantizer import IntQuantizer, WeightQuantConfig, check_group_si
 
 # How many times damping may grow (x10 each) when the damped Hessian is still not positive definite.
 _MAX_DAMP_RETRIES = 4
+
+
+def _columns(quantizer: IntQuantizer, W1: Tensor, Hinv1: Tensor, Q1: Tensor, Err1: Tensor, s_cols, z_cols,
+             gs: int, gsc, gzc) -> None:
+    """Quantize the columns of one lazy block in place: ``W1`` (out, n) is updated column by
+    column, ``Q1`` gets the quantized columns and ``Err1`` the scaled errors. Per-column parameters
+    come from ``s_cols``/``z_cols`` (out, n), or with ``gs`` (dynamic groups) are computed at each
+    group's first column from the current weights, into ``gsc``/``gzc`` (out, n // gs)."""
+    qmin, qmax = quantizer.qrange()
+    s = z = None
+    for i in range(W1.shape[1]):
+        if gs:
+            if i % gs == 0:  # blocks are multiples of gs: the whole group lies in W1 and is current
+                scale, zero = quantizer.row_params(W1[:, i : i + gs])
+                s, z = scale[:, 0], zero[:, 0]
+                gsc[:, i // gs], gzc[:, i // gs] = s, z
+        else:
+            s, z = s_cols[:, i], z_cols[:, i]
+        w = W1[:, i]
+        q = (torch.clamp(torch.round(w / s) + z, qmin, qmax) - z) * s
+        Q1[:, i] = q
+        err = (w - q) / Hinv1[i, i]
+        W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1.0)
+        Err1[:, i] = err
+
+
+#: captured CUDA graphs of :func:`_columns`, by shape and quantizer: the loop is launch-bound
+#: on a GPU (a few tiny kernels per column), a graph replays a whole block's kernels at once
+_GRAPHS: dict[tuple, tuple] = {}
+
+
+def _block(quantizer: IntQuantizer, W1: Tensor, Hinv1: Tensor, s_cols, z_cols, gs: int):
+    """``(Q1, Err1, gsc, gzc)`` of one block (see :func:`_columns`); ``W1`` is not modified. On CUDA
+    the block runs as a replayed CUDA graph (``LLMC_GPTQ_GRAPHS=0`` turns that off)."""
+    out, n = W1.shape
+    if W1.is_cuda and os.environ.get("LLMC_GPTQ_GRAPHS", "1") != "0":
+        cfg = quantizer.cfg
+        key = (out, n, gs, W1.device, cfg.bit, cfg.symmetric)
+        if key not in _GRAPHS:
+            _GRAPHS[key] = _capture(quantizer, out, n, gs, W1.device)
+        graph, bufs = _GRAPHS[key]
+        bufs["W1"].copy_(W1)
+        bufs["Hinv1"].copy_(Hinv1)
+        if not gs:
+            bufs["s"].copy_(s_cols)
+            bufs["z"].copy_(z_cols)
+        graph.replay()
+        return (bufs["Q1"].clone(), bufs["Err1"].clone(), bufs["gsc"].clone() if gs else None,
+                bufs["gzc"].clone() if gs else None)
+    W1 = W1.clone()
+    Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
+    gsc = torch.zeros(out, n // gs, device=W1.device) if gs else None
+    gzc = torch.zeros_like(gsc) if gs else None
+    _columns(quantizer, W1, Hinv1, Q1, Err1, s_cols, z_cols, gs, gsc, gzc)
+    return Q1, Err1, gsc, gzc
+
+
+def _capture(quantizer: IntQuantizer, out: int, n: int, gs: int, device):
+    z = dict(device=device, dtype=torch.float32)
+    bufs = {"W1": torch.zeros(out, n, **z), "Hinv1": torch.eye(n, **z), "Q1": torch.zeros(out, n, **z),
+            "Err1": torch.zeros(out, n, **z), "s": torch.ones(out, n, **z), "z": torch.zeros(out, n, **z),
+            "gsc": torch.zeros(out, max(n // max(gs, 1), 1), **z), "gzc": torch.zeros(out, max(n // max(gs, 1), 1), **z)}
+
+    def step():
+        _columns(quantizer, bufs["W1"], bufs["Hinv1"], bufs["Q1"], bufs["Err1"], bufs["s"], bufs["z"], gs,
+                 bufs["gsc"], bufs["gzc"])
+
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):  # warm-up outside the capture, as CUDA graphs require
+        step()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph, bufs
 
 
 class GPTQ:
@@ -160,42 +237,31 @@ class GPTQ:
         del H
 
         Q = torch.zeros_like(W)
+        dynamic = per_group and not static_groups
         # (scale, zero) of each group in original column order, for exports: collected here for
         # dynamic groups without act-order (whose groups are runs of permuted columns, with no
         # such layout); static groups and per-channel parameters are known up front.
         g_scale = g_zero = None
-        if per_group and not static_groups and perm is None:
+        if dynamic and perm is None:
             g_scale = torch.zeros(W.shape[0], cfg.n_groups(self.columns), device=W.device)
             g_zero = torch.zeros_like(g_scale)
+        # per-column parameters when they are known before the loop (no host sync inside it)
+        s_cols = z_cols = None
+        if static_groups:
+            groups = (perm if perm is not None else torch.arange(self.columns, device=W.device)) // gs
+            s_cols, z_cols = static_scale[:, groups], static_zero[:, groups]
+        elif not per_group:
+            s_cols, z_cols = row_scale.expand_as(W), row_zero.expand_as(W)
         losses = torch.zeros(W.shape[0], dtype=torch.float32, device=W.device)
-        scale = zero = None
         for i1 in range(0, self.columns, blocksize):
             i2 = min(i1 + blocksize, self.columns)
-            W1 = W[:, i1:i2].clone()
-            Q1 = torch.zeros_like(W1)
-            Err1 = torch.zeros_like(W1)
-            Hinv1 = Hinv[i1:i2, i1:i2]
-            for i in range(i2 - i1):
-                col = i1 + i
-                if static_groups:
-                    g = (int(perm[col]) if perm is not None else col) // gs
-                    scale, zero = static_scale[:, g : g + 1], static_zero[:, g : g + 1]
-                elif not per_group:
-                    scale, zero = row_scale, row_zero
-                elif col % gs == 0:
-                    # Blocks are multiples of gs, so the whole group lies in W1 and is current.
-                    scale, zero = quantizer.row_params(W1[:, i : i + gs])
-                    if g_scale is not None:
-                        g_scale[:, col // gs], g_zero[:, col // gs] = scale[:, 0], zero[:, 0]
-                w = W1[:, i]
-                d = Hinv1[i, i]
-                q = quantizer.fake_with(w.unsqueeze(1), scale, zero).squeeze(1)
-                Q1[:, i] = q
-                err = (w - q) / d
-                losses += (w - q) ** 2 / d**2 / 2
-                W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
-                Err1[:, i] = err
+            Q1, Err1, gsc, gzc = _block(quantizer, W[:, i1:i2], Hinv[i1:i2, i1:i2],
+                                        None if dynamic else s_cols[:, i1:i2], None if dynamic else z_cols[:, i1:i2],
+                                        gs if dynamic else 0)
+            if g_scale is not None:
+                g_scale[:, i1 // gs:i2 // gs], g_zero[:, i1 // gs:i2 // gs] = gsc, gzc
             Q[:, i1:i2] = Q1
+            losses += Err1.pow(2).sum(1) / 2  # (w - q)^2 / d^2 / 2 for each column of the block
             W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
 
         if perm is not None:
