@@ -92,14 +92,15 @@ def _capture(quantizer: IntQuantizer, out: int, n: int, gs: int, device):
         _columns(quantizer, bufs["W1"], bufs["Hinv1"], bufs["Q1"], bufs["Err1"], bufs["s"], bufs["z"], gs,
                  bufs["gsc"], bufs["gzc"])
 
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):  # warm-up outside the capture, as CUDA graphs require
-        step()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
+    with torch.cuda.device(device):  # the layer's card (several with device_map: auto)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up outside the capture, as CUDA graphs require
+            step()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
     return graph, bufs
 
 
