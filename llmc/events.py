@@ -69,6 +69,8 @@ class LayerError(Event):
     block: int
     layer: str
     error: float
+    #: GPTQ's own loss for the layer (sum over rows of the error its column updates minimise)
+    gptq_loss: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -4,7 +4,7 @@ Each event is one JSON object per line: ``{"t": <unix time>, "event": <kind>, ..
 ``start``, ``config``, ``phase`` (name, state: start|end, seconds), ``block`` (i, n, seconds,
 block_error, last_error: the relative output error over every token and at each sequence's
 last position), ``layer_error`` (block, layer, error: on the rows the method fits — every token,
-or each sequence's last position for AWQ with ``loss_tokens: last``), ``eval_progress`` (pos, done, total),
+or each sequence's last position for AWQ with ``loss_tokens: last``; GPTQ adds gptq_loss, its own objective), ``eval_progress`` (pos, done, total),
 ``scores`` (pos, scores), ``saved`` (kind, path), ``done`` (seconds, results, complete), ``error``
 (message), ``cancelled``. Readers (the wizard) consume events and never parse the log; whether a
 run finished is said by its ``COMPLETE`` marker (:mod:`llmc.rundir`), never by the events.

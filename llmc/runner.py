@@ -296,8 +296,10 @@ def _run(cfg: Config, run_dir: Path, *, device: str | None, progress: Progress, 
         if rep.block_error is None:
             progress.log(f"block {rep.index + 1}/{n}: {rep.seconds:.2f}s (rounded without data)")
             return
+        losses = getattr(method, "losses", {})
         for layer, err in rep.layer_errors.items():
-            progress.event("layer_error", block=rep.index, layer=layer, error=err)
+            extra = {"gptq_loss": losses[(rep.index, layer)]} if (rep.index, layer) in losses else {}
+            progress.event("layer_error", block=rep.index, layer=layer, error=err, **extra)
         for (i, layers), (kept, without, with_clip) in getattr(method, "clip_verdicts", {}).items():
             if i == rep.index:
                 progress.event("clip_verdict", block=i, layers=layers, kept=kept,

@@ -481,6 +481,8 @@ def test_full_run_then_reload_answers_identically(model, weights, method, search
     assert all(0 < b["last_error"] < 1 and 0 < b["block_error"] < 1 for b in blocks)
     errs = [e["error"] for e in _events(out) if e["event"] == "layer_error"]
     assert len(errs) == 2 * 7 and all(0 < x < 0.5 for x in errs)
+    losses = [e.get("gptq_loss") for e in _events(out) if e["event"] == "layer_error"]
+    assert all(x is not None and x > 0 for x in losses) if method == "GPTQ" else all(x is None for x in losses)
     verdicts = [e for e in _events(out) if e["event"] == "clip_verdict"]
     if search == "output":  # one per clipped subset (v, o, gate+up, down) and block, with both answer losses
         assert [(v["block"], v["layers"]) for v in verdicts][:4] == [

@@ -202,6 +202,15 @@ class Gptq(Method):
                         actorder=bool(self.special.get("actorder", False)),
                         static_groups=bool(self.special.get("static_groups", False)))
             self.record(subset.layers[n], res["scale"], res["zero"])
+            # GPTQ's own objective, summed over the layer (the events carry it per layer)
+            self.losses[(ctx.index, n)] = res["error"]
+
+    @property
+    def losses(self) -> dict[tuple[int, str], float]:
+        """``{(block, layer): GPTQ loss}`` of every layer quantized so far."""
+        if not hasattr(self, "_losses"):
+            self._losses = {}
+        return self._losses
 
 
 def _group_normalized_weight_mean(weights: list[torch.Tensor], wcfg: WeightQuantConfig) -> torch.Tensor:
