@@ -70,3 +70,37 @@ def test_ppl_needs_enough_tokens(corpus, tmp_path):
     (tmp_path / "short.txt").write_text("two words")
     with pytest.raises(ValueError, match="fewer than eval.seq_len=64"):
         perplexity(m, tmp_path / "short.txt", seq_len=64)
+
+
+def test_token_id_calibration_equals_the_same_text_tokenized(corpus, tmp_path):
+    """calib.name: token_ids reads (n, length) ids from a safetensors file: the same windows as a
+    text set tokenized by the model's tokenizer give the same GPTQ weights; ids outside the
+    vocabulary are refused in one line naming the id."""
+    from safetensors.torch import load_file, save_file
+
+    from llmc.data.calib import load_calib
+    from llmc.models import get_model_class
+
+    path = _tiny_lm("Llama", tmp_path / "m")
+    m = get_model_class("Llama")(path, "float32", "cpu")
+    text_cfg = load_config({"model": {"type": "Llama", "path": str(path)}, "calib": {
+        "name": "wikitext2", "path": str(corpus / "train.txt"), "n_samples": 8, "seq_len": 64},
+        "quant": {"method": "GPTQ", "weight": {"bit": 4, "group_size": 32}}})
+    windows = torch.cat([b["input_ids"] for b in load_calib(text_cfg.calib, m)])
+    save_file({"input_ids": windows.contiguous()}, str(tmp_path / "ids.safetensors"))
+    runs = {}
+    for name, cpath in (("wikitext2", corpus / "train.txt"), ("token_ids", tmp_path / "ids.safetensors")):
+        cfg = {"model": {"type": "Llama", "path": str(path), "torch_dtype": "float32"},
+               "calib": {"name": name, "path": str(cpath), "n_samples": 8, "seq_len": 64},
+               "quant": {"method": "GPTQ", "weight": {"bit": 4, "group_size": 32}},
+               "save": {"save_path": str(tmp_path / name), "save_fake": True}}
+        run(load_config(cfg), tmp_path / name, device="cpu")
+        runs[name] = load_file(str(next((tmp_path / name / "fake").glob("*.safetensors"))))
+    a, b = runs["wikitext2"], runs["token_ids"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    save_file({"input_ids": torch.full((2, 8), 10**6)}, str(tmp_path / "bad.safetensors"))
+    bad = load_config({"model": {"type": "Llama", "path": str(path)}, "calib": {
+        "name": "token_ids", "path": str(tmp_path / "bad.safetensors")},
+        "quant": {"method": "GPTQ", "weight": {"bit": 4, "group_size": 32}}})
+    with pytest.raises(ValueError, match=r"holds token id 1000000, outside the model's vocabulary"):
+        load_calib(bad.calib, m)

@@ -117,7 +117,7 @@ class CalibConfig(_Section):
 
     _yaml_path: ClassVar[str] = "calib"
 
-    name: Literal["custom_mm", "custom_txt", "pileval", "wikitext2", "c4"]
+    name: Literal["custom_mm", "custom_txt", "pileval", "wikitext2", "c4", "token_ids"]
     type: Str | None = Field(None, description="llmc's data kind; informational")
     download: Bool = False
     path: PathStr | None = None

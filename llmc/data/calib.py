@@ -123,4 +123,29 @@ def load_calib(cfg, adapter) -> list[dict]:
         texts = load_text_corpus(Path(cfg.path))
         batches = text_windows(texts, adapter.tokenizer, cfg.n_samples or 128, cfg.seq_len or 512, cfg.seed, name)
         return [{k: v.to(adapter.device) for k, v in b.items()} for b in batches]
-    raise ValueError(f"calib.name: unknown calibration set {name!r}; use custom_mm, {', '.join(TEXT_SETS)}")
+    if name == "token_ids":
+        return [{"input_ids": row.unsqueeze(0).to(adapter.device)}
+                for row in load_token_ids(Path(cfg.path), cfg.n_samples, cfg.seq_len, adapter)]
+    raise ValueError(f"calib.name: unknown calibration set {name!r}; use custom_mm, token_ids, {', '.join(TEXT_SETS)}")
+
+
+def load_token_ids(path: Path, n_samples: int | None, seq_len: int | None, adapter=None):
+    """Token ids ready for the model, from a safetensors file holding ``input_ids`` (n, length),
+    integer: the first ``n_samples`` rows, each cut to ``seq_len``. Ids outside the model's
+    vocabulary are refused with the first offending value."""
+    import torch
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"calib.path: {path} is not a .safetensors file; token_ids reads one holding input_ids")
+    ids = load_file(str(path)).get("input_ids")
+    if ids is None or ids.dim() != 2 or ids.dtype.is_floating_point:
+        raise ValueError(f"calib.path: {path} holds no 2-D integer input_ids tensor (n, length)")
+    ids = ids[: n_samples or None, : seq_len or None].long()
+    emb = getattr(getattr(adapter, "mm_model", None), "get_input_embeddings", lambda: None)()
+    if emb is not None and ids.numel() and (int(ids.max()) >= emb.num_embeddings or int(ids.min()) < 0):
+        bad = int(ids.max()) if int(ids.max()) >= emb.num_embeddings else int(ids.min())
+        raise ValueError(f"calib.path: {path} holds token id {bad}, outside the model's vocabulary "
+                         f"of {emb.num_embeddings}; tokenize with the model's own tokenizer")
+    return torch.unbind(ids, 0)
