@@ -176,7 +176,7 @@ def quant_label(cfg: Config) -> str:
 
 
 def run(cfg: Config, run_dir: Path, *, device: str | None = None, progress: Progress | None = None,
-        cancelled=None, overwrite: bool = False, workspace: RunDir | None = None) -> dict:
+        cancelled=None, overwrite: bool = False, workspace: RunDir | None = None, keep: dict | None = None) -> dict:
     """Run ``cfg`` into ``run_dir``. Unless the caller passes the ``workspace`` it already opened
     (:func:`llmc.rundir.open_run_dir`), the directory is checked, locked and (with ``overwrite``)
     emptied here, before the model loads; the lock is released when the run ends."""
@@ -187,7 +187,7 @@ def run(cfg: Config, run_dir: Path, *, device: str | None = None, progress: Prog
     own_progress = progress is None
     progress = progress or Progress(run_dir)
     try:
-        return _run(cfg, run_dir, device=device, progress=progress, cancelled=cancelled)
+        return _run(cfg, run_dir, device=device, progress=progress, cancelled=cancelled, keep=keep)
     finally:
         if own_progress:
             progress.close()
@@ -195,7 +195,8 @@ def run(cfg: Config, run_dir: Path, *, device: str | None = None, progress: Prog
             workspace.close()
 
 
-def _run(cfg: Config, run_dir: Path, *, device: str | None, progress: Progress, cancelled) -> dict:
+def _run(cfg: Config, run_dir: Path, *, device: str | None, progress: Progress, cancelled,
+         keep: dict | None = None) -> dict:
     from .models import get_model_class
 
     device = device or default_device()
@@ -325,6 +326,8 @@ def _run(cfg: Config, run_dir: Path, *, device: str | None, progress: Progress, 
             for head in adapter.get_head_layers():
                 method.record(head, *rtn_(head, method.wcfg))
         results["timings"]["quantize"] = time.time() - t
+    if keep is not None:  # an in-process caller (llmc.api.quantize) keeps the quantized model
+        keep.update(adapter=adapter, method=method)
 
     blocks = adapter.get_blocks()
 

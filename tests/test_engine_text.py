@@ -104,3 +104,20 @@ def test_token_id_calibration_equals_the_same_text_tokenized(corpus, tmp_path):
         "quant": {"method": "GPTQ", "weight": {"bit": 4, "group_size": 32}}})
     with pytest.raises(ValueError, match=r"holds token id 1000000, outside the model's vocabulary"):
         load_calib(bad.calib, m)
+
+
+def test_the_in_process_api_returns_the_quantized_model(tmp_path):
+    """llmc.api.quantize runs a config like `llmc run` and hands back the quantized model: its
+    weights are those the run saved."""
+    from safetensors.torch import load_file
+
+    from llmc.api import quantize
+
+    path = _tiny_lm("Llama", tmp_path / "m")
+    q = quantize({"model": {"type": "Llama", "path": str(path), "torch_dtype": "float32"},
+                  "quant": {"method": "RTN", "weight": {"bit": 4, "group_size": 32}},
+                  "save": {"save_path": str(tmp_path / "out"), "save_fake": True}}, tmp_path / "out", device="cpu")
+    saved = load_file(str(next((tmp_path / "out" / "fake").glob("*.safetensors"))))
+    live = q.model.state_dict()
+    assert saved.keys() <= live.keys() and all(torch.equal(saved[k], live[k]) for k in saved)
+    assert q.results["label"].startswith("W4A16") and (q.run_dir / "COMPLETE").exists()
