@@ -121,3 +121,45 @@ def test_the_in_process_api_returns_the_quantized_model(tmp_path):
     live = q.model.state_dict()
     assert saved.keys() <= live.keys() and all(torch.equal(saved[k], live[k]) for k in saved)
     assert q.results["label"].startswith("W4A16") and (q.run_dir / "COMPLETE").exists()
+
+
+def test_equal_length_sequences_replay_together_with_the_same_result(corpus, tmp_path, monkeypatch):
+    """GPTQ on 8 equal-length text windows: replayed as one batch of 8 per block instead of 8
+    forwards, the quantized weights are those of the one-by-one replay (to float rounding); VQA
+    prompts of different lengths are never joined."""
+    from safetensors.torch import load_file
+
+    from llmc.quant import coalesce as co
+    from llmc.quant.blockwise import BlockInput
+
+    path = _tiny_lm("Llama", tmp_path / "m")
+    weights, replays = {}, []
+    real = co.coalesce
+
+    def counted(inputs, *a, **kw):
+        out = real(inputs, *a, **kw)
+        replays.append((len(inputs), len(out)))
+        return out
+
+    monkeypatch.setattr(co, "coalesce", counted)
+    for most in (1, 16):
+        monkeypatch.setattr(co, "MOST", most)
+        cfg = {"model": {"type": "Llama", "path": str(path), "torch_dtype": "float32"},
+               "calib": {"name": "wikitext2", "path": str(corpus / "train.txt"), "n_samples": 8, "seq_len": 64},
+               "quant": {"method": "GPTQ", "weight": {"bit": 4, "group_size": 32}},
+               "save": {"save_path": str(tmp_path / f"m{most}"), "save_fake": True}}
+        run(load_config(cfg), tmp_path / f"m{most}", device="cpu")
+        weights[most] = load_file(str(next((tmp_path / f"m{most}" / "fake").glob("*.safetensors"))))
+    assert replays == [(8, 8), (8, 1)]  # one forward per block instead of eight
+    a, b = weights[1], weights[16]
+    close = sum(int(torch.isclose(a[k], b[k], atol=1e-5).sum()) for k in a) / sum(a[k].numel() for k in a)
+    assert close > 0.999
+    # different lengths (or arguments) stay apart
+    x = [BlockInput(torch.randn(1, n, 8), (), {"m": torch.zeros(n)}) for n in (5, 5, 7)]
+    joined = real(x, _Passthrough(), "cpu", most=16)
+    assert [bi.hidden.shape[0] for bi in joined] == [2, 1]
+
+
+class _Passthrough(torch.nn.Module):
+    def forward(self, hidden, *args, **kwargs):
+        return hidden

@@ -255,6 +255,9 @@ class Method:
     #: whether it fits on the model's answers: the pipeline then gives each block's context the
     #: float model's next-token log-probabilities and a function computing them from the block's output
     output_loss = False
+    #: whether equal-length calibration sequences may be replayed together (methods whose cost
+    #: grows with the inputs per search step, such as AWQ's, keep one per forward)
+    coalesce = False
 
     def __init__(self, wcfg: WeightQuantConfig, special: dict | None = None):
         self.wcfg = wcfg
@@ -332,6 +335,11 @@ def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], 
     if last and any(bi.hidden.shape[0] > 1 for bi in inputs):
         raise ValueError(f"{last[0]}: last fits each sequence's last position, which needs one unpadded "
                          f"calibration sample per forward pass; pass single-sample batches or use {last[0]}: all")
+    if method.coalesce and not last and not offload:  # equal-length sequences replay together
+        from .coalesce import coalesce
+
+        first_device = placement.block_device(0) if placement is not None else device
+        inputs = coalesce(inputs, adapter.get_blocks()[0], first_device)
     float_answers = None
     if method.output_loss:
         if offload:

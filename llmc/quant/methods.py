@@ -17,6 +17,7 @@ from .smoothquant import SmoothQuant
 
 class RTN(Method):
     name = "RTN"
+    coalesce = True
 
     def quantize_subset(self, ctx, subset, stats, state) -> None:
         for n, layer in subset.layers.items():
@@ -186,6 +187,7 @@ class Awq(Method):
 
 class Gptq(Method):
     name = "GPTQ"
+    coalesce = True
 
     def stream(self, layers):
         state = {n: GPTQ(m) for n, m in layers.items()}
