@@ -35,6 +35,37 @@ def _chart(rows: list[tuple[str, list[tuple[float, tuple]]]], top: float, title:
     return img
 
 
+def format_table(results: dict, label: str) -> str:
+    """The seed's score table: original vs quantized, per category, totals and deltas."""
+    lines = []
+    for name, per_pos in results["evals"].items():
+        orig = per_pos.get("pretrain")
+        quant = per_pos.get("fake_quant")
+        cols = [("original", orig), (label, quant)]
+        cols = [(c, s) for c, s in cols if s]
+        if not cols:
+            continue
+        kind = cols[0][1]["kind"]
+        header = f"| {name} | " + " | ".join(c for c, _ in cols) + (" | delta |" if len(cols) == 2 else " |")
+        lines += [header, "|" + "---|" * (len(cols) + 1 + (len(cols) == 2))]
+        if kind == "mme":
+            keys = list(cols[0][1]["categories"]) + ["perception", "cognition", "total"]
+            for k in keys:
+                vals = [s["categories"].get(k) if k in s["categories"] else s.get(k) for _, s in cols]
+                row = f"| {k} | " + " | ".join(f"{v:.2f}" for v in vals)
+                if len(vals) == 2:
+                    row += f" | {vals[1] - vals[0]:+.2f}"
+                lines.append(row + " |")
+        else:
+            vals = [s["ppl"] for _, s in cols]
+            row = "| perplexity | " + " | ".join(f"{v:.3f}" for v in vals)
+            if len(vals) == 2:
+                row += f" | {vals[1] - vals[0]:+.3f}"
+            lines.append(row + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def score_values(results: dict, totals: bool = False):
     """``(eval name, key, original, quantized)`` for every evaluation of ``results``: each MME
     category (then perception, cognition and total with ``totals``), a perplexity's ``ppl``.

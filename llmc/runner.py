@@ -24,6 +24,7 @@ from .config import Config
 from .eval.mme import MMEScores, load_dataset
 from .models.placement import place
 from .progress import Progress
+from .report import format_table
 from .quant.blockwise import quantize_blockwise
 from .quant.methods import make_method
 from .rundir import RunDir, atomic_write_text, open_run_dir, planned_outputs, staged, write_marker
@@ -133,37 +134,6 @@ def check_overlap(cfg: Config, progress: Progress) -> int:
 
 #: methods that can round without calibration data (the runner's path without a calib section)
 DATA_FREE_METHODS = ("RTN", "Quarot")
-
-
-def format_table(results: dict, label: str) -> str:
-    """The seed's score table: original vs quantized, per category, totals and deltas."""
-    lines = []
-    for name, per_pos in results["evals"].items():
-        orig = per_pos.get("pretrain")
-        quant = per_pos.get("fake_quant")
-        cols = [("original", orig), (label, quant)]
-        cols = [(c, s) for c, s in cols if s]
-        if not cols:
-            continue
-        kind = cols[0][1]["kind"]
-        header = f"| {name} | " + " | ".join(c for c, _ in cols) + (" | delta |" if len(cols) == 2 else " |")
-        lines += [header, "|" + "---|" * (len(cols) + 1 + (len(cols) == 2))]
-        if kind == "mme":
-            keys = list(cols[0][1]["categories"]) + ["perception", "cognition", "total"]
-            for k in keys:
-                vals = [s["categories"].get(k) if k in s["categories"] else s.get(k) for _, s in cols]
-                row = f"| {k} | " + " | ".join(f"{v:.2f}" for v in vals)
-                if len(vals) == 2:
-                    row += f" | {vals[1] - vals[0]:+.2f}"
-                lines.append(row + " |")
-        else:
-            vals = [s["ppl"] for _, s in cols]
-            row = "| perplexity | " + " | ".join(f"{v:.3f}" for v in vals)
-            if len(vals) == 2:
-                row += f" | {vals[1] - vals[0]:+.3f}"
-            lines.append(row + " |")
-        lines.append("")
-    return "\n".join(lines)
 
 
 def quant_label(cfg: Config) -> str:
