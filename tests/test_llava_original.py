@@ -9,6 +9,8 @@ lineage's own loader, conversation templates and mm_utils (:mod:`llmc.models.lla
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -85,3 +87,38 @@ def test_a_failing_hook_is_named_by_the_smoke_test(llava, zoo, tmp_path, monkeyp
                                           r"build_inputs hook|at 'eval sample'.*hook") as e:
         smoke_test("broken_llava", "BrokenLlava", weights, zoo.calib_set, zoo.eval_set / "data", models_dir=models)
     assert "KeyError" in e.value.message and "no_such_template" in e.value.message
+
+
+def test_rotating_the_original_llava_keeps_its_logits_only_with_the_projector(llava, monkeypatch, tmp_path):
+    """With the picked layer (model.mm_projector.2) rotated too, the rotated model's answer logits
+    equal the float model's within 1e-4; leaving it out changes them."""
+    import torch
+
+    from llmc.eval.vqa import VQARequest
+    from llmc.models.llava_lineage import LlavaLineage
+    from llmc.quant.rotation import rotate_model_
+    from PIL import Image
+
+    weights_repo, _, src = llava
+    monkeypatch.syspath_prepend(str(src))
+    import git
+
+    weights = Path(git.Repo.clone_from(str(weights_repo), str(tmp_path / "w")).working_dir)
+
+    class Picked(LlavaLineage):
+        projector_last_layers = ("model.mm_projector.2",)
+
+    reqs = [VQARequest("Is there a red circle?", [Image.new("RGB", (64, 64), c)], {"max_new_tokens": 2})
+            for c in ((200, 30, 30), (30, 30, 200))]
+    out = {}
+    for skip in (False, True):
+        m = Picked(weights, "float32", "cpu")
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():  # trained norms are not all ones
+            for mod in m.language_model().modules():
+                if "norm" in type(mod).__name__.lower() and getattr(mod, "weight", None) is not None:
+                    mod.weight.add_(0.3 * torch.randn(mod.weight.shape, generator=gen))
+        before = m.answer_logits(reqs)
+        rotate_model_(m, "hadamard", seed=0, skip_extra=skip)
+        out[skip] = float((m.answer_logits(reqs) - before).abs().max())
+    assert out[False] < 1e-4 and out[True] > 1e-2, out
