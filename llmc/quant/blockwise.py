@@ -335,11 +335,17 @@ def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], 
     if last and any(bi.hidden.shape[0] > 1 for bi in inputs):
         raise ValueError(f"{last[0]}: last fits each sequence's last position, which needs one unpadded "
                          f"calibration sample per forward pass; pass single-sample batches or use {last[0]}: all")
-    if method.coalesce and not last and not offload:  # equal-length sequences replay together
+    if method.coalesce and not last:  # equal-length sequences replay together (llmc.quant.coalesce)
         from .coalesce import coalesce
 
-        first_device = placement.block_device(0) if placement is not None else device
-        inputs = coalesce(inputs, adapter.get_blocks()[0], first_device)
+        first = adapter.get_blocks()[0]
+        if offload:
+            placement.pin(first)  # the probe replays the first block where it quantizes
+        try:
+            inputs = coalesce(inputs, first, placement.block_device(0) if placement is not None else device)
+        finally:
+            if offload:
+                placement.unpin(first)
     float_answers = None
     if method.output_loss:
         if offload:
