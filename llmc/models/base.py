@@ -204,6 +204,18 @@ class BaseModel(abc.ABC):
 
 
 
+def left_pad(rows: Sequence[torch.Tensor], pad_id: int | None, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id rows as one left-padded batch: ``(input_ids, attention_mask)`` on ``device``
+    (a missing pad id pads with 0; the mask hides it)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id if pad_id is not None else 0, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, width - len(r):] = r
+        mask[b, width - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+
 def _resolve_dtype(d) -> torch.dtype | str:
     if isinstance(d, torch.dtype):
         return d

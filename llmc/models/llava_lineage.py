@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .base import BaseModel, Sample
+from .base import BaseModel, Sample, left_pad
 
 #: the hooks a declaration may override (the smoke test names the one that failed)
 HOOKS = ("load", "build_inputs", "answer", "save_pretrained")
@@ -97,14 +97,8 @@ class LlavaLineage(BaseModel):
         index = self._code("constants").IMAGE_TOKEN_INDEX
         prompts = [self.prompt(s.question, s.answer if add_answer else None, s.image is not None) for s in samples]
         rows = [mm.tokenizer_image_token(p, self.tokenizer, index, return_tensors="pt") for p in prompts]
-        width = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, r in enumerate(rows):
-            ids[b, width - len(r):] = r
-            mask[b, width - len(r):] = 1
-        inputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+        ids, mask = left_pad(rows, self.tokenizer.pad_token_id, self.device)
+        inputs = {"input_ids": ids, "attention_mask": mask}
         real = [s.image.convert("RGB") for s in samples if s.image is not None]
         if real:
             px = mm.process_images(real, self.image_processor, self.mm_model.config)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .base import BaseModel, Sample
+from .base import BaseModel, Sample, left_pad
 from .projector import find_injection_layers
 from .registry import register
 
@@ -61,13 +61,7 @@ class Vila(BaseModel):
 
     def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = [self.mm_utils.tokenizer_image_token(p, self.tokenizer, return_tensors="pt") for p in prompts]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, r in enumerate(rows):
-            ids[b, width - len(r):] = r
-            mask[b, width - len(r):] = 1
-        return ids.to(self.device), mask.to(self.device)
+        return left_pad(rows, self.tokenizer.pad_token_id, self.device)
 
     def _images(self, images) -> torch.Tensor:
         return self.mm_utils.process_images(list(images), self.image_processor, self.mm_model.config).to(self.device)

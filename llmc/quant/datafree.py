@@ -12,8 +12,7 @@ from torch import nn
 
 from llmc.models.base import BaseModel
 
-from .blockwise import BlockReport, check_layers
-from .rtn import rtn_
+from .blockwise import BlockContext, BlockReport, _device_of, check_layers
 
 
 def quantize_without_data(adapter: BaseModel, method, *, placement=None,
@@ -33,9 +32,10 @@ def quantize_without_data(adapter: BaseModel, method, *, placement=None,
             placement.pin(block)  # rounded on the device, then back to CPU memory
         if stash:
             stash(i, block)
-        for subset in adapter.get_subsets_in_block(block):
-            for n, layer in subset.layers.items():
-                method.record(layer, *rtn_(layer, method.wcfg, f"{adapter.block_name(i)}.{n}"))
+        subsets = adapter.get_subsets_in_block(block)
+        ctx = BlockContext(i, adapter.block_name(i), block, [], subsets, _device_of(block, "cpu"))
+        for subset in subsets:
+            method.quantize_subset(ctx, subset, {}, None)  # RTN's own rounding: no statistics needed
         if offload:
             placement.unpin(block)
         reports.append(BlockReport(i, time.time() - t0, None, {}, None))
