@@ -1,7 +1,7 @@
 """The original LLaVA code (llava-torch 1.2.2.post1, haotian-liu/LLaVA) onboarded as it comes.
 
-Its code is cloned from a local git repository, pinned and installed (without its pinned
-dependencies); a tiny checkpoint in LLaVA-1.5's own format (``LlavaLlamaForCausalLM``, the
+Its code is cloned from a local git repository, pinned and installed into an environment of its
+own with its pinned dependencies (transformers 4.36.2...); a tiny checkpoint in LLaVA-1.5's own format (``LlavaLlamaForCausalLM``, the
 vision tower and ``mm_projector`` kept inside ``model``) goes through every step to the score
 table, with a generated declaration of data only: the engine drives the code through the
 lineage's own loader, conversation templates and mm_utils (:mod:`llmc.models.llava_lineage`).
@@ -30,8 +30,14 @@ def llava(tmp_path_factory):
     return repo, code_repo(root / "repos" / "LLaVA.git", root / "work"), src
 
 
-def test_the_original_llava_code_reaches_the_score_table(llava, zoo, tmp_path):
-    from wizard.services.answers import Answers
+def test_the_original_llava_code_reaches_the_score_table_in_its_own_environment(llava, zoo, tmp_path):
+    """Clone, install into an environment of its own (its pins: transformers 4.36.2, tokenizers
+    0.15, accelerate 0.21, gradio 4.16...), inspect, generate, smoke and run with GPTQ, then AWQ,
+    to the score table: zero hand-written lines, every step after install in that environment."""
+    import subprocess
+    import sys
+
+    from wizard.services.answers import Answers, load_answers
     from wizard.services.literals import check_declaration
     from wizard.services.render import split_header
     from wizard.session import Session
@@ -40,15 +46,21 @@ def test_the_original_llava_code_reaches_the_score_table(llava, zoo, tmp_path):
     weights, code, _ = llava
     a = Answers()
     a.source.weights_url, a.source.code_url, a.source.code_commit = str(weights), str(code), "v0.1.0"
-    a.install.no_deps = True  # its pins (torch 2.1.2, transformers 4.37.2) are not this environment's
-    a.generate.name, a.generate.method = "llava-v1.5-tiny", "RTN"
+    a.generate.name, a.generate.method = "llava-v1.5-tiny", "GPTQ"
     a.generate.calib_path, a.generate.eval_path = str(zoo.calib_set), str(zoo.eval_set / "data")
     a.generate.n_calib, a.generate.eval_samples = 4, 8
-    s = Session(a, tmp_path / "answers.yml", tmp_path / "work", install_target=tmp_path / "site",
-                assume_yes=True, device="cpu")
+    s = Session(a, tmp_path / "answers.yml", tmp_path / "work", assume_yes=True, device="cpu")
     log: list[str] = []
     results = onboard(s, STEPS, Reporter(log=log.append))
     text = "\n".join(log)
+    env = s.workdir / "envs" / "LLaVA"
+    assert s.answers.install.env_dir == str(env) and s.model_python() == env / "bin" / "python"
+    assert "== continuing in the model's environment" in text
+    for why in ("relaxed torch: this environment's", "relaxed gradio: left out", "relaxed scikit-learn: left out"):
+        assert why in text
+    version = subprocess.run([str(s.model_python()), "-W", "ignore", "-c", "import transformers, llava; "
+                              "print(transformers.__version__)"], capture_output=True, text=True, check=True)
+    assert version.stdout.strip() == "4.36.2"  # the code's pin; this environment keeps its own
     ins = s.answers.inspect
     assert ins.model_kind == "custom-code" and ins.architecture == "LlavaLlamaForCausalLM"
     assert (ins.code_conventions, ins.conv_mode) == ("llava-lineage", "vicuna_v1")
@@ -61,7 +73,22 @@ def test_the_original_llava_code_reaches_the_score_table(llava, zoo, tmp_path):
     assert "eval batch: batch of" in text
     mme = results["evals"]["mme"]
     assert sum(mme["pretrain"]["n_images"].values()) == 8 and sum(mme["fake_quant"]["n_images"].values()) == 8
-    assert results["table"] in text
+    assert results["table"] in text and "GPTQ" in results["table"]
+
+    # AWQ in the same environment (built once: it is up to date for this commit)
+    s.answers.generate.method = "AWQ"
+    log.clear()
+    awq = onboard(s, ["install", "generate", "smoke", "run"], Reporter(log=log.append))
+    assert any("is up to date for" in line for line in log)
+    assert "AWQ" in awq["table"] and sum(awq["evals"]["mme"]["fake_quant"]["n_images"].values()) == 8
+
+    # a single headless command restarts itself in the model's environment
+    cli = subprocess.run([sys.executable, "-m", "wizard", "try", "--answers", str(s.answers_path), "--workdir",
+                          str(s.workdir), "--question", "Is there a circle?"], capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert f"continuing in the model's environment ({env / 'bin' / 'python'})" in cli.stderr
+    assert cli.stdout.startswith("float: ") and "\nquantized: " in cli.stdout
+    assert load_answers(s.answers_path).install.env_dir == str(env)
 
 
 def test_a_failing_hook_is_named_by_the_smoke_test(llava, zoo, tmp_path, monkeypatch):

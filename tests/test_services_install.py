@@ -184,6 +184,14 @@ def test_the_codes_conflicting_pins_are_shown_and_never_installed_over_the_engin
     plan = install_plan(s)
     assert plan.conflicts == [f"transformers==4.37.2 (this environment has transformers {md.version('transformers')})",
                               f"torch==2.1.2 (this environment has torch {md.version('torch')})"]
+    # by default such code gets an environment of its own (tests/test_isolate.py builds them)
+    assert plan.isolated and plan.env_dir == tmp_path / "envs" / "code"
+    assert "<the code's pins except: torch, torchvision" in " ".join(plan.command)
+    a.install.environment = "shared"
+    assert not install_plan(s).isolated
     with pytest.raises(WizardError, match=r"would replace 2 package\(s\) the engine runs on: transformers==4.37.2") as e:
         install(s)
-    assert "install.no_deps: true" in e.value.fix and "\n" not in e.value.message
+    assert "install.environment: isolated" in e.value.fix and "install.no_deps: true" in e.value.fix
+    assert "\n" not in e.value.message
+    a.install.environment, a.install.no_deps = "auto", True  # no_deps keeps the engine's versions here
+    assert not install_plan(s).isolated

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from textual.app import App, ComposeResult
@@ -124,6 +125,14 @@ class ConfirmQuit(ModalScreen[bool]):
         self.dismiss(value)
 
 
+@dataclass
+class Restart:
+    """The app's result when the wizard must go on with another Python (the model's environment)."""
+
+    python: Path
+    argv: list[str]
+
+
 class WizardApp(App):
     TITLE = "llmc-wizard"
     SUB_TITLE = "onboard, quantize and evaluate a VLM"
@@ -131,9 +140,11 @@ class WizardApp(App):
     ENABLE_COMMAND_PALETTE = False
 
     def __init__(self, zoo_root: Path | None = None, answers_path: Path | None = None, workdir: Path | None = None,
-                 models_dir: Path | None = None, device: str | None = None, install_target: Path | None = None):
+                 models_dir: Path | None = None, device: str | None = None, install_target: Path | None = None,
+                 start: str | None = None):
         super().__init__()
         self.zoo_root = zoo_root
+        self.start = start  #: the step to open on (after a restart in the model's environment)
         answers_path = Path(answers_path) if answers_path else None
         answers = load_answers(answers_path) if answers_path and answers_path.exists() else Answers()
         base = answers_path.resolve().parent if answers_path else Path.cwd() / "llmc-wizard-work"
@@ -154,8 +165,21 @@ class WizardApp(App):
     def on_mount(self) -> None:
         self._install_steps()
         self.push_screen(WelcomeScreen(self.zoo_root))
+        if self.start:
+            self.goto(self.start)
+
+    def restart_in_model_env(self, step: str) -> None:
+        """Quit and come back on ``step`` with the Python of the model's own environment."""
+        self.save_answers()
+        argv = ["--answers", self.session.answers_path, "--workdir", self.session.workdir, "--step", step]
+        argv += ["--models-dir", self.session.models_dir] if self.session.models_dir else []
+        argv += ["--device", self.session.device] if self.session.device else []
+        self.exit(Restart(self.session.model_python(), [str(a) for a in argv]))
 
     def goto(self, step: str) -> None:
+        if step not in ("source", "install") and not self.session.in_model_env():
+            self.restart_in_model_env(step)  # the model's code lives in its own environment
+            return
         if isinstance(self.screen, WelcomeScreen):
             self.push_screen(step)
         else:

@@ -38,16 +38,49 @@ def _cmd_demo(args) -> int:
 
     # The demo keeps its clones, adapters, configs and runs beside the zoo, never in the checkout.
     work = zoo.root.parent / "work"
-    WizardApp(zoo_root=zoo.root, answers_path=work / "answers.yml", workdir=work,
-              models_dir=work / "adapters").run()
+    return _run_app(WizardApp(zoo_root=zoo.root, answers_path=work / "answers.yml", workdir=work,
+                              models_dir=work / "adapters"))
+
+
+def _restart(python: Path, argv: list[str]) -> None:
+    """Replace this process by the wizard running on ``python`` (the model's own environment)."""
+    import os
+
+    print(f"llmc-wizard: continuing in the model's environment ({python})", file=sys.stderr, flush=True)
+    os.execv(str(python), [str(python), "-m", "wizard", *[str(a) for a in argv]])
+
+
+def _run_app(app) -> int:
+    from .app import Restart
+
+    result = app.run()
+    if isinstance(result, Restart):
+        _restart(result.python, result.argv)
     return 0
 
 
 def _cmd_tui(args) -> int:
     from .app import WizardApp
 
-    WizardApp(answers_path=getattr(args, "answers", None)).run()
-    return 0
+    return _run_app(WizardApp(answers_path=args.answers, workdir=args.workdir, models_dir=args.models_dir,
+                              device=args.device, start=args.step))
+
+
+#: subcommands that run where the model's code is installed (fetch, install and onboard run here;
+#: onboard hands its later steps over by itself)
+IN_MODEL_ENV = {None, "inspect", "generate", "register", "smoke", "run", "evaluate", "try"}
+
+
+def _in_model_env(args, argv: list[str]) -> None:
+    """Once the model has its own environment, restart commands that touch its code in there."""
+    answers = getattr(args, "answers", None)
+    if args.command not in IN_MODEL_ENV or answers is None or not Path(answers).is_file():
+        return
+    from .session import Session
+
+    s = Session.load(answers, getattr(args, "workdir", None))
+    if not s.in_model_env():
+        _restart(s.model_python(), argv)
 
 
 def _session(args):
@@ -126,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true", help="rebuild the zoo even if it is up to date")
     d.set_defaults(func=_cmd_demo)
     ap.add_argument("--answers", type=Path, default=None, help="answers file to load/save in the TUI")
+    ap.add_argument("--workdir", type=Path, default=None, help="the TUI's work folder (default: the answers file's)")
+    ap.add_argument("--models-dir", type=Path, default=None, help="where the TUI writes model declarations")
+    ap.add_argument("--device", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--step", default=None, help=argparse.SUPPRESS)  # the step the TUI opens on
     for name, help_ in [("onboard", "run every step headless from an answers file"),
                         ("fetch", "clone/fetch the weights and code repositories"),
                         ("install", "pip-install the model's code (custom-code models)"),
@@ -173,8 +210,10 @@ def one_line_error(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
+        _in_model_env(args, argv)
         return args.func(args)
     except KeyboardInterrupt:
         print("llmc-wizard: cancelled", file=sys.stderr)

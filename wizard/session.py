@@ -9,6 +9,7 @@ are saved after every step.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,24 @@ class Session:
         if self.install_target:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.install_target), os.environ.get("PYTHONPATH")]))
         return env
+
+    def env_dir(self) -> Path:
+        """Where the model's own environment goes: ``<workdir>/envs/<code folder name>``."""
+        code = self.answers.source.code_dir
+        return self.workdir / "envs" / (Path(code).name if code else "model")
+
+    def model_python(self) -> Path | None:
+        """The Python of the model's own environment, once built (None: this environment's)."""
+        from .services.isolate import env_python
+
+        d = self.answers.install.env_dir
+        py = env_python(Path(d)) if d else None
+        return py if py is not None and py.exists() else None
+
+    def in_model_env(self) -> bool:
+        """Whether this process runs where the model's code is installed."""
+        py = self.model_python()
+        return py is None or Path(sys.prefix).resolve() == py.parent.parent.resolve()
 
     def activate_install_target(self) -> None:
         """Make the installed code importable in this process too."""

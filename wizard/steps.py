@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .reporter import Reporter
+from .installs import InstallPlan, consent, install, install_plan
 from .runs import describe_event, evaluate, follow_run, fresh_run_dir, read_results, run, start_run
 from .services.errors import WizardError
 from .session import Session
 
 STEPS = ("fetch", "install", "inspect", "generate", "register", "smoke", "run")
 
-__all__ = ["STEPS", "STEP_FUNCS", "Reporter", "ask", "consent", "describe_event", "evaluate", "fetch", "follow_run",
+__all__ = ["STEPS", "STEP_FUNCS", "InstallPlan", "Reporter", "ask", "consent", "describe_event", "evaluate", "fetch", "follow_run",
            "fresh_run_dir", "generate", "inspect", "install", "install_plan", "onboard", "plan", "read_results",
            "register", "run", "smoke", "start_run"]
 
@@ -75,84 +76,7 @@ def fetch(s: Session, r: Reporter = Reporter()) -> FetchOutcome:
 
 
 # ---------------------------------------------------------------------------------------------
-# install
-
-
-@dataclass
-class InstallPlan:
-    needed: bool
-    reason: str
-    command: list[str] | None = None  #: credentials masked
-    consented: bool = False
-    seconds: float | None = None  #: how long the install took, once it ran
-    #: the code's pins this environment does not satisfy (an install with dependencies replaces them)
-    conflicts: list[str] = field(default_factory=list)
-
-
-def install_plan(s: Session) -> InstallPlan:
-    """Whether the model's code must be installed, and the exact command (nothing runs)."""
-    from .services.answers import redact
-    from .services.install import describe_install, detect_install_needed
-
-    src, ins = s.answers.source, s.answers.install
-    if not src.weights_dir:
-        raise WizardError("the weights have not been fetched", "run the fetch step (Source) first")
-    needed, reason = detect_install_needed(Path(src.weights_dir))
-    if ins.needed is not None:
-        needed, reason = ins.needed, f"install.needed is {ins.needed} in the answers"
-    if not needed:
-        return InstallPlan(False, reason)
-    if not src.code_dir:
-        raise WizardError("this model needs its code installed but no code repository was fetched",
-                          "set source.code_url (and code_commit) to the model's code repository and fetch it")
-    from .services.pins import conflicts
-
-    cmd = describe_install(Path(src.code_dir), editable=ins.editable, no_deps=ins.no_deps, extra=ins.extra_packages,
-                           target=s.install_target)
-    return InstallPlan(True, reason, [redact(c) for c in cmd], ins.consented(src),
-                       conflicts=[str(c) for c in conflicts(Path(src.code_dir))])
-
-
-def consent(s: Session) -> None:
-    """Record that the user agreed to install this code, at this commit, with these options."""
-    ins = s.answers.install
-    ins.consent = ins.consent_for(s.answers.source)
-    s.save()
-
-
-def install(s: Session, r: Reporter = Reporter()) -> InstallPlan:
-    """pip-install the model's code, only with consent for exactly this code (or ``--yes``)."""
-    from .services.answers import redact
-    from .services.install import pip_install
-
-    plan = install_plan(s)
-    src, ins = s.answers.source, s.answers.install
-    s.answers.inspect.model_kind = "custom-code" if plan.needed else "transformers"
-    if not plan.needed:
-        r.log(f"install: skipped ({plan.reason})")
-        s.save()
-        return plan
-    r.log("install: " + " ".join(plan.command))
-    for c in plan.conflicts:
-        r.log(f"  pin: {c}")
-    if plan.conflicts and not ins.no_deps:
-        raise WizardError(f"installing the code with its dependencies would replace {len(plan.conflicts)} package(s) "
-                          f"the engine runs on: {'; '.join(plan.conflicts)}",
-                          "set install.no_deps: true (the engine's versions stay; the Install step's checkbox), "
-                          "or install the code into an environment of its own")
-    if not (plan.consented or s.assume_yes):
-        raise WizardError(f"installing executes the cloned code of {redact(src.code_url)} at "
-                          f"{(src.code_commit or '?')[:12]}, which you have not agreed to",
-                          "review the command above, then agree (the Install button, or --yes)")
-    res = pip_install(Path(src.code_dir), editable=ins.editable, no_deps=ins.no_deps, extra=ins.extra_packages,
-                      target=s.install_target, on_line=r.log, cancelled=r.cancelled)
-    s.activate_install_target()
-    ins.consent = ins.consent_for(src)
-    plan.seconds = res.seconds
-    r.log(f"install: done in {res.seconds:.1f}s")
-    s.save()
-    return plan
-
+# install: wizard/installs.py
 
 # ---------------------------------------------------------------------------------------------
 # inspect
@@ -358,8 +282,13 @@ STEP_FUNCS: dict[str, Callable[[Session, Reporter], Any]] = {
 
 def onboard(s: Session, steps=STEPS, r: Reporter = Reporter()) -> Any:
     """Run ``steps`` in order; returns the last step's result."""
+    from .installs import handover
+
     out = None
-    for name in steps:
+    steps = list(steps)
+    for i, name in enumerate(steps):
+        if name not in ("fetch", "install") and not s.in_model_env():
+            return handover(s, steps[i:], r)  # the model's own environment runs the rest
         r.log(f"== {name}")
         out = STEP_FUNCS[name](s, r)
     return out

@@ -79,9 +79,9 @@ class _Catcher(nn.Module):
     states on unchanged (the decoder loop computes every block's own masks and rotary tables
     without needing real outputs); the last one stops the forward pass."""
 
-    def __init__(self, inner: nn.Module, index: int, store: list, last: bool):
+    def __init__(self, inner: nn.Module, index: int, store: list, last: bool, run: bool = False):
         super().__init__()
-        self.inner, self.index, self.store, self.last = inner, index, store, last
+        self.inner, self.index, self.store, self.last, self.run = inner, index, store, last, run
         # decoder loops may read attributes of their layers (e.g. attention_type)
         for attr in ("attention_type", "layer_idx", "is_sliding"):
             if hasattr(inner, attr):
@@ -91,7 +91,9 @@ class _Catcher(nn.Module):
         self.store.append((self.index, hidden_states.detach() if self.index == 0 else None, args, _keep(kwargs)))
         if self.last:
             raise _Stop
-        return hidden_states
+        # ``run``: the real block (a decoder loop that reads its layers' outputs, e.g. the
+        # (hidden, cache) tuples of transformers 4.3x, gets exactly what it expects)
+        return self.inner(hidden_states, *args, **kwargs) if self.run else hidden_states
 
 
 @torch.no_grad()
@@ -101,33 +103,41 @@ def capture_block_inputs(adapter: BaseModel, batches: list[dict],
     arguments (:attr:`BlockInput.calls`). One pass of the model in which every block is replaced
     by a recorder that passes its input through: only the embeddings (and the vision side) run.
 
-    Should the decoder loop need real block outputs to go on (older custom code reading the
-    layer output's shape), the capture falls back to the first block's arguments for every block
-    (``calls`` None) and says so through ``on_note``. An error before the first block propagates."""
+    Should the decoder loop need real block outputs to go on (older transformers and custom code
+    read the layer output's structure), the blocks run for real during the capture. Should even
+    that fail, the capture falls back to the first block's arguments for every block (``calls``
+    None) and says so through ``on_note``. An error before the first block propagates."""
     blocks = adapter.get_blocks()
     n = len(blocks)
     originals = [blocks[j] for j in range(n)]
     out: list[BlockInput] = []
+    run = False  # pass-through first; the real blocks once a decoder loop needs their outputs
     for inputs in batches:
-        store: list = []
-        for j in range(n):
-            blocks[j] = _Catcher(originals[j], j, store, last=j == n - 1)
-        try:
-            adapter.forward_calib(inputs)
-        except _Stop:
-            pass
-        except Exception as e:
-            if not store:  # the model failed before its first block: that is the error to see
-                raise
-            # the decoder loop broke on a pass-through block: every block replays the first one's
-            if on_note is not None:
-                on_note(f"per-block inputs not captured ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
-                        "every block replays the first block's masks and position inputs")
-                on_note = None
-            store = store[:1]
-        finally:
+        for _ in (False, True):
+            store: list = []
             for j in range(n):
-                blocks[j] = originals[j]
+                blocks[j] = _Catcher(originals[j], j, store, last=j == n - 1, run=run)
+            try:
+                adapter.forward_calib(inputs)
+                break
+            except _Stop:
+                break
+            except Exception as e:
+                if not store:  # the model failed before its first block: that is the error to see
+                    raise
+                if not run:
+                    run = True  # the decoder loop broke on a pass-through block: run them
+                    continue
+                # even the real blocks did not get through: every block replays the first one's inputs
+                if on_note is not None:
+                    on_note(f"per-block inputs not captured ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                            "every block replays the first block's masks and position inputs")
+                    on_note = None
+                store = store[:1]
+                break
+            finally:
+                for j in range(n):
+                    blocks[j] = originals[j]
         if not store or store[0][0] != 0:
             raise RuntimeError("the first decoder block was not reached for every calibration batch")
         _, hidden, args, kwargs = store[0]

@@ -12,6 +12,7 @@ The wheel comes from ``scripts/setup-env.sh`` (``.venv/wheels``); nothing is dow
 
 from __future__ import annotations
 
+import json
 import sys
 import zipfile
 from pathlib import Path
@@ -27,11 +28,21 @@ name = "llava-torch"
 version = "1.2.2.post1"
 description = "LLaVA (haotian-liu/LLaVA), as published on the package registry"
 requires-python = ">=3.8"
-dependencies = ["torch==2.1.2", "transformers==4.37.2", "tokenizers==0.15.1", "accelerate==0.21.0"]
+dependencies = {deps}
 
 [tool.setuptools.packages.find]
 include = ["llava*"]
 """
+
+
+def wheel_requirements(wheel: Path) -> list[str]:
+    """The wheel's own pinned requirements (``Requires-Dist`` without extras): torch 2.0.1,
+    transformers 4.36.2, tokenizers 0.15.0, gradio 4.16.0, scikit-learn 1.2.2, ..."""
+    with zipfile.ZipFile(wheel) as z:
+        meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        lines = z.read(meta).decode().splitlines()
+    reqs = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Requires-Dist:")]
+    return [r.replace(" ", "") for r in reqs if "extra ==" not in r]
 
 
 def llava_wheel() -> Path:
@@ -47,7 +58,8 @@ def unpack(dest: Path) -> Path:
     dest = Path(dest)
     with zipfile.ZipFile(llava_wheel()) as z:
         z.extractall(dest, [n for n in z.namelist() if n.startswith("llava/")])
-    (dest / "pyproject.toml").write_text(PYPROJECT)
+    deps = "[" + ", ".join(json.dumps(r) for r in wheel_requirements(llava_wheel())) + "]"
+    (dest / "pyproject.toml").write_text(PYPROJECT.replace("{deps}", deps))
     (dest / "README.md").write_text("LLaVA's code as published on the registry (llava-torch 1.2.2.post1).\n")
     return dest
 
@@ -58,6 +70,16 @@ def code_repo(dest: Path, work: Path) -> Path:
 
     publish_repo(unpack(Path(work) / "llava-code"), Path(dest), lfs=False)
     return Path(dest)
+
+
+def _legacy_keys(path: Path, prefix: str) -> None:
+    """Store the tower's tensors under ``prefix`` (``vision_model.``), as released CLIP checkpoints do
+    and every transformers release reads (newer releases save them without it)."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    save_file({k if k.startswith(prefix) else prefix + k: v for k, v in tensors.items()}, str(path),
+              metadata={"format": "pt"})
 
 
 def build_checkpoint(code_dir: Path, out: Path, tower: Path, seed: int = 0) -> Path:
@@ -77,6 +99,7 @@ def build_checkpoint(code_dir: Path, out: Path, tower: Path, seed: int = 0) -> P
     vcfg = T.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                               image_size=32, patch_size=8, projection_dim=32)
     T.CLIPVisionModel(vcfg).save_pretrained(tower)
+    _legacy_keys(Path(tower) / "model.safetensors", "vision_model.")
     T.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(tower)
     tok = build_tokenizer()
     cfg = LlavaConfig(
@@ -89,4 +112,12 @@ def build_checkpoint(code_dir: Path, out: Path, tower: Path, seed: int = 0) -> P
     model = LlavaLlamaForCausalLM(cfg)
     model.save_pretrained(out)
     tok.save_pretrained(out)
+    # the class every transformers release knows (the code's pinned 4.36 has no TokenizersBackend)
+    tc = Path(out) / "tokenizer_config.json"
+    tc.write_text(json.dumps({**json.loads(tc.read_text()), "tokenizer_class": "PreTrainedTokenizerFast"}, indent=1))
+    # and BPE merges as "a b" strings, the format tokenizers wrote before 0.20 (and still reads)
+    tj = Path(out) / "tokenizer.json"
+    data = json.loads(tj.read_text())
+    data["model"]["merges"] = [m if isinstance(m, str) else " ".join(m) for m in data["model"].get("merges", [])]
+    tj.write_text(json.dumps(data, ensure_ascii=False))
     return Path(out)

@@ -68,10 +68,12 @@ class InstallScreen(StepScreen):
         agreed = " (you agreed to install this code at this commit)" if plan.consented else ""
         pins = ""
         if plan.conflicts:
-            pins = ("\n[yellow]The code pins versions this environment does not have[/] — "
-                    + ("installed without dependencies, these stay as they are:" if self.answers.install.no_deps
-                       else "with its dependencies they would be replaced (tick no-deps):")
-                    + "".join(f"\n  {c}" for c in plan.conflicts))
+            how = ("installed without dependencies, these stay as they are:" if self.answers.install.no_deps
+                   else f"so it gets an environment of its own ({plan.env_dir}), over this one, with them "
+                   "(relaxed: " + ", ".join(self.answers.install.relax) + "):" if plan.isolated
+                   else "with its dependencies they would be replaced (tick no-deps):")
+            pins = "\n[yellow]The code pins versions this environment does not have[/] — " + escape(how) \
+                + "".join(f"\n  {escape(c)}" for c in plan.conflicts)
         self.query_one("#command", Static).update(escape(" ".join(plan.command) + agreed) + pins)
         button.disabled = False
 
@@ -96,4 +98,6 @@ class InstallScreen(StepScreen):
             self.set_status("cancelling…")
 
     def step_done(self, name: str, result) -> str:
+        if result.needed and result.isolated and not self.session.in_model_env():
+            self.app.restart_in_model_env("inspect")  # the later steps import the code: they run in there
         return f"installed in {result.seconds:.1f}s" if result.needed else "no install needed"

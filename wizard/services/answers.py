@@ -25,6 +25,7 @@ from llmc.config import ACT_BITS, WEIGHT_BITS
 from llmc.secrets import MASK, TOKEN_ENV_VARS, redact, scrub, strip_userinfo  # noqa: F401
 
 from .errors import WizardError
+from .isolate import DEFAULT_RELAX
 
 ANSWERS_VERSION = 1
 
@@ -63,6 +64,13 @@ class Install(_Section):
     editable: bool = True
     no_deps: bool = False
     extra_packages: list[str] = Field(default_factory=list)
+    #: where the code goes: ``auto`` = an environment of its own when its pins conflict with this
+    #: one's (and ``no_deps`` is off), else this environment; ``isolated``; ``shared``
+    environment: Literal["auto", "isolated", "shared"] = "auto"
+    #: in the model's own environment, the pins not honoured: these keep this environment's
+    #: version (or are left out when it has none); default: the packages built for the local CUDA
+    relax: list[str] = Field(default_factory=lambda: list(DEFAULT_RELAX))
+    env_dir: str | None = None  #: the model's environment, once built (its Python runs the later steps)
     #: the install the user reviewed and accepted; a different code URL, commit or option asks again
     consent: Consent | None = None
 
@@ -77,7 +85,9 @@ class Install(_Section):
     def consent_for(self, source: Source) -> Consent:
         """The consent that installing ``source``'s code with these options needs."""
         options = (["--editable"] if self.editable else []) + (["--no-deps"] if self.no_deps else []) \
-            + [str(x) for x in self.extra_packages]
+            + [str(x) for x in self.extra_packages] \
+            + ([f"--environment={self.environment}", "--relax=" + ",".join(self.relax)]
+               if self.environment != "auto" or self.relax != list(DEFAULT_RELAX) else [])
         return Consent(code_url=scrub(source.code_url or ""), commit=source.code_commit or "", options=options)
 
     def consented(self, source: Source) -> bool:

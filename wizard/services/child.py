@@ -50,7 +50,8 @@ def child_main(fn: Callable[[], dict]) -> int:
 
 def run_child(module: str, args: list[str], *, what: str, on_line: Callable[[str], None] | None = None,
               cancelled: Callable[[], bool] | None = None, on_start: Callable[[int], None] | None = None,
-              poll_s: float = 0.1, env: dict | None = None, needs_result: bool = True) -> dict:
+              poll_s: float = 0.1, env: dict | None = None, needs_result: bool = True,
+              python: str | os.PathLike | None = None) -> dict:
     """Run ``python -m module args``; return the child's result dict.
 
     ``needs_result=False`` runs a module that does not speak the protocol (it writes its own
@@ -58,15 +59,18 @@ def run_child(module: str, args: list[str], *, what: str, on_line: Callable[[str
 
     Raises :class:`WizardError` with the child's own message, with the tail of its output when it
     died without one, or ``"<what> cancelled"`` after ``cancelled()`` turned true (the process
-    group is gone by then). ``on_start`` receives the child's pid.
+    group is gone by then). ``on_start`` receives the child's pid. ``python``: another interpreter
+    (the model's own environment) instead of this one.
     """
-    cmd = [sys.executable, "-m", module, *[str(a) for a in args]]
+    cmd = [str(python or sys.executable), "-m", module, *[str(a) for a in args]]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8", **(env or {})}
     # whatever imports here imports there: this package, installed model code put on sys.path
     # (not this interpreter's own library folders: they would shadow another Python's)
     own = tuple(os.path.realpath(p) for p in {sys.prefix, sys.base_prefix})
+    # (nor any site folder: the child's own start-up adds those, in its own order)
     paths = [str(Path(__file__).resolve().parents[2])] + [
-        p for p in sys.path if p and os.path.isdir(p) and not os.path.realpath(p).startswith(own)]
+        p for p in sys.path if p and os.path.isdir(p) and not os.path.realpath(p).startswith(own)
+        and Path(p).name not in ("site-packages", "dist-packages")]
     paths += full_env.get("PYTHONPATH", "").split(os.pathsep)
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in dict.fromkeys(paths) if p)
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

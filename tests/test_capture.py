@@ -1,0 +1,57 @@
+"""Capturing every block's own inputs when the decoder loop reads its layers' outputs."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from llmc.quant.blockwise import capture_block_inputs
+
+
+class Layer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, h, scale=1.0, use_cache=True, past_key_value=None):
+        return (self.lin(h) * scale, ("cache", scale))  # transformers 4.3x: (hidden, present)
+
+
+class Loop(nn.Module):
+    """A decoder loop of the older kind: it unpacks each layer's (hidden, cache) output."""
+
+    def __init__(self, n=3):
+        super().__init__()
+        self.layers = nn.ModuleList(Layer() for _ in range(n))
+
+    def forward(self, h):
+        caches = []
+        for i, layer in enumerate(self.layers):
+            out = layer(h, scale=float(i + 1), use_cache=True, past_key_value=None)
+            h, cache = out[0], out[1]
+            caches.append(cache)
+        return h
+
+
+class Adapter:
+    def __init__(self):
+        torch.manual_seed(0)
+        self.model = Loop()
+
+    def get_blocks(self):
+        return self.model.layers
+
+    def forward_calib(self, inputs):
+        return self.model(inputs["h"])
+
+
+def test_each_block_keeps_its_own_arguments_when_the_loop_reads_layer_outputs():
+    a = Adapter()
+    notes = []
+    batches = [{"h": torch.randn(1, 4, 8)} for _ in range(2)]
+    got = capture_block_inputs(a, batches, on_note=notes.append)
+    assert notes == []  # no fallback to the first block's arguments
+    for bi, b in zip(got, batches):
+        assert torch.equal(bi.hidden, b["h"])
+        assert bi.calls is not None and [k["scale"] for _, k in bi.calls] == [1.0, 2.0, 3.0]
+    assert all(isinstance(layer, Layer) for layer in a.model.layers)  # the blocks are put back

@@ -1,0 +1,93 @@
+"""The model's own environment (wizard.services.isolate): the code's pins over this environment.
+
+Real resolutions with uv against the package index, real virtual environments, real imports.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib import metadata
+
+import pytest
+
+from wizard.services.errors import WizardError
+from wizard.services.isolate import create_env, env_python, plan_env
+
+pytestmark = pytest.mark.slow
+
+
+def _project(path, deps, body="import transformers\nVERSION = transformers.__version__\n"):
+    (path / "oldcode").mkdir(parents=True)
+    (path / "oldcode" / "__init__.py").write_text(body)
+    (path / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
+        f'[project]\nname = "oldcode"\nversion = "1"\ndependencies = {deps!r}\n'.replace("'", '"'))
+    return path
+
+
+def _in_env(env, code: str) -> str:
+    return subprocess.run([str(env_python(env)), "-W", "ignore", "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_the_environment_holds_only_what_the_code_pins_differently(tmp_path):
+    code = _project(tmp_path / "code", ["transformers==4.36.2", "torch==2.0.1", "pillow"])
+    plan = plan_env(code, tmp_path / "envs" / "old")
+    names = {p.split("==")[0] for p in plan.install}
+    assert "transformers==4.36.2" in plan.install and "tokenizers" in names
+    assert "torch" not in names and "pillow" not in names  # relaxed / already here at a fitting version
+    assert plan.relaxed["torch"].startswith(f"this environment's {metadata.version('torch')} is used")
+    create_env(plan, code_package="oldcode")
+    out = _in_env(plan.env_dir, "import oldcode, torch, llmc.runner, lmms_eval.evaluator; "
+                                "print(oldcode.VERSION, torch.__version__)")
+    assert out == f"4.36.2 {metadata.version('torch')}"
+    # this environment is untouched
+    assert metadata.version("transformers").split(".")[0] == "5"
+
+
+def test_a_pin_the_engine_cannot_live_with_is_relaxed_and_said_why(tmp_path):
+    code = _project(tmp_path / "code", ["numpy==1.26.4", "transformers==4.37.2"])
+    plan = plan_env(code, tmp_path / "envs" / "old")
+    assert "numpy" in plan.relaxed and "conflicts with the engine's requirements" in plan.relaxed["numpy"]
+    assert not any(p.startswith("numpy==") for p in plan.install) and "transformers==4.37.2" in plan.install
+
+
+def test_a_package_that_fails_to_import_in_the_environment_is_relaxed(tmp_path):
+    # scikit-learn 1.2.2 is built for numpy 1; the engine keeps numpy 2: importing it fails
+    code = _project(tmp_path / "code", ["scikit-learn==1.2.2", "transformers==4.37.2"],
+                    "try:\n    import sklearn  # noqa\nexcept ImportError:\n    sklearn = None\n")
+    plan = plan_env(code, tmp_path / "envs" / "old")
+    assert "scikit-learn==1.2.2" in plan.install
+    lines = []
+    create_env(plan, code_package="oldcode", on_line=lines.append)
+    assert "fails to import in the environment" in plan.relaxed["scikit-learn"]
+    assert any("scikit-learn fails to import" in ln for ln in lines)
+    assert _in_env(plan.env_dir, "import oldcode; print(oldcode.sklearn)") == "None"
+
+
+def test_the_model_defining_libraries_are_never_relaxed(tmp_path):
+    code = _project(tmp_path / "code", ["transformers==4.36.2", "tokenizers==0.19.1"])
+    with pytest.raises(WizardError, match="cannot live with the engine's") as e:
+        plan_env(code, tmp_path / "envs" / "old")
+    assert "\n" not in str(e.value) and "tokenizers" in str(e.value)
+
+
+def test_a_folder_that_is_not_an_environment_is_never_deleted(tmp_path):
+    code = _project(tmp_path / "code", ["transformers==4.37.2"])
+    plan = plan_env(code, tmp_path / "mine")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(WizardError, match="is not a virtual environment"):
+        create_env(plan)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_the_command_line_builds_an_environment_from_requirements(tmp_path):
+    env = tmp_path / "compat"
+    cmd = [sys.executable, "-m", "wizard.services.isolate", str(env), "transformers==4.37.2"]
+    first = subprocess.run(cmd, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    assert _in_env(env, "import transformers; print(transformers.__version__)") == "4.37.2"
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert "is up to date" in again.stdout

@@ -1,0 +1,319 @@
+"""An environment of the model's own: its code with its pinned dependencies, layered over this one.
+
+Research code pins old libraries (LLaVA: transformers 4.36.2, tokenizers 0.15, accelerate 0.21,
+torch 2.0.1…). Installing them here would replace what the engine runs on; ignoring them
+(``--no-deps``) may leave code that cannot import. The isolated environment is a virtual
+environment (created with ``uv``) that holds only what the code needs *differently* from this
+environment; everything else — torch, the engine, lmms-eval, the wizard — is read from this
+environment through a ``.pth`` file placed after the environment's own folder, so the code's
+pins win where they differ and nothing is downloaded twice.
+
+What gets installed is decided by one resolution (``uv pip compile``) of the code's requirements
+together with the engine's own, preferring this environment's versions:
+
+* **relaxed** packages keep this environment's version, or are left out when it has none: by
+  default the packages built against the local CUDA / torch (:data:`DEFAULT_RELAX`), which a GPU
+  user keeps; the answers' ``install.relax`` adds more or removes them;
+* a pin that cannot live with the engine's requirements (the resolver names it) is relaxed too,
+  and said so; the model-defining libraries (:data:`PROTECTED`) never are — that conflict is an
+  error naming both sides;
+* after installing, the engine and the code are imported with the environment's Python; a package
+  of the environment that fails to import is relaxed (removed, so this environment's copy or none
+  is used) and said so, until the imports pass or a protected package fails.
+
+Example::
+
+    plan = plan_env(code_dir, env_dir)        # resolves; nothing installed
+    print("\\n".join(plan.describe()))
+    create_env(plan, on_line=print)            # venv + packages + the code, imports checked
+    env_python(env_dir)                        # the interpreter smoke, run and try use
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import site
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from .errors import WizardError
+from .pins import declared_requirements
+
+DEFAULT_RELAX = ("torch", "torchvision", "torchaudio", "triton", "bitsandbytes", "xformers", "flash-attn",
+                 "deepspeed")
+#: the libraries that define how the model computes: their pins are the reason for the environment
+PROTECTED = ("transformers", "tokenizers")
+#: what the engine needs at run time beyond its own requirements (lmms-eval is installed without its
+#: dependency tree, whose pins would move torch)
+ENGINE_EXTRA = ("datasets", "loguru", "pillow", "tenacity", "pytablewriter", "sacrebleu", "evaluate",
+                "filelock<4", "accelerate")
+STAMP = ".llmc-wizard-env.json"
+OVERLAY = "zz_llmc_wizard_base.pth"
+MAX_ROUNDS = 6
+
+
+def norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _name(req: str) -> str:
+    m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", req)
+    return norm(m.group(1)) if m else ""
+
+
+def env_python(env_dir: Path) -> Path:
+    return Path(env_dir) / "bin" / "python"
+
+
+def installed_here() -> dict[str, str]:
+    """This environment's distributions, ``{normalized name: version}``."""
+    return {norm(d.metadata["Name"]): d.version for d in metadata.distributions() if d.metadata["Name"]}
+
+
+def engine_requirements(skip: set[str]) -> list[str]:
+    """The engine's own requirements (this package's, plus :data:`ENGINE_EXTRA`), without the names
+    in ``skip``; numpy keeps this environment's major version (its compiled packages need it)."""
+    try:
+        own = [r for r in (metadata.requires("llmc-wizard") or []) if "extra ==" not in r]
+    except metadata.PackageNotFoundError:
+        own = []
+    reqs = [r.split(";")[0].strip() for r in own] + list(ENGINE_EXTRA)
+    have = installed_here()
+    if "numpy" in have:
+        major = int(have["numpy"].split(".")[0])
+        reqs.append(f"numpy>={major},<{major + 1}")
+    return [r for r in dict.fromkeys(reqs) if _name(r) not in skip and _name(r) != "lmms-eval"]
+
+
+@dataclass
+class EnvPlan:
+    env_dir: Path
+    code_dir: Path | None
+    relaxed: dict[str, str] = field(default_factory=dict)  #: name -> what happens to it and why
+    install: list[str] = field(default_factory=list)  #: ``name==version`` that differ from this environment
+    resolved: int = 0  #: packages in the whole resolution
+
+    def describe(self) -> list[str]:
+        lines = [f"environment: {self.env_dir} (over this one: {sys.prefix})",
+                 f"installs {len(self.install)} of {self.resolved} resolved packages: " + ", ".join(self.install)]
+        lines += [f"  relaxed {n}: {why}" for n, why in self.relaxed.items()]
+        return lines
+
+    def stamp(self, commit: str, relax) -> dict:
+        return {"code_commit": commit, "requested": sorted(norm(n) for n in relax), "install": sorted(self.install),
+                "relaxed": sorted(self.relaxed)}
+
+
+def uv() -> list[str]:
+    exe = shutil.which("uv", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    if exe:
+        return [exe]
+    try:
+        import uv as uv_mod  # noqa: F401
+    except ImportError:
+        raise WizardError("uv is not installed in this environment (it creates the model's environment)",
+                          "pip install uv, or set install.environment: shared") from None
+    return [sys.executable, "-m", "uv"]
+
+
+def _relax_note(name: str, have: dict[str, str], why: str) -> str:
+    kept = f"this environment's {have[name]} is used" if name in have else "left out (this environment has none)"
+    return f"{kept} — {why}"
+
+
+def _compile(reqs: list[str], overrides: list[str], work: Path) -> tuple[int, str, list[str]]:
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "requirements.in").write_text("\n".join(reqs) + "\n")
+    (work / "overrides.txt").write_text("\n".join(overrides) + "\n")
+    out = work / "resolved.txt"
+    # this environment's versions, as the resolver's preferences
+    out.write_text("".join(f"{n}=={v}\n" for n, v in sorted(installed_here().items())))
+    cmd = uv() + ["pip", "compile", "-q", str(work / "requirements.in"), "--override", str(work / "overrides.txt"),
+                  "--python", sys.executable, "--no-header", "--no-annotate", "-o", str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    pins = [ln.strip() for ln in out.read_text().splitlines() if "==" in ln and not ln.startswith("#")]
+    return p.returncode, p.stderr, pins
+
+
+def plan_env(code_dir: Path | None, env_dir: Path, relax=DEFAULT_RELAX, requirements: list[str] | None = None) -> EnvPlan:
+    """Resolve what the environment at ``env_dir`` needs for the code in ``code_dir`` (installs
+    nothing); ``requirements`` instead of the code's own (``code_dir`` None: no code to install)."""
+    code_dir = Path(code_dir) if code_dir is not None else None
+    env_dir = Path(env_dir)
+    have = installed_here()
+    plan = EnvPlan(env_dir, code_dir)
+    for n in relax:
+        plan.relaxed[norm(n)] = _relax_note(norm(n), have, "relaxed by default" if n in DEFAULT_RELAX
+                                            else "install.relax in the answers")
+    code_reqs = list(requirements) if requirements is not None else declared_requirements(code_dir)
+    for _ in range(MAX_ROUNDS):
+        mine = [r for r in code_reqs if _name(r) not in plan.relaxed]
+        # the code's own pins win over the engine's requirement on the same name; a bare name does not
+        engine = engine_requirements({_name(r) for r in mine if re.search(r"[<>=!~]", r)} | set(plan.relaxed))
+        overrides = [f"{n}=={have[n]}" for n in plan.relaxed if n in have]
+        rc, err, pins = _compile(mine + engine, overrides, env_dir.parent / f".{env_dir.name}-resolve")
+        if rc == 0:
+            break
+        named = {n for n in (_name(r) for r in mine) if n and re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", err,
+                                                                           re.IGNORECASE)}
+        culprits = sorted(named - set(PROTECTED))
+        cause = " ".join(ln.strip() for ln in err.splitlines() if ln.strip())[:600]
+        if not culprits:
+            raise WizardError(f"the code's requirements cannot live with the engine's: {cause}",
+                              "relax the pin that conflicts (install.relax in the answers), or install with "
+                              "install.environment: shared and install.no_deps: true")
+        for n in culprits:
+            plan.relaxed[n] = _relax_note(n, have, f"its pin conflicts with the engine's requirements ({cause[:200]})")
+    else:
+        raise WizardError("the code's requirements did not resolve after relaxing "
+                          f"{', '.join(plan.relaxed)}", "relax more pins in install.relax, or install shared")
+    plan.resolved = len(pins)
+    plan.install = [p for p in pins if _name(p) not in plan.relaxed
+                    and have.get(_name(p)) != p.split("==", 1)[1].strip()]
+    return plan
+
+
+def _overlay_lines() -> list[str]:
+    """The ``.pth`` lines that put this environment's site folders after the new one's (literals only)."""
+    dirs = [d for d in site.getsitepackages() if os.path.isdir(d)]
+    return [f"import site; site.addsitedir({d!r})" for d in dirs]
+
+
+def _run(cmd: list[str], on_line, cancelled, what: str) -> None:
+    from .install import run_streaming
+
+    res = run_streaming(cmd, on_line=on_line, cancelled=cancelled)
+    if res.cancelled:
+        raise WizardError(f"{what} cancelled", "start the install again; the environment is rebuilt")
+    if res.returncode != 0:
+        raise WizardError(f"{what} failed (exit {res.returncode}): {' | '.join(res.tail[-3:])}",
+                          "read the output above", details="\n".join(res.tail))
+
+
+IMPORT_CHECK = """
+import importlib, json, sys, traceback
+try:
+    for m in sys.argv[1:]:
+        importlib.import_module(m)
+except BaseException as e:
+    tb = traceback.extract_tb(e.__traceback__)
+    print(json.dumps({"error": f"{type(e).__name__}: {e}"[:400], "files": [f.filename for f in tb]}))
+else:
+    print(json.dumps({"error": None}))
+"""
+
+
+def check_imports(env_dir: Path, modules: list[str]) -> tuple[str | None, list[str]]:
+    """Import ``modules`` with the environment's Python: ``(error or None, traceback files)``."""
+    p = subprocess.run([str(env_python(env_dir)), "-W", "ignore", "-c", IMPORT_CHECK, *modules],
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        return f"the environment's Python failed: {(p.stderr or p.stdout).strip()[-400:]}", []
+    out = json.loads(lines[-1])
+    return out["error"], out.get("files", [])
+
+
+def _owner(env_dir: Path, files: list[str]) -> str | None:
+    """The distribution of the environment whose file raised (the innermost frame inside it)."""
+    sp = next(iter((Path(env_dir) / "lib").glob("python*/site-packages")), None)
+    if sp is None:
+        return None
+    for f in reversed(files):
+        try:
+            top = Path(f).resolve().relative_to(sp.resolve()).parts[0]
+        except ValueError:
+            continue
+        for rec in sp.glob("*.dist-info/RECORD"):
+            if any(line.startswith(top + "/") for line in rec.read_text(errors="replace").splitlines()):
+                return norm(rec.parent.name.split("-")[0])
+    return None
+
+
+def create_env(plan: EnvPlan, *, commit: str = "", relax=DEFAULT_RELAX, code_package: str | None = None, editable: bool = True,
+               on_line=None, cancelled=None) -> EnvPlan:
+    """Build ``plan.env_dir``: the virtual environment, the overlay, the differing packages, the code;
+    then import the engine and the code with it, relaxing what fails to import (said in ``on_line``)."""
+    log = on_line or (lambda _m: None)
+    env_dir = plan.env_dir
+    if env_dir.exists():
+        if any(env_dir.iterdir()) and not (env_dir / "pyvenv.cfg").is_file():
+            raise WizardError(f"{env_dir} exists and is not a virtual environment",
+                              "move it away; the model's environment is built there")
+        shutil.rmtree(env_dir)
+    _run(uv() + ["venv", "-q", str(env_dir), "--python", sys.executable], log, cancelled, "creating the environment")
+    sp = next((env_dir / "lib").glob("python*/site-packages"))
+    (sp / OVERLAY).write_text("\n".join(_overlay_lines()) + "\n")
+    py = str(env_python(env_dir))
+    if plan.install:
+        req = env_dir / "requirements.txt"
+        req.write_text("\n".join(plan.install) + "\n")
+        log(f"environment: installing {len(plan.install)} package(s) the code pins differently")
+        _run(uv() + ["pip", "install", "--python", py, "--no-deps", "-r", str(req)], log, cancelled,
+             "installing the code's pinned packages")
+    if plan.code_dir is not None:
+        log(f"environment: installing the code from {plan.code_dir}")
+        _run(uv() + ["pip", "install", "--python", py, "--no-deps", "--no-build-isolation",
+                     *(["-e"] if editable else []), str(plan.code_dir)], log, cancelled, "installing the code")
+    modules = ["llmc.runner", "lmms_eval.evaluator", "wizard.steps"] + ([code_package] if code_package else [])
+    for _ in range(MAX_ROUNDS):
+        err, files = check_imports(env_dir, modules)
+        if err is None:
+            break
+        owner = _owner(env_dir, files)
+        if owner is None or owner in PROTECTED or owner == norm(code_package or "-"):
+            raise WizardError(f"in the model's environment, importing {', '.join(modules)} fails: {err}",
+                              "the code needs a library this version of it lacks: relax or pin it in "
+                              "install.relax, or fix the code", details="\n".join(files))
+        log(f"environment: {owner} fails to import ({err}); relaxed")
+        plan.relaxed[owner] = _relax_note(owner, installed_here(), f"it fails to import in the environment ({err[:160]})")
+        plan.install = [p for p in plan.install if _name(p) != owner]
+        _run(uv() + ["pip", "uninstall", "--python", py, owner], log, cancelled, f"removing {owner}")
+    else:
+        raise WizardError("the model's environment still fails to import after relaxing "
+                          f"{', '.join(plan.relaxed)}", "relax more pins in install.relax")
+    (env_dir / STAMP).write_text(json.dumps({**plan.stamp(commit, relax), "plan": asdict(plan)}, default=str, indent=1))
+    return plan
+
+
+def env_is_current(env_dir: Path, commit: str, relax=DEFAULT_RELAX) -> bool:
+    """Whether ``env_dir`` is a complete environment built for the code at ``commit`` with ``relax``."""
+    stamp = Path(env_dir) / STAMP
+    try:
+        data = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        return False
+    return (env_python(env_dir).exists() and data.get("code_commit") == commit
+            and data.get("requested") == sorted(norm(n) for n in relax))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m wizard.services.isolate ENV_DIR REQUIREMENT...``: an environment over this one with
+    these requirements (how the tests get the engine under an older transformers)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m wizard.services.isolate")
+    ap.add_argument("env_dir", type=Path)
+    ap.add_argument("requirements", nargs="+")
+    a = ap.parse_args(argv)
+    key = "requirements:" + ",".join(sorted(a.requirements))
+    if env_is_current(a.env_dir, key):
+        print(f"[isolate] {a.env_dir} is up to date")
+        return 0
+    try:
+        plan = create_env(plan_env(None, a.env_dir, requirements=a.requirements), commit=key, on_line=print)
+    except WizardError as e:
+        print(f"[isolate] error: {e}", file=sys.stderr)
+        return 1
+    print("\n".join("[isolate] " + ln for ln in plan.describe()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
