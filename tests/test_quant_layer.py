@@ -96,10 +96,40 @@ def test_symmetric_range_and_grid():
     w = weight(16, 64)
     scale, zero = q.params(w)
     assert torch.all(zero == 0)
+    absmax = w.abs().reshape(16, 2, 32).amax(-1)
+    torch.testing.assert_close(scale, absmax / 7.5, rtol=0, atol=0)  # compressed-tensors' rule
     codes = q.quant(w, scale, zero)
-    assert codes.min() >= -7 and codes.max() <= 7  # absmax maps to +-qmax
-    # a symmetric grid is symmetric: negating the weight negates its quantization
-    assert torch.equal(q.fake(-w), -q.fake(w))
+    # the whole grid [-8, 7] is used: +absmax clamps to 7, -absmax is a tie at -7.5 (-8 or -7
+    # depending on the last bit of absmax / scale)
+    assert codes.min() == -8 and codes.max() == 7
+    # every value lies within half a step of its quantization, the extremes included
+    err = (q.fake(w) - w).abs().reshape(16, 2, 32)
+    assert torch.all(err <= scale.unsqueeze(-1) / 2 * (1 + 1e-6))
+    # negating the weight negates its codes except at the grid's unpaired level: a code -8
+    # becomes 7 (8 is clamped), as the grid has one more negative level than positive ones
+    neg = q.quant(-w, scale, zero)
+    unpaired = (codes == -8) | (neg == -8)
+    assert unpaired.any()
+    assert torch.equal(neg[~unpaired], -codes[~unpaired])
+    assert torch.all(neg[codes == -8] == 7) and torch.all(codes[neg == -8] == 7)
+
+
+def test_symmetric_int4_matches_compressed_tensors_fake_quantize():
+    """Our symmetric int4 quant-dequant equals compressed-tensors' (llm-compressor's) exactly."""
+    from compressed_tensors.quantization import QuantizationArgs
+    from compressed_tensors.quantization.lifecycle.forward import fake_quantize
+    from compressed_tensors.quantization.utils import calculate_qparams
+
+    args = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=32)
+    q = IntQuantizer(WeightQuantConfig(bit=4, symmetric=True, group_size=32))
+    for seed in range(3):
+        w = weight(64, 256, seed=seed)
+        wg = w.reshape(64, 8, 32)
+        ct_scale, ct_zero = calculate_qparams(wg.amin(-1), wg.amax(-1), args)
+        theirs = fake_quantize(w, ct_scale, ct_zero, args)
+        scale, zero = q.params(w)
+        torch.testing.assert_close(scale, ct_scale, rtol=0, atol=0)
+        assert torch.equal(q.fake(w), theirs)
 
 
 def test_asymmetric_range_and_exact_reconstruction_on_grid():

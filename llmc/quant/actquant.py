@@ -9,7 +9,11 @@ quantized at run time, either
 
 Symmetric quantization maps ``[-absmax, absmax]`` onto ``[-(2**(bit-1) - 1), 2**(bit-1) - 1]``
 (the restricted signed grid, so the absmax itself is exactly representable and ``-x`` quantizes
-like ``x``); asymmetric quantization maps ``[min, max]`` (widened to include 0) onto
+like ``x``): scale ``absmax / (2**(bit-1) - 1)``, which is :func:`range_params`' symmetric rule
+``absmax / ((qmax - qmin) / 2)`` on that grid. Weights use the full grid (compressed-tensors'
+``absmax / 7.5`` for int4) because their scales are stored and must dequantize alike; activation
+scales are never stored, the runtime computes them, and vLLM's dynamic per-token int8 kernel
+divides by 127. Asymmetric quantization maps ``[min, max]`` (widened to include 0) onto
 ``[0, 2**bit - 1]`` with an integer zero point.
 
 :func:`attach_act_quant_` registers forward pre-hooks on ``nn.Linear`` layers that replace the

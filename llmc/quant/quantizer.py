@@ -7,8 +7,12 @@ Two granularities are supported:
 
 Parameters always have shape ``(out, n_groups)`` (``n_groups == 1`` for per-channel).
 Asymmetric quantization maps ``[min, max]`` (widened to include 0, so that 0 is exactly
-representable) onto ``[0, 2**bit - 1]`` with an integer zero point; symmetric quantization maps
-``[-absmax, absmax]`` onto ``[-2**(bit-1), 2**(bit-1) - 1]`` with zero point 0.
+representable) onto ``[0, 2**bit - 1]`` with an integer zero point; symmetric quantization uses
+the full signed grid ``[-2**(bit-1), 2**(bit-1) - 1]`` with zero point 0 and the scale
+compressed-tensors uses, ``absmax / ((qmax - qmin) / 2)`` (``absmax / 7.5`` for int4): codes are
+clamped to the grid, so ``+absmax`` rounds to ``qmax`` and ``-absmax`` to ``qmin``, every value
+within half a step. Checkpoints exported from these parameters dequantize exactly like the ones
+llm-compressor writes for the same weights.
 
 Every computation runs in float32; :meth:`IntQuantizer.fake` returns the input's dtype.
 """
@@ -110,11 +114,14 @@ def range_params(vmax: Tensor, vmin: Tensor, qmin: int, qmax: int, symmetric: bo
                  min_scale: float) -> tuple[Tensor, Tensor]:
     """(scale, zero) mapping values in ``[vmin, vmax]`` onto the integer grid ``[qmin, qmax]``.
 
-    Symmetric: zero point 0 and ``scale = absmax / qmax``. Asymmetric: the range is widened to
-    contain 0 (so zeros stay exactly zero) and the zero point is rounded onto the grid.
+    Symmetric: zero point 0 and ``scale = absmax / ((qmax - qmin) / 2)``, compressed-tensors'
+    rule (``absmax / 7.5`` on the int4 grid ``[-8, 7]``; ``absmax / 127`` on the restricted
+    grid ``[-127, 127]`` that activations use). Asymmetric: the range is widened to contain 0
+    (so zeros stay exactly zero) and the zero point is rounded onto the grid.
     """
     if symmetric:
-        scale = (torch.maximum(vmax.abs(), vmin.abs()) / qmax).clamp(min=min_scale)
+        half_range = (qmax - qmin) / 2
+        scale = (torch.maximum(vmax.abs(), vmin.abs()) / half_range).clamp(min=min_scale)
         return scale, torch.zeros_like(scale)
     vmax, vmin = vmax.clamp(min=0), vmin.clamp(max=0)
     scale = ((vmax - vmin) / (qmax - qmin)).clamp(min=min_scale)
