@@ -8,9 +8,10 @@ env:
 demo: env
 	.venv/bin/llmc-wizard demo
 
-# Run the whole test suite.
+# Run the whole test suite, then the engine's tests under research code's transformers (4.37.2).
 test: env
 	.venv/bin/python -m pytest -q
+	scripts/compat-tests.sh
 
 zoo: env
 	.venv/bin/llmc-wizard demo build

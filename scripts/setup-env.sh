@@ -35,7 +35,7 @@ echo "[setup] lmms-eval and runtime dependencies"
 pipq install --no-deps "lmms-eval==0.7.3"
 pipq install "filelock<4" "transformers>=5,<6" accelerate datasets loguru pillow tenacity \
   pytablewriter sacrebleu evaluate safetensors tokenizers textual jinja2 pyyaml gitpython pydantic \
-  "pytest>=8,<9" pytest-timeout pytest-asyncio pytest-textual-snapshot setuptools num2words
+  "pytest>=8,<9" pytest-timeout pytest-asyncio pytest-textual-snapshot setuptools num2words uv
 # compressed-tensors only to check our pack-quantized export against the library itself
 pipq install --no-deps "compressed-tensors==0.20.0"
 # The original LLaVA code as the registry publishes it, kept as a file (not installed): the tests

@@ -226,3 +226,12 @@ def _resolve_dtype(d) -> torch.dtype | str:
     if d not in table:
         raise ValueError(f"model.torch_dtype: unknown dtype {d!r}; use auto, float32, float16 or bfloat16")
     return table[d]
+
+
+def dtype_kwargs(dtype) -> dict:
+    """``from_pretrained``'s dtype argument under this transformers: ``dtype`` since 4.56,
+    ``torch_dtype`` before (the releases research code pins)."""
+    import transformers
+    from packaging.version import Version
+
+    return {"dtype": dtype} if Version(transformers.__version__) >= Version("4.56") else {"torch_dtype": dtype}

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .base import BaseModel, Sample
+from .base import BaseModel, Sample, dtype_kwargs
 from .projector import find_injection_layers
 
 
@@ -81,7 +81,7 @@ class HFVisionLanguageModel(BaseModel):
                              "a chat template; set prompt_format = 'plain' (the processor's own format) or a "
                              "template with {question}")
         dtype = self.torch_dtype if self.torch_dtype != "auto" else "auto"
-        self.mm_model = cls.from_pretrained(str(self.model_path), dtype=dtype).to(self.device).eval()
+        self.mm_model = cls.from_pretrained(str(self.model_path), **dtype_kwargs(dtype)).to(self.device).eval()
         self.vlm_model = self.mm_model
         self._locate_parts()
 

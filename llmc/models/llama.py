@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .base import BaseModel, Sample
+from .base import BaseModel, Sample, dtype_kwargs
 from .registry import register
 
 
@@ -23,7 +23,7 @@ class CausalLM(BaseModel):
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         dtype = self.torch_dtype if self.torch_dtype != "auto" else "auto"
-        self.mm_model = AutoModelForCausalLM.from_pretrained(str(self.model_path), dtype=dtype).to(self.device).eval()
+        self.mm_model = AutoModelForCausalLM.from_pretrained(str(self.model_path), **dtype_kwargs(dtype)).to(self.device).eval()
         self.vlm_model = self.mm_model
         self.model = self.mm_model.get_decoder() if hasattr(self.mm_model, "get_decoder") else self.mm_model.model
         self.model_config = self.mm_model.config

@@ -88,7 +88,7 @@ def build_checkpoint(code_dir: Path, out: Path, tower: Path, seed: int = 0) -> P
     import torch
     import transformers as T
 
-    from .train_data import build_tokenizer
+    from .train_data import build_tokenizer, portable_files
 
     sys.path.insert(0, str(code_dir))
     try:
@@ -112,12 +112,5 @@ def build_checkpoint(code_dir: Path, out: Path, tower: Path, seed: int = 0) -> P
     model = LlavaLlamaForCausalLM(cfg)
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    # the class every transformers release knows (the code's pinned 4.36 has no TokenizersBackend)
-    tc = Path(out) / "tokenizer_config.json"
-    tc.write_text(json.dumps({**json.loads(tc.read_text()), "tokenizer_class": "PreTrainedTokenizerFast"}, indent=1))
-    # and BPE merges as "a b" strings, the format tokenizers wrote before 0.20 (and still reads)
-    tj = Path(out) / "tokenizer.json"
-    data = json.loads(tj.read_text())
-    data["model"]["merges"] = [m if isinstance(m, str) else " ".join(m) for m in data["model"].get("merges", [])]
-    tj.write_text(json.dumps(data, ensure_ascii=False))
+    portable_files(out)  # readable by the transformers 4.36 the code pins
     return Path(out)

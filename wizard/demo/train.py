@@ -40,6 +40,7 @@ from .train_data import (
     SPECIALS,
     Pool,
     build_tokenizer,
+    portable_files,
     corpus_lines,
     encode_rows,
     sample_rows,
@@ -273,6 +274,7 @@ def train(name: str, out: Path, steps: int, batch: int, lr: float, pool_size: in
         processor.save_pretrained(out)
     else:
         model.save_pretrained(out, tokenizer=tokenizer)
+    portable_files(out)
     print(f"[{name}] saved to {out} after {time.time() - t0:.0f}s", flush=True)
     return quick_mme(answer, eval_scenes)
 

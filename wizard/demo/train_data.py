@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import torch
 
@@ -151,3 +152,31 @@ def splice_image(model, ids, labels, mask, px) -> dict:
     ignore = torch.full((n, f), -100, dtype=labels.dtype, device=labels.device)
     return {"inputs_embeds": embeds, "attention_mask": torch.cat([mask[:, :p], ones, mask[:, p + 1:]], 1),
             "labels": torch.cat([labels[:, :p], ignore, labels[:, p + 1:]], 1)}
+
+
+def portable_files(folder: Path) -> None:
+    """Make a folder saved by this transformers readable by the releases research code pins
+    (4.36 / 4.37) too, as released checkpoints are: BPE merges as ``"a b"`` strings, the fast
+    tokenizer named by a class every release has, and the image processor's settings also in
+    ``preprocessor_config.json``. Newer releases read the result unchanged."""
+    import json
+
+    folder = Path(folder)
+    for tj in folder.rglob("tokenizer.json"):
+        data = json.loads(tj.read_text(encoding="utf-8"))
+        merges = data.get("model", {}).get("merges")
+        if merges and not isinstance(merges[0], str):
+            data["model"]["merges"] = [" ".join(m) for m in merges]
+            tj.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    for tc in folder.rglob("tokenizer_config.json"):
+        cfg = json.loads(tc.read_text(encoding="utf-8"))
+        if cfg.get("tokenizer_class") == "TokenizersBackend":
+            cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+            tc.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+    for pc in folder.rglob("processor_config.json"):
+        pre = pc.with_name("preprocessor_config.json")
+        proc = json.loads(pc.read_text(encoding="utf-8"))
+        if "image_processor" in proc and not pre.exists():
+            extra = {k: v for k, v in proc.items() if k in ("processor_class", "patch_size",
+                                                            "vision_feature_select_strategy")}
+            pre.write_text(json.dumps({**proc["image_processor"], **extra}, indent=2) + "\n", encoding="utf-8")
