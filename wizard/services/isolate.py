@@ -53,6 +53,9 @@ PROTECTED = ("transformers", "tokenizers")
 #: dependency tree, whose pins would move torch)
 ENGINE_EXTRA = ("datasets", "loguru", "pillow", "tenacity", "pytablewriter", "sacrebleu", "evaluate",
                 "filelock<4", "accelerate")
+#: the engine's requirements it does not hold the code to: it runs on the transformers stack the code
+#: pins (tested down to transformers 4.36.2)
+ENGINE_FOLLOWS = ("transformers", "tokenizers", "accelerate", "huggingface-hub", "safetensors")
 STAMP = ".llmc-wizard-env.json"
 OVERLAY = "zz_llmc_wizard_base.pth"
 MAX_ROUNDS = 6
@@ -78,17 +81,20 @@ def installed_here() -> dict[str, str]:
 
 def engine_requirements(skip: set[str]) -> list[str]:
     """The engine's own requirements (this package's, plus :data:`ENGINE_EXTRA`), without the names
-    in ``skip``; numpy keeps this environment's major version (its compiled packages need it)."""
+    in ``skip`` and :data:`ENGINE_FOLLOWS`; numpy keeps this environment's major version in any case
+    (the compiled packages read from this environment need it)."""
     try:
         own = [r for r in (metadata.requires("llmc-wizard") or []) if "extra ==" not in r]
     except metadata.PackageNotFoundError:
         own = []
     reqs = [r.split(";")[0].strip() for r in own] + list(ENGINE_EXTRA)
+    skip = set(skip) | set(ENGINE_FOLLOWS) | {"lmms-eval"}
+    reqs = [r for r in dict.fromkeys(reqs) if _name(r) not in skip]
     have = installed_here()
-    if "numpy" in have:
+    if "numpy" in have:  # whatever the code pins: this environment's compiled packages need it
         major = int(have["numpy"].split(".")[0])
         reqs.append(f"numpy>={major},<{major + 1}")
-    return [r for r in dict.fromkeys(reqs) if _name(r) not in skip and _name(r) != "lmms-eval"]
+    return reqs
 
 
 @dataclass
