@@ -93,3 +93,25 @@ def test_the_command_line_builds_an_environment_from_requirements(tmp_path):
     assert _in_env(env, "import transformers; print(transformers.__version__)") == "4.37.2"
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert "is up to date" in again.stdout
+
+
+async def test_the_wizard_app_goes_on_in_the_models_environment(tmp_path):
+    """Moving to a step that imports the code, the app quits with a restart in the model's
+    environment, on that step, with the same answers and folders; Source and Install stay here."""
+    from wizard.app import Restart, WizardApp
+    from wizard.services.isolate import uv
+
+    env = tmp_path / "work" / "envs" / "code"
+    subprocess.run([*uv(), "venv", "-q", str(env), "--python", sys.executable], check=True)
+    app = WizardApp(answers_path=tmp_path / "answers.yml", workdir=tmp_path / "work", models_dir=tmp_path / "m")
+    app.answers.install.env_dir = str(env)
+    async with app.run_test() as pilot:
+        app.goto("Install")
+        await pilot.pause()
+        assert app.screen.TITLE_TEXT == "Install" and app.return_value is None
+        app.goto("Inspect")
+        await pilot.pause()
+    assert isinstance(app.return_value, Restart) and app.return_value.python == env / "bin" / "python"
+    argv = app.return_value.argv
+    assert argv[argv.index("--step") + 1] == "Inspect" and argv[argv.index("--workdir") + 1] == str(tmp_path / "work")
+    assert (tmp_path / "answers.yml").is_file()  # saved before leaving

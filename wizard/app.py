@@ -177,7 +177,7 @@ class WizardApp(App):
         self.exit(Restart(self.session.model_python(), [str(a) for a in argv]))
 
     def goto(self, step: str) -> None:
-        if step not in ("source", "install") and not self.session.in_model_env():
+        if step.lower() not in ("source", "install") and not self.session.in_model_env():
             self.restart_in_model_env(step)  # the model's code lives in its own environment
             return
         if isinstance(self.screen, WelcomeScreen):
