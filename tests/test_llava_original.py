@@ -149,3 +149,58 @@ def test_rotating_the_original_llava_keeps_its_logits_only_with_the_projector(ll
         rotate_model_(m, "hadamard", seed=0, skip_extra=skip)
         out[skip] = float((m.answer_logits(reqs) - before).abs().max())
     assert out[False] < 1e-4 and out[True] > 1e-2, out
+
+
+def test_differing_conventions_take_a_few_hand_written_lines_in_the_hooks_file(llava, zoo, tmp_path, monkeypatch):
+    """Code of the lineage without ``mm_utils.process_images``: smoke names the build_inputs hook;
+    a hooks file of at most 15 hand-written lines (the declaration stays data) makes it pass."""
+    import shutil
+    import sys
+
+    import git
+
+    from wizard.services.errors import WizardError
+    from wizard.services.smoke import smoke_test
+
+    weights_repo, _, src = llava
+    code = tmp_path / "code"
+    shutil.copytree(src / "llava", code / "llava")
+    mm = code / "llava" / "mm_utils.py"
+    mm.write_text(mm.read_text().replace("def process_images(", "def _process_images_elsewhere("))
+    monkeypatch.syspath_prepend(str(code))
+    for name in [m for m in sys.modules if m == "llava" or m.startswith("llava.")]:
+        monkeypatch.delitem(sys.modules, name)  # this copy of the code, not the one imported before
+    models = tmp_path / "adapters"
+    models.mkdir()
+    (models / "differs.py").write_text(
+        "from llmc.models.llava_lineage import LlavaLineage\n"
+        "from llmc.models.registry import register\n\n\n"
+        "@register('Differs')\n"
+        "class Differs(LlavaLineage):\n"
+        "    hooks_file = 'hooks/differs.py'\n")
+    weights = tmp_path / "w"
+    git.Repo.clone_from(str(weights_repo), weights)
+    args = ("differs", "Differs", weights, zoo.calib_set, zoo.eval_set / "data")
+    with pytest.raises(WizardError, match=r"in the adapter's build_inputs hook") as e:
+        smoke_test(*args, models_dir=models)
+    assert "process_images" in e.value.message and "\n" not in str(e.value)
+    hooks = (
+        "from llmc.models.base import left_pad\n"
+        "\n"
+        "\n"
+        "def build_inputs(self, samples, add_answer=False):\n"
+        "    mm, index = self._code('mm_utils'), self._code('constants').IMAGE_TOKEN_INDEX\n"
+        "    rows = [mm.tokenizer_image_token(self.prompt(s.question, s.answer if add_answer else None,\n"
+        "                                                 s.image is not None), self.tokenizer, index,\n"
+        "                                     return_tensors='pt') for s in samples]\n"
+        "    ids, mask = left_pad(rows, self.tokenizer.pad_token_id, self.device)\n"
+        "    images = [s.image.convert('RGB') for s in samples if s.image is not None]\n"
+        "    out = {'input_ids': ids, 'attention_mask': mask}\n"
+        "    if images:\n"
+        "        px = self.image_processor(images, return_tensors='pt')['pixel_values']\n"
+        "        out['images'] = px.to(self.device, dtype=self._dtype())\n"
+        "    return out\n")
+    assert len([ln for ln in hooks.splitlines() if ln.strip()]) <= 15
+    (models / "hooks").mkdir()
+    (models / "hooks" / "differs.py").write_text(hooks)
+    smoke_test(*args, models_dir=models)

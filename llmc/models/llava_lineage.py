@@ -65,6 +65,32 @@ class LlavaLineage(BaseModel):
     #: the name the loader sees: it picks its multimodal branch by the name (``llava``/``vila`` in
     #: it); empty: the model folder's name, prefixed with ``llava-`` when it has neither
     loader_model_name = ""
+    #: a Python file of hand-written hooks (relative to the declaration's folder): functions named
+    #: like the hooks below, taking ``self``, replace them; a missing file changes nothing
+    hooks_file = ""
+
+    def __init__(self, *args, **kwargs):
+        self._bind_hooks()
+        super().__init__(*args, **kwargs)
+
+    def _bind_hooks(self) -> None:
+        import sys
+        from pathlib import Path
+
+        from .registry import import_adapter_file
+
+        if not self.hooks_file:
+            return
+        decl = sys.modules.get(type(self).__module__)
+        base = Path(decl.__file__).parent if decl is not None and getattr(decl, "__file__", None) else Path.cwd()
+        path = base / self.hooks_file
+        if not path.is_file():
+            return
+        mod = import_adapter_file(path)
+        for name in HOOKS:
+            fn = getattr(mod, name, None)
+            if callable(fn):
+                setattr(self, name, types.MethodType(fn, self))
 
     # --- the named hooks -------------------------------------------------------------------
     def load(self):

@@ -41,7 +41,7 @@ from .errors import WizardError
 from .literals import Identifier, PyLiteral, YamlScalar, check_declaration, finalize_only  # noqa: F401
 from .literals import to_identifier, to_literal, to_yaml_scalar
 
-TEMPLATE_VERSION = "5"
+TEMPLATE_VERSION = "6"
 HEADER_RE = re.compile(r"^# llmc-wizard: generated; template (\S+) v(\S+); body-sha256 ([0-9a-f]{64})\s*$")
 MAX_MODULE_LEN = 48
 
@@ -233,6 +233,8 @@ class RenderPlan:
     model_type: str
     answers_path: Path
     notes: list[str] = field(default_factory=list)
+    #: the hand-written hooks file (LLaVA-lineage code): created once, never rewritten
+    hooks_path: Path | None = None
 
 
 def check_models_dir(models_dir: Path) -> Path:
@@ -309,7 +311,8 @@ def plan(answers, models_dir: Path, configs_dir: Path) -> RenderPlan:
         last_layers=list(ins.projector_last_layers), language_model_path=ins.language_model_path or "",
         vision_tower_path=ins.vision_tower_path or "", projector_path=ins.projector_path or "",
         prompt_format=g.prompt_template or ins.prompt_format or "chat",
-        lineage=ins.code_conventions == "llava-lineage", conv_mode=ins.conv_mode or "vicuna_v1"))
+        lineage=ins.code_conventions == "llava-lineage", conv_mode=ins.conv_mode or "vicuna_v1",
+        hooks_file=f"hooks/{mod}.py"))
     try:
         check_declaration(split_header(adapter)[1])
     except (ValueError, SyntaxError) as e:  # the templates guarantee this; fail loudly if not
@@ -324,7 +327,8 @@ def plan(answers, models_dir: Path, configs_dir: Path) -> RenderPlan:
         placement=g.placement, save_path=str(Path(g.out_dir or "runs") / f"{mod}-{g.method.lower()}"),
         rotate=g.rotate if g.method in ("RTN", "GPTQ", "Quarot") else None))
     _check_config(config)
-    return RenderPlan(adapter_path, adapter, config_path, config, mod, cls, cls, answers_path)
+    hooks = models_dir / "hooks" / f"{mod}.py" if custom and ins.code_conventions == "llava-lineage" else None
+    return RenderPlan(adapter_path, adapter, config_path, config, mod, cls, cls, answers_path, hooks_path=hooks)
 
 
 def _check_config(text: str) -> None:
@@ -356,6 +360,10 @@ def write(plan_: RenderPlan, answers) -> list[WriteResult]:
     from .answers import save_answers
 
     results = [safe_write(plan_.adapter_path, plan_.adapter_text), safe_write(plan_.config_path, plan_.config_text)]
+    if plan_.hooks_path is not None and not plan_.hooks_path.exists():  # the user's file once it exists
+        plan_.hooks_path.parent.mkdir(parents=True, exist_ok=True)
+        plan_.hooks_path.write_text((templates_dir() / "hooks_lineage.py.j2").read_text(encoding="utf-8"),
+                                    encoding="utf-8")
     answers.template_version = TEMPLATE_VERSION
     save_answers(answers, plan_.answers_path)
     return results
