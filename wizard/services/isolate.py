@@ -38,6 +38,7 @@ import shutil
 import site
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -163,7 +164,8 @@ def plan_env(code_dir: Path | None, env_dir: Path, relax=DEFAULT_RELAX, requirem
         # the code's own pins win over the engine's requirement on the same name; a bare name does not
         engine = engine_requirements({_name(r) for r in mine if re.search(r"[<>=!~]", r)} | set(plan.relaxed))
         overrides = [f"{n}=={have[n]}" for n in plan.relaxed if n in have]
-        rc, err, pins = _compile(mine + engine, overrides, env_dir.parent / f".{env_dir.name}-resolve")
+        with tempfile.TemporaryDirectory(prefix="llmc-wizard-resolve-") as work:
+            rc, err, pins = _compile(mine + engine, overrides, Path(work))
         if rc == 0:
             break
         named = {n for n in (_name(r) for r in mine) if n and re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", err,
