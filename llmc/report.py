@@ -90,6 +90,26 @@ def score_rows(results: dict) -> list[tuple[str, float | None, float | None]]:
     return [(f"{name}: {k}", o, q) for name, k, o, q in score_values(results) if k != "ppl"]
 
 
+def gptq_loss_lines(run_dir: Path) -> list[str]:
+    """A per-layer-type summary of GPTQ's own loss from the run's ``layer_error`` events (none
+    without them): how many layers, the mean loss and the largest with its block."""
+    from .events import LayerError, load_events
+
+    per_type: dict[str, list[tuple[float, int]]] = {}
+    for e in load_events(Path(run_dir) / "events.jsonl"):
+        if isinstance(e, LayerError) and e.gptq_loss is not None:
+            per_type.setdefault(e.layer.rsplit(".", 1)[-1], []).append((e.gptq_loss, e.block))
+    if not per_type:
+        return []
+    lines = ["## GPTQ loss per layer type", "", "GPTQ's own objective (the error its column updates minimise, "
+             "summed over output rows), from the layer_error events.", "",
+             "| layer type | layers | mean loss | largest (block) |", "|---|---|---|---|"]
+    for kind, vals in per_type.items():
+        top = max(vals)
+        lines.append(f"| {kind} | {len(vals)} | {sum(v for v, _ in vals) / len(vals):.4g} | {top[0]:.4g} ({top[1] + 1}) |")
+    return lines + [""]
+
+
 def write_report(run_dir: Path, results: dict, config_yaml: str) -> dict[str, Path]:
     """Write ``report.md`` and its charts into ``run_dir``; returns ``{name: path}`` of what was written."""
     from .rundir import atomic_write_text
@@ -124,6 +144,7 @@ def write_report(run_dir: Path, results: dict, config_yaml: str) -> dict[str, Pa
             lines.append(f"| {b['i'] + 1} | {b['block_error']:.4f} | {b.get('last_error') or 0.0:.4f} | "
                          f"{b.get('seconds', 0.0):.2f} | {worst[0]} ({worst[1]:.4f}) |")
         lines.append("")
+    lines += gptq_loss_lines(run_dir)
     timings = results.get("timings", {})
     if timings:
         lines += ["## Timings", "", "| phase | seconds |", "|---|---|"]
