@@ -14,13 +14,13 @@ sequential algorithm in a different order of additions, so ``blocksize`` only af
 
 from __future__ import annotations
 
-import math
 import os
 import time
 
 import torch
 from torch import Tensor, nn
 
+from llmc.quant import gptq_kernel
 from llmc.quant.quantizer import IntQuantizer, WeightQuantConfig, check_group_size
 
 # How many times damping may grow (x10 each) when the damped Hessian is still not positive definite.
@@ -104,6 +104,22 @@ def _capture(quantizer: IntQuantizer, out: int, n: int, gs: int, device):
     return graph, bufs
 
 
+class _tf32:
+    """Allow TF32 matrix products inside the block (when ``on``), restoring the setting after."""
+
+    def __init__(self, on: bool):
+        self.on, self.old = on, None
+
+    def __enter__(self):
+        if self.on:
+            self.old = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = True
+
+    def __exit__(self, *exc):
+        if self.on:
+            torch.backends.cuda.matmul.allow_tf32 = self.old
+
+
 class GPTQ:
     """Accumulate a Linear layer's input Hessian, then GPTQ-quantize its weight in place.
 
@@ -138,14 +154,17 @@ class GPTQ:
             raise ValueError(
                 f"GPTQ for {self.name}: input width {x.shape[-1]} does not match in_features {self.columns}"
             )
+        exact16 = x.dtype in (torch.bfloat16, torch.float16)
         x = x.reshape(-1, self.columns).to(device=self.H.device, dtype=torch.float32)
         n = x.shape[0]
         if n == 0:
             return
         self.H *= self.nsamples / (self.nsamples + n)
         self.nsamples += n
-        x = math.sqrt(2.0 / self.nsamples) * x
-        self.H += x.t() @ x
+        # 16-bit inputs are exact in TF32, whose tensor cores then give fp32 products and sums:
+        # the same Hessian as plain fp32, several times faster on a GPU
+        with _tf32(exact16 and x.is_cuda):
+            self.H.addmm_(x.t(), x, alpha=2.0 / self.nsamples)
 
     def free(self) -> None:
         """Drop the Hessian (it is as large as the weight's input width squared)."""
@@ -237,7 +256,6 @@ class GPTQ:
         Hinv, damp = self._inverse_cholesky(H, damp)
         del H
 
-        Q = torch.zeros_like(W)
         dynamic = per_group and not static_groups
         # (scale, zero) of each group in original column order, for exports: collected here for
         # dynamic groups without act-order (whose groups are runs of permuted columns, with no
@@ -246,25 +264,20 @@ class GPTQ:
         if dynamic and perm is None:
             g_scale = torch.zeros(W.shape[0], cfg.n_groups(self.columns), device=W.device)
             g_zero = torch.zeros_like(g_scale)
-        # per-column parameters when they are known before the loop (no host sync inside it)
-        s_cols = z_cols = None
-        if static_groups:
-            groups = (perm if perm is not None else torch.arange(self.columns, device=W.device)) // gs
-            s_cols, z_cols = static_scale[:, groups], static_zero[:, groups]
-        elif not per_group:
-            s_cols, z_cols = row_scale.expand_as(W), row_zero.expand_as(W)
-        losses = torch.zeros(W.shape[0], dtype=torch.float32, device=W.device)
-        for i1 in range(0, self.columns, blocksize):
-            i2 = min(i1 + blocksize, self.columns)
-            Q1, Err1, gsc, gzc = _block(quantizer, W[:, i1:i2], Hinv[i1:i2, i1:i2],
-                                        None if dynamic else s_cols[:, i1:i2], None if dynamic else z_cols[:, i1:i2],
-                                        gs if dynamic else 0)
-            if g_scale is not None:
-                g_scale[:, i1 // gs:i2 // gs], g_zero[:, i1 // gs:i2 // gs] = gsc, gzc
-            Q[:, i1:i2] = Q1
-            losses += Err1.pow(2).sum(1) / 2  # (w - q)^2 / d^2 / 2 for each column of the block
-            W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-
+        if gptq_kernel.available(W) and (not dynamic or 128 % gs == 0):  # the whole loop in one launch
+            Q, losses = self._kernel(quantizer, W, Hinv, perm, gs, static_groups, per_group, blocksize,
+                                     static_scale if static_groups else None, row_scale if not per_group else None,
+                                     static_zero if static_groups else None, row_zero if not per_group else None,
+                                     g_scale, g_zero)
+        else:
+            # per-column parameters when they are known before the loop (no host sync inside it)
+            s_cols = z_cols = None
+            if static_groups:
+                groups = (perm if perm is not None else torch.arange(self.columns, device=W.device)) // gs
+                s_cols, z_cols = static_scale[:, groups], static_zero[:, groups]
+            elif not per_group:
+                s_cols, z_cols = row_scale.expand_as(W), row_zero.expand_as(W)
+            Q, losses = self._loop(quantizer, W, Hinv, blocksize, dynamic, gs, s_cols, z_cols, g_scale, g_zero)
         if perm is not None:
             Q = Q[:, torch.argsort(perm)]
         weight.data.copy_(Q.to(weight.dtype))
@@ -280,3 +293,39 @@ class GPTQ:
             "damp": damp,
             "nsamples": self.nsamples,
         }
+
+    def _kernel(self, quantizer, W, Hinv, perm, gs, static_groups, per_group, blocksize, s_static, s_row, z_static,
+                z_row, g_scale, g_zero):
+        """The column loop as :func:`llmc.quant.gptq_kernel.gptq_rows` (same parameters, same result)."""
+        from llmc.quant.quantizer import MIN_SCALE
+
+        qmin, qmax = quantizer.qrange()
+        cols = perm if perm is not None else torch.arange(self.columns, device=W.device)
+        if static_groups or not per_group:
+            scale, zero = (s_static, z_static) if static_groups else (s_row, z_row)
+            gidx = (cols // gs if static_groups else torch.zeros_like(cols)).to(torch.int32)
+        else:  # dynamic groups: written by the kernel, in the loop's (possibly permuted) order
+            scale = torch.zeros(W.shape[0], self.columns // gs, device=W.device)
+            zero, gidx = torch.zeros_like(scale), None
+        Q, losses = gptq_kernel.gptq_rows(W, Hinv, scale.float().contiguous(), zero.float().contiguous(), gidx, gs,
+                                          qmin, qmax, quantizer.cfg.symmetric, MIN_SCALE, blocksize)
+        if g_scale is not None:  # dynamic groups without act-order: the export's layout
+            g_scale.copy_(scale)
+            g_zero.copy_(zero)
+        return Q, losses
+
+    def _loop(self, quantizer, W, Hinv, blocksize, dynamic, gs, s_cols, z_cols, g_scale, g_zero):
+        """The reference column loop, lazy block by lazy block (a CUDA graph per block on a GPU)."""
+        Q = torch.zeros_like(W)
+        losses = torch.zeros(W.shape[0], dtype=torch.float32, device=W.device)
+        for i1 in range(0, self.columns, blocksize):
+            i2 = min(i1 + blocksize, self.columns)
+            Q1, Err1, gsc, gzc = _block(quantizer, W[:, i1:i2], Hinv[i1:i2, i1:i2],
+                                        None if dynamic else s_cols[:, i1:i2], None if dynamic else z_cols[:, i1:i2],
+                                        gs if dynamic else 0)
+            if g_scale is not None:
+                g_scale[:, i1 // gs:i2 // gs], g_zero[:, i1 // gs:i2 // gs] = gsc, gzc
+            Q[:, i1:i2] = Q1
+            losses += Err1.pow(2).sum(1) / 2  # (w - q)^2 / d^2 / 2 for each column of the block
+            W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+        return Q, losses
