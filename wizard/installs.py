@@ -60,7 +60,7 @@ def install_plan(s: Session) -> InstallPlan:
     if isolates(s, found):
         env = s.env_dir()
         cmd = [*uv(), "venv", str(env), "&&", *uv(), "pip", "install", "--python", str(env / "bin" / "python"),
-               "<the code's pins except: " + ", ".join(ins.relax) + ">", *(["-e"] if ins.editable else []), str(src.code_dir)]
+               "<the code's pins except: " + ", ".join(ins.effective_relax()) + ">", *(["-e"] if ins.editable else []), str(src.code_dir)]
         return InstallPlan(True, reason, [redact(str(c)) for c in cmd], ins.consented(src), conflicts=found,
                            isolated=True, env_dir=env)
     cmd = describe_install(Path(src.code_dir), editable=ins.editable, no_deps=ins.no_deps, extra=ins.extra_packages,
@@ -81,12 +81,12 @@ def _isolated(s: Session, plan: InstallPlan, r: Reporter) -> None:
 
     src, ins = s.answers.source, s.answers.install
     assert plan.env_dir is not None
-    if env_is_current(plan.env_dir, src.code_commit or "", ins.relax):
+    if env_is_current(plan.env_dir, src.code_commit or "", ins.effective_relax()):
         r.log(f"install: {plan.env_dir} is up to date for {(src.code_commit or '?')[:12]}")
     else:
         r.log(f"install: resolving the code's requirements for {plan.env_dir}")
-        env = plan_env(Path(src.code_dir), plan.env_dir, ins.relax)
-        create_env(env, commit=src.code_commit or "", relax=ins.relax, code_package=_code_package(src.code_dir),
+        env = plan_env(Path(src.code_dir), plan.env_dir, ins.effective_relax())
+        create_env(env, commit=src.code_commit or "", relax=ins.effective_relax(), code_package=_code_package(src.code_dir),
                    editable=ins.editable, on_line=r.log, cancelled=r.cancelled)
         plan.details = env.describe()
         for line in plan.details:

@@ -232,9 +232,9 @@ def collect_inputs(block: nn.Module, inputs: list[BlockInput], layers: dict[str,
             if last_only:
                 x = last_positions(args[0].detach()).reshape(-1, x.shape[-1])
             if x.shape[0] > per_batch:
-                idx = torch.randperm(x.shape[0], generator=gen)[:per_batch].to(x.device)
-                x = x[idx]
-            rows[name].append(x.float().cpu())
+                idx = torch.randperm(x.shape[0], generator=gen)[:per_batch]
+                x = x[idx.pin_memory().to(x.device, non_blocking=True) if x.is_cuda else idx]
+            rows[name].append(x)  # on its device until the pass is done: no host sync per batch
 
         return fn
 
@@ -244,7 +244,7 @@ def collect_inputs(block: nn.Module, inputs: list[BlockInput], layers: dict[str,
     finally:
         for h in handles:
             h.remove()
-    return {n: LayerStats(torch.cat(r)) for n, r in rows.items()}
+    return {n: LayerStats(torch.cat(r).float().cpu()) for n, r in rows.items()}
 
 
 def relative_error(x: torch.Tensor, w_ref: torch.Tensor, w_new: torch.Tensor) -> float:

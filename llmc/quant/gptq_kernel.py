@@ -49,9 +49,8 @@ if triton is not None:
         return tl.where(tie & odd, f - 1.0, f)
 
     @triton.jit
-    def _gptq_rows(W, U, Q, S, Z, GIDX, LOSS, n_rows, n_cols, qmin, qmax, min_scale,
-                   BLOCK_R: tl.constexpr, BC: tl.constexpr, GS: tl.constexpr, DYNAMIC: tl.constexpr,
-                   SYMMETRIC: tl.constexpr, N_GROUPS: tl.constexpr):
+    def _gptq_rows(W, U, Q, S, Z, GIDX, LOSS, n_rows, n_cols, qmin, qmax, min_scale, GS, N_GROUPS,
+                   BLOCK_R: tl.constexpr, BC: tl.constexpr, DYNAMIC: tl.constexpr, SYMMETRIC: tl.constexpr):
         pid = tl.program_id(0)
         rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
         rmask = rows < n_rows
@@ -129,6 +128,6 @@ def gptq_rows(W: Tensor, U: Tensor, scale: Tensor, zero: Tensor, gidx: Tensor | 
     dummy = torch.zeros(1, dtype=torch.int32, device=W.device)
     _gptq_rows[(triton.cdiv(out, BLOCK_R),)](
         W, U, Q, scale, zero, gidx if gidx is not None else dummy, loss, out, n, float(qmin), float(qmax),
-        float(min_scale), BLOCK_R=BLOCK_R, BC=blocksize, GS=group_size if gidx is None else 1,
-        DYNAMIC=gidx is None, SYMMETRIC=symmetric, N_GROUPS=scale.shape[1])
+        float(min_scale), group_size if gidx is None else 1, scale.shape[1], BLOCK_R=BLOCK_R, BC=blocksize,
+        DYNAMIC=gidx is None, SYMMETRIC=symmetric)
     return Q, loss

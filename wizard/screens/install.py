@@ -70,7 +70,7 @@ class InstallScreen(StepScreen):
         if plan.conflicts:
             how = ("installed without dependencies, these stay as they are:" if self.answers.install.no_deps
                    else f"so it gets an environment of its own ({plan.env_dir}), over this one, with them "
-                   "(relaxed: " + ", ".join(self.answers.install.relax) + "):" if plan.isolated
+                   "(relaxed: " + ", ".join(self.answers.install.effective_relax()) + "):" if plan.isolated
                    else "with its dependencies they would be replaced (tick no-deps):")
             pins = "\n[yellow]The code pins versions this environment does not have[/] — " + escape(how) \
                 + "".join(f"\n  {escape(c)}" for c in plan.conflicts)

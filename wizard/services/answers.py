@@ -67,9 +67,12 @@ class Install(_Section):
     #: where the code goes: ``auto`` = an environment of its own when its pins conflict with this
     #: one's (and ``no_deps`` is off), else this environment; ``isolated``; ``shared``
     environment: Literal["auto", "isolated", "shared"] = "auto"
-    #: in the model's own environment, the pins not honoured: these keep this environment's
-    #: version (or are left out when it has none); default: the packages built for the local CUDA
-    relax: list[str] = Field(default_factory=lambda: list(DEFAULT_RELAX))
+    #: in the model's own environment, pins not honoured beyond the built-in ones (the packages
+    #: built for the local CUDA: torch, torchvision, ...): they keep this environment's version,
+    #: or are left out when it has none
+    relax: list[str] = Field(default_factory=list)
+    #: built-in relaxations to drop: the code's own pin of these is installed (e.g. ``torch``)
+    keep_pins: list[str] = Field(default_factory=list)
     env_dir: str | None = None  #: the model's environment, once built (its Python runs the later steps)
     #: the install the user reviewed and accepted; a different code URL, commit or option asks again
     consent: Consent | None = None
@@ -86,9 +89,15 @@ class Install(_Section):
         """The consent that installing ``source``'s code with these options needs."""
         options = (["--editable"] if self.editable else []) + (["--no-deps"] if self.no_deps else []) \
             + [str(x) for x in self.extra_packages] \
-            + ([f"--environment={self.environment}", "--relax=" + ",".join(self.relax)]
-               if self.environment != "auto" or self.relax != list(DEFAULT_RELAX) else [])
+            + ([f"--environment={self.environment}", "--relax=" + ",".join(self.effective_relax())]
+               if self.environment != "auto" or self.relax or self.keep_pins else [])
         return Consent(code_url=scrub(source.code_url or ""), commit=source.code_commit or "", options=options)
+
+    def effective_relax(self) -> list[str]:
+        """The pins the model's environment does not honour: the built-in ones but ``keep_pins``,
+        and ``relax``."""
+        keep = {k.lower() for k in self.keep_pins}
+        return [n for n in DEFAULT_RELAX if n not in keep] + [n for n in self.relax if n not in DEFAULT_RELAX]
 
     def consented(self, source: Source) -> bool:
         return self.consent is not None and self.consent == self.consent_for(source)
