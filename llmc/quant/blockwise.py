@@ -27,130 +27,8 @@ from torch import nn
 
 from ..models.base import BaseModel
 from ..models.structure import Subset
+from .capture import BlockInput, _is_cache, _to, capture_block_inputs  # noqa: F401  (re-exported)
 from .quantizer import WeightQuantConfig, check_group_size
-
-
-class _Stop(Exception):
-    pass
-
-
-@dataclass
-class BlockInput:
-    """One calibration batch at a block's input: the hidden states and the block's own positional
-    and keyword inputs. ``calls[j]`` holds block ``j``'s ``(args, kwargs)`` for this batch: blocks
-    differ (sliding-window vs global masks and rotary tables, cross-attention states), and the
-    decoder loop computed each one's; ``None`` when every block takes the same."""
-
-    hidden: torch.Tensor
-    args: tuple
-    kwargs: dict
-    calls: list[tuple[tuple, dict]] | None = None
-
-    def for_block(self, j: int, hidden: torch.Tensor) -> BlockInput:
-        """``hidden`` as the input of block ``j``, with that block's own arguments."""
-        if self.calls is None:
-            return BlockInput(hidden, self.args, self.kwargs)
-        args, kwargs = self.calls[j]
-        return BlockInput(hidden, args, kwargs, self.calls)
-
-
-def _to(obj, device):
-    if torch.is_tensor(obj):
-        return obj.to(device)
-    if isinstance(obj, tuple):
-        return tuple(_to(o, device) for o in obj)
-    if isinstance(obj, list):
-        return [_to(o, device) for o in obj]
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    return obj
-
-
-def _keep(kwargs: dict) -> dict:
-    # No KV cache: a cache object kept with the inputs would grow with every replay of the block,
-    # and later replays would attend to keys and values of earlier weights.
-    kwargs = {k: v for k, v in kwargs.items() if k not in _CACHE_KWARGS and not _is_cache(v)}
-    kwargs["use_cache"] = False
-    return kwargs
-
-
-class _Catcher(nn.Module):
-    """Stands in for block ``index`` during capture: records its inputs and passes the hidden
-    states on unchanged (the decoder loop computes every block's own masks and rotary tables
-    without needing real outputs); the last one stops the forward pass."""
-
-    def __init__(self, inner: nn.Module, index: int, store: list, last: bool, run: bool = False):
-        super().__init__()
-        self.inner, self.index, self.store, self.last, self.run = inner, index, store, last, run
-        # decoder loops may read attributes of their layers (e.g. attention_type)
-        for attr in ("attention_type", "layer_idx", "is_sliding"):
-            if hasattr(inner, attr):
-                setattr(self, attr, getattr(inner, attr))
-
-    def forward(self, hidden_states, *args, **kwargs):
-        self.store.append((self.index, hidden_states.detach() if self.index == 0 else None, args, _keep(kwargs)))
-        if self.last:
-            raise _Stop
-        # ``run``: the real block (a decoder loop that reads its layers' outputs, e.g. the
-        # (hidden, cache) tuples of transformers 4.3x, gets exactly what it expects)
-        return self.inner(hidden_states, *args, **kwargs) if self.run else hidden_states
-
-
-@torch.no_grad()
-def capture_block_inputs(adapter: BaseModel, batches: list[dict],
-                         on_note: Callable[[str], None] | None = None) -> list[BlockInput]:
-    """The first block's inputs for every calibration batch, each with every block's own
-    arguments (:attr:`BlockInput.calls`). One pass of the model in which every block is replaced
-    by a recorder that passes its input through: only the embeddings (and the vision side) run.
-
-    Should the decoder loop need real block outputs to go on (older transformers and custom code
-    read the layer output's structure), the blocks run for real during the capture. Should even
-    that fail, the capture falls back to the first block's arguments for every block (``calls``
-    None) and says so through ``on_note``. An error before the first block propagates."""
-    blocks = adapter.get_blocks()
-    n = len(blocks)
-    originals = [blocks[j] for j in range(n)]
-    out: list[BlockInput] = []
-    run = False  # pass-through first; the real blocks once a decoder loop needs their outputs
-    for inputs in batches:
-        for _ in (False, True):
-            store: list = []
-            for j in range(n):
-                blocks[j] = _Catcher(originals[j], j, store, last=j == n - 1, run=run)
-            try:
-                adapter.forward_calib(inputs)
-                break
-            except _Stop:
-                break
-            except Exception as e:
-                if not store:  # the model failed before its first block: that is the error to see
-                    raise
-                if not run:
-                    run = True  # the decoder loop broke on a pass-through block: run them
-                    continue
-                # even the real blocks did not get through: every block replays the first one's inputs
-                if on_note is not None:
-                    on_note(f"per-block inputs not captured ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
-                            "every block replays the first block's masks and position inputs")
-                    on_note = None
-                store = store[:1]
-                break
-            finally:
-                for j in range(n):
-                    blocks[j] = originals[j]
-        if not store or store[0][0] != 0:
-            raise RuntimeError("the first decoder block was not reached for every calibration batch")
-        _, hidden, args, kwargs = store[0]
-        calls = [(a, k) for _, _, a, k in store] if len(store) == n else None
-        out.append(BlockInput(hidden, args, kwargs, calls))
-    return out
-
-
-_CACHE_KWARGS = ("past_key_values", "past_key_value", "cache", "layer_past")
-
-
-def _is_cache(value) -> bool:
-    return any(c.__name__.endswith("Cache") for c in type(value).__mro__)
 
 
 def last_positions(t: torch.Tensor) -> torch.Tensor:
@@ -240,11 +118,41 @@ def collect_inputs(block: nn.Module, inputs: list[BlockInput], layers: dict[str,
 
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
     try:
-        run_block(block, inputs, device)
+        _forward_until(block, inputs, device, layers)
     finally:
         for h in handles:
             h.remove()
     return {n: LayerStats(torch.cat(r).float().cpu()) for n, r in rows.items()}
+
+
+class _Enough(Exception):
+    """Every layer of interest has its input: the rest of the block need not run."""
+
+
+def _forward_until(block: nn.Module, inputs: list[BlockInput], device, layers: dict[str, nn.Linear]) -> None:
+    """Run the block on every input, each pass stopping once all ``layers`` were called (when the
+    first, full pass showed each of them called exactly once)."""
+    calls, early = dict.fromkeys(layers, 0), False
+
+    def pre(name):
+        def fn(mod, args):
+            calls[name] += 1
+            if early and all(calls.values()):
+                raise _Enough
+        return fn
+
+    handles = [m.register_forward_pre_hook(pre(n)) for n, m in layers.items()]
+    try:
+        for k, bi in enumerate(inputs):
+            calls.update(dict.fromkeys(calls, 0))
+            try:
+                block(bi.hidden.to(device), *_to(bi.args, device), **_to(bi.kwargs, device))
+            except _Enough:
+                pass
+            early = early or (k == 0 and all(c == 1 for c in calls.values()))
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def relative_error(x: torch.Tensor, w_ref: torch.Tensor, w_new: torch.Tensor) -> float:
