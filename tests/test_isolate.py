@@ -115,3 +115,27 @@ async def test_the_wizard_app_goes_on_in_the_models_environment(tmp_path):
     argv = app.return_value.argv
     assert argv[argv.index("--step") + 1] == "Inspect" and argv[argv.index("--workdir") + 1] == str(tmp_path / "work")
     assert (tmp_path / "answers.yml").is_file()  # saved before leaving
+
+
+def test_an_import_the_code_does_not_declare_is_named_and_extra_packages_supply_it(tmp_path):
+    """Research code imports what it never declares (VILA imports deepspeed and a git-only
+    package at import time): the error names the module and the answer; ``extra`` installs it."""
+    code = _project(tmp_path / "code", ["transformers==4.37.2"], "import shortuuid\n")
+    with pytest.raises(WizardError, match="the code imports shortuuid, which it does not declare") as e:
+        create_env(plan_env(code, tmp_path / "envs" / "a"), code_package="oldcode")
+    assert "install.extra_packages" in e.value.fix
+    plan = plan_env(code, tmp_path / "envs" / "b", extra=["shortuuid"])
+    assert any(p.startswith("shortuuid==") for p in plan.install)
+    create_env(plan, code_package="oldcode")
+    assert _in_env(plan.env_dir, "import oldcode, shortuuid; print('ok')") == "ok"
+
+
+def test_a_pin_that_breaks_the_engines_imports_is_relaxed_even_when_the_importer_is_named(tmp_path):
+    """pydantic 1 (VILA pins ``pydantic<2``) makes the wizard's own import fail in the importer's
+    frame: the package at fault is the one the ImportError names."""
+    code = _project(tmp_path / "code", ["pydantic==1.10.13", "transformers==4.37.2"])
+    plan = plan_env(code, tmp_path / "envs" / "old")
+    assert "pydantic==1.10.13" in plan.install
+    create_env(plan, code_package="oldcode")
+    assert "fails to import in the environment" in plan.relaxed["pydantic"]
+    assert _in_env(plan.env_dir, "import pydantic; print(pydantic.VERSION)").startswith("2.")

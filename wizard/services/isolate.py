@@ -148,17 +148,20 @@ def _compile(reqs: list[str], overrides: list[str], work: Path) -> tuple[int, st
     return p.returncode, p.stderr, pins
 
 
-def plan_env(code_dir: Path | None, env_dir: Path, relax=DEFAULT_RELAX, requirements: list[str] | None = None) -> EnvPlan:
+def plan_env(code_dir: Path | None, env_dir: Path, relax=DEFAULT_RELAX, requirements: list[str] | None = None,
+             extra=()) -> EnvPlan:
     """Resolve what the environment at ``env_dir`` needs for the code in ``code_dir`` (installs
-    nothing); ``requirements`` instead of the code's own (``code_dir`` None: no code to install)."""
+    nothing); ``requirements`` instead of the code's own (``code_dir`` None: no code to install);
+    ``extra``: more requirements (what the code imports without declaring it), never relaxed."""
     code_dir = Path(code_dir) if code_dir is not None else None
     env_dir = Path(env_dir)
     have = installed_here()
     plan = EnvPlan(env_dir, code_dir)
-    for n in relax:
+    wanted = {_name(r) for r in extra}
+    for n in [r for r in relax if norm(r) not in wanted]:
         plan.relaxed[norm(n)] = _relax_note(norm(n), have, "relaxed by default" if n in DEFAULT_RELAX
                                             else "install.relax in the answers")
-    code_reqs = list(requirements) if requirements is not None else declared_requirements(code_dir)
+    code_reqs = (list(requirements) if requirements is not None else declared_requirements(code_dir)) + list(extra)
     for _ in range(MAX_ROUNDS):
         mine = [r for r in code_reqs if _name(r) not in plan.relaxed]
         # the code's own pins win over the engine's requirement on the same name; a bare name does not
@@ -176,8 +179,10 @@ def plan_env(code_dir: Path | None, env_dir: Path, relax=DEFAULT_RELAX, requirem
             raise WizardError(f"the code's requirements cannot live with the engine's: {cause}",
                               "relax the pin that conflicts (install.relax in the answers), or install with "
                               "install.environment: shared and install.no_deps: true")
+        why = ("it cannot be fetched or built here" if "Failed to download" in err or "Git operation failed" in err
+               else "its pin conflicts with the engine's requirements")
         for n in culprits:
-            plan.relaxed[n] = _relax_note(n, have, f"its pin conflicts with the engine's requirements ({cause[:200]})")
+            plan.relaxed[n] = _relax_note(n, have, f"{why} ({cause[:200]})")
     else:
         raise WizardError("the code's requirements did not resolve after relaxing "
                           f"{', '.join(plan.relaxed)}", "relax more pins in install.relax, or install shared")
@@ -274,7 +279,15 @@ def create_env(plan: EnvPlan, *, commit: str = "", relax=DEFAULT_RELAX, code_pac
         err, files = check_imports(env_dir, modules)
         if err is None:
             break
-        owner = _owner(env_dir, files)
+        # the failing frame's file, or the module an ImportError names ("cannot import name x from
+        # 'pkg' (/env/.../pkg/__init__.py)": the frames are the importer's, the fault is pkg's)
+        owner = _owner(env_dir, files + re.findall(r"\((/[^()]+)\)\s*$", err))
+        missing = re.match(r"ModuleNotFoundError: No module named '([\w.]+)'", err)
+        if owner is None and missing:
+            raise WizardError(f"in the model's environment, the code imports {missing.group(1).split('.')[0]}, "
+                              "which it does not declare and nothing installed",
+                              "add its package to install.extra_packages (a name on the package index, or the "
+                              "path of a local copy of its source)")
         if owner is None or owner in PROTECTED or owner == norm(code_package or "-"):
             raise WizardError(f"in the model's environment, importing {', '.join(modules)} fails: {err}",
                               "the code needs a library this version of it lacks: relax or pin it in "
