@@ -57,29 +57,39 @@ def test_each_block_keeps_its_own_arguments_when_the_loop_reads_layer_outputs():
     assert all(isinstance(layer, Layer) for layer in a.model.layers)  # the blocks are put back
 
 
+class Block(nn.Module):
+    """A decoder block's shape: norm, q/k/v, o, gate/up, down."""
+
+    def __init__(self, d=32):
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.gate, self.up, self.down = nn.Linear(d, 2 * d), nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+
+    def forward(self, h, scale=1.0):
+        x = self.input_layernorm(h)
+        h = h + self.o(torch.tanh(self.q(x) * self.k(x)) + self.v(x)) * scale
+        return (h + self.down(torch.nn.functional.silu(self.gate(h)) * self.up(h)),)
+
+
 def test_collecting_a_subsets_inputs_stops_each_pass_once_they_are_all_seen():
     """q/k/v's inputs need only the block's first norm: after a first full pass (which shows each
     layer is called once), the later passes stop there; the rows are those of full passes."""
-    from transformers import LlamaConfig
-    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
-
     from llmc.quant.blockwise import BlockInput, collect_inputs
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2)
-    block = LlamaDecoderLayer(cfg, 0).eval()
-    rope = LlamaRotaryEmbedding(cfg)
-    inputs = []
-    for _ in range(3):
-        h = torch.randn(1, 6, 32)
-        pos = torch.arange(6)[None]
-        inputs.append(BlockInput(h, (), {"position_embeddings": rope(h, pos), "position_ids": pos}, None))
-    subset = {"q": block.self_attn.q_proj, "k": block.self_attn.k_proj, "v": block.self_attn.v_proj}
+    block = Block().eval()
+    inputs = [BlockInput(torch.randn(1, 6, 32), (), {"scale": 0.5}, None) for _ in range(3)]
+    subset = {"q": block.q, "k": block.k, "v": block.v}
     ran = []
-    hook = block.mlp.down_proj.register_forward_hook(lambda *a: ran.append(1))
+    hook = block.down.register_forward_hook(lambda *a: ran.append(1))
     stats = collect_inputs(block, inputs, subset, "cpu")
     hook.remove()
     assert len(ran) == 1  # only the first pass reached the MLP
-    normed = torch.cat([block.input_layernorm(bi.hidden).reshape(-1, 32) for bi in inputs])
+    with torch.no_grad():
+        normed = torch.cat([block.input_layernorm(bi.hidden).reshape(-1, 32) for bi in inputs])
     for name in subset:
         assert torch.equal(stats[name].x, normed)  # every pass gave its rows (18 <= the sampling cap)
+    # a subset further down still gets every pass's rows
+    down = collect_inputs(block, inputs, {"down": block.down}, "cpu")["down"].x
+    assert down.shape == (18, 64)
