@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -93,3 +94,44 @@ def test_collecting_a_subsets_inputs_stops_each_pass_once_they_are_all_seen():
     # a subset further down still gets every pass's rows
     down = collect_inputs(block, inputs, {"down": block.down}, "cpu")["down"].x
     assert down.shape == (18, 64)
+
+
+class CrossBlock(Block):
+    """q reads the normed hidden state; k and v read a second (cross-attention) input."""
+
+    def forward(self, h, cross=None, scale=1.0):
+        x = self.input_layernorm(h)
+        c = cross if cross is not None else x
+        h = h + self.o(torch.tanh(self.q(x) * self.k(c)) + self.v(c)) * scale
+        return (h + self.down(torch.nn.functional.silu(self.gate(h)) * self.up(h)),)
+
+
+def test_layers_handed_one_tensor_share_its_rows_and_its_stream():
+    """q/k/v read one tensor: k and v are found to be the same as q, share q's sampled rows and
+    the stream (a Hessian) sees the tensor once; cross-attention's k/v pair up apart from q."""
+    from llmc.quant.blockwise import BlockInput, collect_inputs
+
+    torch.manual_seed(0)
+    block = CrossBlock().eval()
+    inputs = [BlockInput(torch.randn(1, 6, 32), (), {"cross": torch.randn(1, 6, 32)}, None) for _ in range(3)]
+    streamed = []
+    stats = collect_inputs(block, inputs, {"q": block.q, "k": block.k, "v": block.v}, "cpu",
+                           on_batch=lambda n, x: streamed.append(n))
+    assert (stats["q"].same_as, stats["k"].same_as, stats["v"].same_as) == (None, None, "k")
+    assert stats["v"].x is stats["k"].x and not torch.equal(stats["q"].x, stats["k"].x)
+    assert streamed == ["q", "k"] * 3
+    self_attn = [BlockInput(bi.hidden, (), {}, None) for bi in inputs]
+    stats = collect_inputs(block, self_attn, {"q": block.q, "k": block.k, "v": block.v}, "cpu")
+    assert [stats[n].same_as for n in "qkv"] == [None, "q", "q"]
+
+
+def test_wiring_that_changes_between_inputs_is_an_error_not_a_silent_share():
+    """k reads q's tensor on the first input and another on the second: rows shared on the first
+    would be wrong for the second, so the collection stops and names both layers."""
+    from llmc.quant.blockwise import BlockInput, collect_inputs
+
+    block = CrossBlock().eval()
+    inputs = [BlockInput(torch.randn(1, 6, 32), (), {}, None),
+              BlockInput(torch.randn(1, 6, 32), (), {"cross": torch.randn(1, 6, 32)}, None)]
+    with pytest.raises(RuntimeError, match=r"k read the same input as q.*depends on its data"):
+        collect_inputs(block, inputs, {"q": block.q, "k": block.k}, "cpu")

@@ -123,9 +123,10 @@ def test_the_in_process_api_returns_the_quantized_model(tmp_path):
     assert q.results["label"].startswith("W4A16") and (q.run_dir / "COMPLETE").exists()
 
 
-def test_equal_length_sequences_replay_together_with_the_same_result(corpus, tmp_path, monkeypatch):
-    """GPTQ on 8 equal-length text windows: replayed as one batch of 8 per block instead of 8
-    forwards, the quantized weights are those of the one-by-one replay (to float rounding); VQA
+@pytest.mark.parametrize("method", ["GPTQ", "Awq"])
+def test_equal_length_sequences_replay_together_with_the_same_result(corpus, tmp_path, monkeypatch, method):
+    """GPTQ and AWQ on 8 equal-length text windows: replayed as one batch of 8 per block instead of
+    8 forwards, the quantized weights are those of the one-by-one replay (to float rounding); VQA
     prompts of different lengths are never joined."""
     from safetensors.torch import load_file
 
@@ -146,7 +147,7 @@ def test_equal_length_sequences_replay_together_with_the_same_result(corpus, tmp
         monkeypatch.setattr(co, "MOST", most)
         cfg = {"model": {"type": "Llama", "path": str(path), "torch_dtype": "float32"},
                "calib": {"name": "wikitext2", "path": str(corpus / "train.txt"), "n_samples": 8, "seq_len": 64},
-               "quant": {"method": "GPTQ", "weight": {"bit": 4, "group_size": 32}},
+               "quant": {"method": method, "weight": {"bit": 4, "group_size": 32}},
                "save": {"save_path": str(tmp_path / f"m{most}"), "save_fake": True}}
         run(load_config(cfg), tmp_path / f"m{most}", device="cpu")
         weights[most] = load_file(str(next((tmp_path / f"m{most}" / "fake").glob("*.safetensors"))))
@@ -158,6 +159,20 @@ def test_equal_length_sequences_replay_together_with_the_same_result(corpus, tmp
     x = [BlockInput(torch.randn(1, n, 8), (), {"m": torch.zeros(n)}) for n in (5, 5, 7)]
     joined = real(x, _Passthrough(), "cpu", most=16)
     assert [bi.hidden.shape[0] for bi in joined] == [2, 1]
+
+
+def test_awq_searches_on_about_64_sequences_whether_or_not_they_were_joined():
+    """The block search takes evenly spaced inputs holding about 64 sequences: every second of 128
+    single sequences, every second of 8 batches of 16."""
+    from llmc.quant.blockwise import BlockContext, BlockInput
+    from llmc.quant.methods import Awq
+    from llmc.quant.quantizer import WeightQuantConfig
+
+    awq = Awq(WeightQuantConfig(bit=4, group_size=32))
+    for batch, n, want in ((1, 128, list(range(0, 128, 2))), (16, 8, [0, 2, 4, 6]), (16, 2, [0, 1])):
+        inputs = [BlockInput(torch.full((batch, 4, 8), float(k)), (), {}) for k in range(n)]
+        picked, _ = awq._search_set(BlockContext(0, "b0", _Passthrough(), inputs, [], "cpu"))
+        assert [int(bi.hidden[0, 0, 0]) for bi in picked] == want
 
 
 class _Passthrough(torch.nn.Module):

@@ -297,6 +297,31 @@ def test_gptq_actorder_static_groups_beat_rtn(kw):
         assert max_levels_per_group(wq, 32) <= 16
 
 
+@pytest.mark.parametrize("kw", [dict(), dict(actorder=True, static_groups=True), dict(actorder=True)])
+def test_gptq_layers_sharing_one_hessian_equal_each_quantized_alone(kw):
+    """q/k/v read one input: quantized together against one factored Hessian, each weight is
+    what quantizing it alone gives, bit for bit (dead inputs and act-order included)."""
+    cfg = WeightQuantConfig(bit=4, group_size=32)
+    x = correlated_inputs() * torch.linspace(0.2, 3.0, IN)[torch.randperm(IN, generator=gen(7))]
+    x[:, 5] = 0.0  # an input that never fires
+    ws = {n: weight(o, IN, seed=s) for n, o, s in (("q", 64, 1), ("k", 32, 2), ("v", 32, 3))}
+    alone = {n: gptq_weight(w, x, cfg, **kw) for n, w in ws.items()}
+    layers = {n: linear(w) for n, w in ws.items()}
+    g = GPTQ(layers["q"], "q")
+    for chunk in x.split(128):  # as gptq_weight feeds it
+        g.add_batch(chunk)
+    together = g.quantize_layers_(layers, cfg, **kw)
+    for n in ws:
+        assert torch.equal(layers[n].weight.data, alone[n][0])
+        assert together[n]["error"] == alone[n][1]["error"]
+    with pytest.raises(RuntimeError, match="already called"):
+        g.quantize_layers_(layers, cfg)
+    g2 = GPTQ(layers["q"], "q")
+    g2.add_batch(x)
+    with pytest.raises(ValueError, match="wide"):
+        g2.quantize_layers_({"down": linear(weight(8, 2 * IN))}, cfg)
+
+
 def test_gptq_symmetric_and_per_channel_beat_rtn():
     w, x = weight(), correlated_inputs()
     for cfg in (WeightQuantConfig(bit=4, symmetric=True, group_size=64),

@@ -28,7 +28,7 @@ from torch import nn
 from ..models.base import BaseModel
 from ..models.structure import Subset
 from .capture import BlockInput, _is_cache, _to, capture_block_inputs  # noqa: F401  (re-exported)
-from .quantizer import WeightQuantConfig, check_group_size
+from .quantizer import WeightQuantConfig, check_group_size, tf32
 
 
 def last_positions(t: torch.Tensor) -> torch.Tensor:
@@ -87,8 +87,11 @@ def run_block(block: nn.Module, inputs: list[BlockInput], device) -> list[torch.
 
 @dataclass
 class LayerStats:
-    x: torch.Tensor  # sampled input rows (n, in), float32
+    x: torch.Tensor  # sampled input rows (n, in), float32, on the device the block ran on
     extra: dict = field(default_factory=dict)  # method-specific accumulators (e.g. GPTQ)
+    #: the layer read the very tensor ``same_as`` read, in every pass: its rows are that layer's
+    #: (the same object) and ``on_batch`` streamed them under that name only
+    same_as: str | None = None
 
 
 @torch.no_grad()
@@ -97,41 +100,70 @@ def collect_inputs(block: nn.Module, inputs: list[BlockInput], layers: dict[str,
                    on_batch: Callable[[str, torch.Tensor], None] | None = None) -> dict[str, LayerStats]:
     """Forward the block over ``inputs``; sample each layer's input rows (and stream them to
     ``on_batch`` in full, e.g. for a Hessian). ``last_only`` keeps only each sequence's last
-    position in the sampled rows (calibration sequences are unpadded: one sample per pass)."""
+    position in the sampled rows (calibration sequences are unpadded: one sample per pass).
+
+    Layers that are handed the same tensor object (q/k/v reading one normed hidden state) are
+    found on the first input: later ones get ``same_as`` the first, their rows are its rows and
+    ``on_batch`` sees the tensor once. Should a later input break that pairing, the collection
+    stops with an error naming both layers (a block whose wiring depends on its data)."""
     per_batch = max(1, max_rows // max(1, len(inputs)))
     rows: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
     gen = torch.Generator().manual_seed(seed)
+    same_as: dict[str, str | None] = {}
+    seen: list[tuple[torch.Tensor, int, str]] = []  # this pass's inputs so far (held: no address reuse)
+    passes = [0]
 
     def hook(name):
         def fn(mod, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1])
+            t = args[0]
+            leader = next((n for x, v, n in seen if x is t and v == t._version), None)
+            if passes[0] == 0 and name not in same_as:
+                same_as[name] = leader
+            elif same_as.get(name) != leader:
+                raise RuntimeError(f"{name} read the same input as {same_as[name] or leader} in one call and not in "
+                                   f"another (calibration input {passes[0]}): this block's wiring depends on its data")
+            if leader is None:
+                seen.append((t, t._version, name))
+            else:
+                return
+            x = t.detach().reshape(-1, t.shape[-1])
             if on_batch:
                 on_batch(name, x)
             if last_only:
-                x = last_positions(args[0].detach()).reshape(-1, x.shape[-1])
+                x = last_positions(t.detach()).reshape(-1, x.shape[-1])
             if x.shape[0] > per_batch:
                 idx = torch.randperm(x.shape[0], generator=gen)[:per_batch]
                 x = x[idx.pin_memory().to(x.device, non_blocking=True) if x.is_cuda else idx]
-            rows[name].append(x)  # on its device until the pass is done: no host sync per batch
+            rows[name].append(x)  # on its device: no host sync per batch, none when the pass is done
 
         return fn
 
+    def next_pass():
+        seen.clear()
+        passes[0] += 1
+
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
     try:
-        _forward_until(block, inputs, device, layers)
+        _forward_until(block, inputs, device, layers, after_each=next_pass)
     finally:
         for h in handles:
             h.remove()
-    return {n: LayerStats(torch.cat(r).float().cpu()) for n, r in rows.items()}
+        seen.clear()
+    stats = {n: LayerStats(torch.cat(r).float()) for n, r in rows.items() if not same_as.get(n)}
+    for n in layers:
+        if same_as.get(n):
+            stats[n] = LayerStats(stats[same_as[n]].x, same_as=same_as[n])
+    return {n: stats[n] for n in layers}
 
 
 class _Enough(Exception):
     """Every layer of interest has its input: the rest of the block need not run."""
 
 
-def _forward_until(block: nn.Module, inputs: list[BlockInput], device, layers: dict[str, nn.Linear]) -> None:
+def _forward_until(block: nn.Module, inputs: list[BlockInput], device, layers: dict[str, nn.Linear],
+                   after_each: Callable[[], None] | None = None) -> None:
     """Run the block on every input, each pass stopping once all ``layers`` were called (when the
-    first, full pass showed each of them called exactly once)."""
+    first, full pass showed each of them called exactly once); ``after_each`` runs after each pass."""
     calls, early = dict.fromkeys(layers, 0), False
 
     def pre(name):
@@ -150,16 +182,19 @@ def _forward_until(block: nn.Module, inputs: list[BlockInput], device, layers: d
             except _Enough:
                 pass
             early = early or (k == 0 and all(c == 1 for c in calls.values()))
+            if after_each:
+                after_each()
     finally:
         for h in handles:
             h.remove()
 
 
-def relative_error(x: torch.Tensor, w_ref: torch.Tensor, w_new: torch.Tensor) -> float:
+def relative_error(x: torch.Tensor, w_ref: torch.Tensor, w_new: torch.Tensor) -> torch.Tensor:
+    """``||x (W_new - W_ref)^T|| / ||x W_ref^T||``, a 0-d tensor on the weight's device (read it
+    with the block's other figures, in one host sync)."""
     x = x.to(w_ref.device, torch.float32)
-    ref = x @ w_ref.float().t()
-    new = x @ w_new.float().t()
-    return float((new - ref).norm() / ref.norm().clamp_min(1e-12))
+    with tf32(x.is_cuda):  # a figure for the report: TF32's precision is plenty
+        return (x @ (w_new.float() - w_ref.float()).t()).norm() / (x @ w_ref.float().t()).norm().clamp_min(1e-12)
 
 
 class Method:
@@ -173,6 +208,8 @@ class Method:
     #: whether it fits on the model's answers: the pipeline then gives each block's context the
     #: float model's next-token log-probabilities and a function computing them from the block's output
     output_loss = False
+    #: input rows sampled per layer (what the per-layer error, and fits that read rows, see)
+    sample_rows = 4096
     #: whether equal-length calibration sequences may be replayed together (methods whose cost
     #: grows with the inputs per search step, such as AWQ's, keep one per forward)
     coalesce = False
@@ -217,18 +254,56 @@ class BlockContext:
 class BlockReport:
     index: int
     seconds: float
-    #: relative output error over every token of the calibration inputs (None: quantized
-    #: without data, nothing measured)
+    #: relative output error over the tokens of the calibration inputs (evenly spaced inputs of at
+    #: least :data:`REF_TOKENS` tokens; None: quantized without data, nothing measured)
     block_error: float | None
     layer_errors: dict[str, float]
     #: the same at each sequence's last position (where a VQA prompt is answered)
     last_error: float | None = 0.0
 
 
-def _relative(new: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
-    num = sum(float((n - r).float().norm() ** 2) for n, r in zip(new, ref))
-    den = sum(float(r.float().norm() ** 2) for r in ref)
-    return (num / max(den, 1e-24)) ** 0.5
+#: the float block outputs kept for the block's error: evenly spaced inputs of at least this many
+#: tokens (all of them when the next block reads float outputs); the quantized outputs then replace
+#: the block's inputs one batch at a time, so at most two copies of the activations are held
+REF_TOKENS = 16384
+
+
+def _reference_inputs(inputs: list[BlockInput]) -> list[int]:
+    tokens = [bi.hidden.shape[:-1].numel() for bi in inputs]
+    for step in range(len(inputs), 0, -1):  # the sparsest even spacing that has enough tokens
+        idx = list(range(0, len(inputs), step))
+        if sum(tokens[k] for k in idx) >= min(REF_TOKENS, sum(tokens)):
+            return idx
+    return list(range(len(inputs)))
+
+
+def _advance(block: nn.Module, inputs: list[BlockInput], fp_out: dict[int, torch.Tensor], device,
+             nxt: int | None, quant_out: bool) -> tuple[float, float]:
+    """Run the (quantized) block on each input and replace the input in ``inputs`` by the input of
+    block ``nxt`` (its quantized output, or the float one without ``quant_out``; ``None``: the last
+    block, nothing replaced). Returns the relative output error against ``fp_out`` over all tokens
+    and at each sequence's last position."""
+    sums = []
+    for k, bi in enumerate(inputs):
+        q = run_block(block, [bi], device)[0]
+        f = fp_out.pop(k, None)
+        if f is not None:
+            d, f32 = (q - f).float(), f.float()
+            sums.append(torch.stack([d.pow(2).sum(), f32.pow(2).sum(), last_positions(d).pow(2).sum(),
+                                     last_positions(f32).pow(2).sum()]))
+        if nxt is not None:
+            inputs[k] = bi.for_block(nxt, q if quant_out else f)
+    num, den, num_last, den_last = torch.stack([t.to(sums[0].device) for t in sums]).sum(0).tolist()
+    return (num / max(den, 1e-24)) ** 0.5, (num_last / max(den_last, 1e-24)) ** 0.5
+
+
+def _floats(tensors: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The 0-d tensors as floats, one host transfer per device."""
+    out = {}
+    for dev in {t.device for t in tensors.values()}:
+        names = [n for n, t in tensors.items() if t.device == dev]
+        out.update(zip(names, torch.stack([tensors[n].float() for n in names]).tolist()))
+    return {n: out[n] for n in tensors}
 
 
 def check_layers(adapter: BaseModel, wcfg: WeightQuantConfig) -> None:
@@ -280,29 +355,29 @@ def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], 
             device = placement.block_device(i)
         if offload:
             placement.pin(block)  # stays on the device for all of its quantization
-        fp_out = run_block(block, inputs, device)
+        ref_at = _reference_inputs(inputs) if quant_out else list(range(len(inputs)))
+        fp_out = dict(zip(ref_at, run_block(block, [inputs[k] for k in ref_at], device)))
         ctx = BlockContext(i, adapter.block_name(i), block, inputs, adapter.get_subsets_in_block(block), device,
                            answer_tail(adapter, i + 1, device) if method.output_loss else None, float_answers)
         method.transform_block(ctx)
         if stash:
             stash(i, block)
-        errors: dict[str, float] = {}
+        errors: dict[str, torch.Tensor] = {}
         for subset in ctx.subsets:
             on_batch, state = method.stream(subset.layers)
-            stats = collect_inputs(block, inputs, subset.layers, device, on_batch=on_batch, seed=i,
-                                   last_only=method.clip_tokens == "last")
+            stats = collect_inputs(block, inputs, subset.layers, device, max_rows=method.sample_rows,
+                                   on_batch=on_batch, seed=i, last_only=method.clip_tokens == "last")
             before = {n: m.weight.detach().clone() for n, m in subset.layers.items()}
             method.quantize_subset(ctx, subset, stats, state)
             for n, m in subset.layers.items():
                 errors[n] = relative_error(stats[n].x, before[n], m.weight.detach())
-        q_out = run_block(block, inputs, device)
-        rep = BlockReport(i, time.time() - t0, _relative(q_out, fp_out), errors,
-                          _relative([last_positions(q) for q in q_out], [last_positions(f) for f in fp_out]))
+            del stats, before, state  # the rows and weight copies: freed before the next subset's
+        block_error, last_error = _advance(block, inputs, fp_out, device, i + 1 if i + 1 < len(blocks) else None,
+                                           quant_out)
+        rep = BlockReport(i, time.time() - t0, block_error, _floats(errors), last_error)
         reports.append(rep)
         if offload:
             placement.unpin(block)
-        if i + 1 < len(blocks):
-            inputs = [bi.for_block(i + 1, o) for o, bi in zip(q_out if quant_out else fp_out, inputs)]
         if on_block:
             on_block(rep, len(blocks))
     return reports

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from llmc.quant import gptq_kernel
-from llmc.quant.quantizer import IntQuantizer, WeightQuantConfig, check_group_size
+from llmc.quant.quantizer import IntQuantizer, WeightQuantConfig, check_group_size, tf32
 
 # How many times damping may grow (x10 each) when the damped Hessian is still not positive definite.
 _MAX_DAMP_RETRIES = 4
@@ -104,20 +104,21 @@ def _capture(quantizer: IntQuantizer, out: int, n: int, gs: int, device):
     return graph, bufs
 
 
-class _tf32:
-    """Allow TF32 matrix products inside the block (when ``on``), restoring the setting after."""
+_FP32_OUT: dict[torch.dtype, bool] = {}
 
-    def __init__(self, on: bool):
-        self.on, self.old = on, None
 
-    def __enter__(self):
-        if self.on:
-            self.old = torch.backends.cuda.matmul.allow_tf32
-            torch.backends.cuda.matmul.allow_tf32 = True
-
-    def __exit__(self, *exc):
-        if self.on:
-            torch.backends.cuda.matmul.allow_tf32 = self.old
+def _mm_fp32_out(x: Tensor) -> bool:
+    """Whether this torch adds products of 16-bit CUDA matrices into an fp32 one in place
+    (``torch.addmm(..., out_dtype=, out=)``), checked once per dtype on a slice of ``x``."""
+    if x.dtype not in _FP32_OUT:
+        p = x[:4, :8]
+        h = torch.ones(8, 8, device=x.device)
+        try:
+            torch.addmm(h, p.t(), p, alpha=2.0, out_dtype=torch.float32, out=h)
+            _FP32_OUT[x.dtype] = bool(torch.allclose(h, 1 + 2 * p.float().t() @ p.float()))
+        except (TypeError, RuntimeError):
+            _FP32_OUT[x.dtype] = False
+    return _FP32_OUT[x.dtype]
 
 
 class GPTQ:
@@ -155,15 +156,21 @@ class GPTQ:
                 f"GPTQ for {self.name}: input width {x.shape[-1]} does not match in_features {self.columns}"
             )
         exact16 = x.dtype in (torch.bfloat16, torch.float16)
-        x = x.reshape(-1, self.columns).to(device=self.H.device, dtype=torch.float32)
+        x = x.reshape(-1, self.columns).to(self.H.device)
         n = x.shape[0]
         if n == 0:
             return
         self.H *= self.nsamples / (self.nsamples + n)
         self.nsamples += n
+        if exact16 and x.is_cuda and _mm_fp32_out(x):
+            # 16-bit products are exact in fp32: tensor cores at the 16-bit rate, summed in fp32
+            # into H itself (no temporary as large as H)
+            torch.addmm(self.H, x.t(), x, alpha=2.0 / self.nsamples, out_dtype=torch.float32, out=self.H)
+            return
+        x = x.float()
         # 16-bit inputs are exact in TF32, whose tensor cores then give fp32 products and sums:
         # the same Hessian as plain fp32, several times faster on a GPU
-        with _tf32(exact16 and x.is_cuda):
+        with tf32(exact16 and x.is_cuda):
             self.H.addmm_(x.t(), x, alpha=2.0 / self.nsamples)
 
     def free(self) -> None:
@@ -171,16 +178,28 @@ class GPTQ:
         self.H = None
 
     @staticmethod
-    def _inverse_cholesky(H: Tensor, damp: float) -> tuple[Tensor, float]:
-        """Upper Cholesky factor of ``(H + damp I)^-1``; grows ``damp`` if ``H`` is not PD."""
-        eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    def _inverse_cholesky(H: Tensor | list[Tensor], damp: float) -> tuple[Tensor, float]:
+        """Upper Cholesky factor of ``(H + damp I)^-1``; grows ``damp`` if ``H`` is not PD. ``H``
+        is damped in place; given as a one-element list it is taken out of it, so it is freed as
+        soon as it has been factored (an ``n x n`` matrix less at the peak)."""
+        if isinstance(H, list):
+            H = H.pop()
+        diag, added = H.diagonal(), 0.0
         for _ in range(_MAX_DAMP_RETRIES + 1):
-            L, info = torch.linalg.cholesky_ex(H + damp * eye)
+            diag.add_(damp - added)
+            added = damp
+            L, info = torch.linalg.cholesky_ex(H)
             if int(info) == 0:
+                H = diag = None  # two n x n matrices at a time at most from here
                 Hinv = torch.cholesky_inverse(L)
+                del L
                 U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
                 if int(info) == 0:
                     return U, damp
+                del U  # rare: the damping must grow; H + damp I back from its inverse
+                H = torch.linalg.inv(Hinv)
+                del Hinv
+                diag = H.diagonal()
             damp *= 10.0
         raise RuntimeError(
             f"damped Hessian is not positive definite even with damping {damp / 10:g}; "
@@ -217,44 +236,67 @@ class GPTQ:
             summed GPTQ loss, "seconds": wall time, "damp": damping used, "nsamples":
             calibration rows}``.
         """
+        return self.quantize_layers_({self.name: self.layer}, cfg, blocksize, percdamp, actorder,
+                                     static_groups)[self.name]
+
+    @torch.no_grad()
+    def quantize_layers_(self, layers: dict[str, nn.Linear], cfg: WeightQuantConfig, blocksize: int = 128,
+                         percdamp: float = 0.01, actorder: bool = False, static_groups: bool = False) -> dict[str, dict]:
+        """:meth:`quantize_` for every layer of ``layers``, each of which read the inputs this
+        Hessian was accumulated from (q/k/v on one normed hidden state): the Hessian is damped,
+        ordered and factored once for them all. Returns each layer's :meth:`quantize_` result
+        (``seconds``: its own solve, the shared factorization counted in the first)."""
         if self.H is None:
             raise RuntimeError(f"GPTQ for {self.name}: quantize_() was already called")
         if self.nsamples == 0:
             raise RuntimeError(f"GPTQ for {self.name}: no calibration data (call add_batch first)")
-        check_group_size(self.columns, cfg, self.name)
+        for name, layer in layers.items():
+            if layer.in_features != self.columns:
+                raise ValueError(f"GPTQ for {self.name}: {name} reads {layer.in_features} inputs, the Hessian "
+                                 f"is {self.columns} wide")
+            check_group_size(self.columns, cfg, name)
         if blocksize <= 0:
             raise ValueError(f"blocksize must be positive, got {blocksize}")
         t0 = time.perf_counter()
+        H = self.H
+        self.H = None
+        # Inputs that never fire: their weights cannot matter, quantize them as zero.
+        dead = torch.diag(H) == 0
+        H.diagonal().masked_fill_(dead, 1.0)
+        perm = None
+        if actorder:
+            perm = torch.argsort(torch.diag(H), descending=True)
+            H = H.index_select(0, perm)  # each step frees the matrix before it: two at a time at most
+            H = H.index_select(1, perm)
+        damp = percdamp * torch.mean(torch.diag(H)).item()
+        held = [H]
+        del H
+        Hinv, damp = self._inverse_cholesky(held, damp)
+        results = {}
+        for name, layer in layers.items():
+            res = self._solve(layer, cfg, Hinv, perm, dead, blocksize, static_groups)
+            results[name] = {**res, "seconds": time.perf_counter() - t0, "damp": damp, "nsamples": self.nsamples}
+            t0 = time.perf_counter()
+        return results
+
+    def _solve(self, layer: nn.Linear, cfg: WeightQuantConfig, Hinv: Tensor, perm: Tensor | None, dead: Tensor,
+               blocksize: int, static_groups: bool) -> dict:
+        """GPTQ of one layer's weight against the factored Hessian (``perm``: act-order)."""
         quantizer = IntQuantizer(cfg)
         per_group = cfg.granularity == "per_group"
         gs = cfg.group_size if per_group else self.columns
         if per_group and not static_groups:
             blocksize = max(gs, blocksize // gs * gs)
-
-        weight = self.layer.weight
-        W = weight.data.detach().clone().float()
-        H = self.H
-        self.H = None
-
-        # Inputs that never fire: their weights cannot matter, quantize them as zero.
-        dead = torch.diag(H) == 0
-        H[dead, dead] = 1.0
-        W[:, dead] = 0.0
+        weight = layer.weight
+        W = weight.data.to(torch.float32, copy=True)
+        W.masked_fill_(dead[None, :], 0.0)
 
         if static_groups:
             static_scale, static_zero = quantizer.params(W)  # (out, n_groups), original order
         elif not per_group:
             row_scale, row_zero = quantizer.row_params(W)  # (out, 1)
-
-        perm = None
-        if actorder:
-            perm = torch.argsort(torch.diag(H), descending=True)
+        if perm is not None:
             W = W[:, perm]
-            H = H[perm][:, perm]
-
-        damp = percdamp * torch.mean(torch.diag(H)).item()
-        Hinv, damp = self._inverse_cholesky(H, damp)
-        del H
 
         dynamic = per_group and not static_groups
         # (scale, zero) of each group in original column order, for exports: collected here for
@@ -278,21 +320,16 @@ class GPTQ:
             elif not per_group:
                 s_cols, z_cols = row_scale.expand_as(W), row_zero.expand_as(W)
             Q, losses = self._loop(quantizer, W, Hinv, blocksize, dynamic, gs, s_cols, z_cols, g_scale, g_zero)
-        if perm is not None:
-            Q = Q[:, torch.argsort(perm)]
-        weight.data.copy_(Q.to(weight.dtype))
+        del W
+        if perm is not None:  # column j of Q is column perm[j] of the weight
+            weight.data.index_copy_(1, perm, Q.to(weight.dtype))
+        else:
+            weight.data.copy_(Q.to(weight.dtype))
         if static_groups:
             g_scale, g_zero = static_scale, static_zero
         elif not per_group:
             g_scale, g_zero = row_scale, row_zero
-        return {
-            "scale": g_scale,
-            "zero": g_zero,
-            "error": float(losses.sum()),
-            "seconds": time.perf_counter() - t0,
-            "damp": damp,
-            "nsamples": self.nsamples,
-        }
+        return {"scale": g_scale, "zero": g_zero, "error": float(losses.sum())}
 
     def _kernel(self, quantizer, W, Hinv, perm, gs, static_groups, per_group, blocksize, s_static, s_row, z_static,
                 z_row, g_scale, g_zero):

@@ -3,7 +3,8 @@
 GPTQ's updates never mix output rows: row ``r`` of the quantized weight depends only on row
 ``r`` of the weight and on the shared ``U`` (upper Cholesky factor of ``H^-1``). So one program
 owns ``BLOCK_R`` rows for the whole layer: for each lazy block of ``BC`` columns it keeps the
-rows' block in registers, quantizes it column by column (rank-1 updates inside the block), then
+rows' block in registers, quantizes it column by column (rank-1 updates inside the block; each
+column's row of ``U`` and parameters are loaded while the column before it is computed), then
 applies the block's errors to the rest of its rows with one fp32 matrix product per tile
 (IEEE fp32, no TF32: the same arithmetic as the reference loop in :mod:`llmc.quant.gptq`, up to
 the order of additions). One launch per layer replaces thousands of small kernels.
@@ -29,7 +30,10 @@ try:  # Triton ships with CUDA builds of torch; without it the reference loop ru
 except ImportError:  # pragma: no cover - depends on the installation
     triton = None
 
+#: rows per program for layers of more than 4096 outputs (half that below), and warps per program:
+#: the fastest of 8/16 rows x 2/4 warps on an H200 (bench/gptq_kernel_tune.py)
 BLOCK_R = 16
+NUM_WARPS = 4
 
 
 def available(t: Tensor) -> bool:
@@ -63,9 +67,24 @@ if triton is not None:
             m2 = rmask[:, None] & cmask[None, :]
             w1 = tl.load(W + rows[:, None] * n_cols + i1 + cols[None, :], mask=m2, other=0.0)
             e1 = tl.zeros((BLOCK_R, BC), dtype=tl.float32)
+            q1 = tl.zeros((BLOCK_R, BC), dtype=tl.float32)
+            # Each column's loads (its row of U, its parameters) are issued one column ahead, so
+            # their latency hides behind the column before; the group index two ahead.
+            lim = tl.minimum(i1 + BC, n_cols)
+            d_c = tl.load(U + i1 * n_cols + i1)
+            h_c = tl.load(U + i1 * n_cols + i1 + cols, mask=cmask, other=0.0)
+            if not DYNAMIC:
+                gi_c = tl.load(GIDX + i1)
+                s_c = tl.load(S + rows * N_GROUPS + gi_c, mask=rmask, other=1.0)
+                z_c = tl.load(Z + rows * N_GROUPS + gi_c, mask=rmask, other=0.0)
+                gi_n = tl.load(GIDX + i1 + 1, mask=i1 + 1 < lim, other=0)
             for i in range(0, BC):
                 c = i1 + i
                 if c < n_cols:
+                    cn = c + 1
+                    more = cn < lim
+                    d_n = tl.load(U + cn * n_cols + cn, mask=more, other=1.0)
+                    h_n = tl.load(U + cn * n_cols + i1 + cols, mask=cmask & (cols > i) & more, other=0.0)
                     if DYNAMIC:
                         if c % GS == 0:
                             g = (cols >= i) & (cols < i + GS)
@@ -83,19 +102,26 @@ if triton is not None:
                             tl.store(S + rows * N_GROUPS + c // GS, s, mask=rmask)
                             tl.store(Z + rows * N_GROUPS + c // GS, z, mask=rmask)
                     else:
-                        gi = tl.load(GIDX + c)
-                        s = tl.load(S + rows * N_GROUPS + gi, mask=rmask, other=1.0)
-                        z = tl.load(Z + rows * N_GROUPS + gi, mask=rmask, other=0.0)
+                        s_n = tl.load(S + rows * N_GROUPS + gi_n, mask=rmask & more, other=1.0)
+                        z_n = tl.load(Z + rows * N_GROUPS + gi_n, mask=rmask & more, other=0.0)
+                        gi_nn = tl.load(GIDX + cn + 1, mask=cn + 1 < lim, other=0)
+                        s = s_c
+                        z = z_c
                     here = cols == i
                     w = tl.sum(tl.where(here[None, :], w1, 0.0), axis=1)
                     q = (tl.minimum(tl.maximum(_rint(tl.div_rn(w, s)) + z, qmin), qmax) - z) * s
-                    tl.store(Q + rows * n_cols + c, q, mask=rmask)
-                    d = tl.load(U + c * n_cols + c)
-                    err = tl.div_rn(w - q, d)
+                    q1 = tl.where(here[None, :], q[:, None], q1)
+                    err = tl.div_rn(w - q, d_c)
                     loss += err * err * 0.5
-                    h = tl.load(U + c * n_cols + i1 + cols, mask=cmask & (cols >= i), other=0.0)
-                    w1 -= err[:, None] * h[None, :]
+                    w1 -= err[:, None] * h_c[None, :]
                     e1 = tl.where(here[None, :], err[:, None], e1)
+                    d_c = d_n
+                    h_c = h_n
+                    if not DYNAMIC:
+                        s_c = s_n
+                        z_c = z_n
+                        gi_n = gi_nn
+            tl.store(Q + rows[:, None] * n_cols + i1 + cols[None, :], q1, mask=m2)
             # the block's errors reach the rest of these rows: W[:, i2:] -= E1 @ U[i1:i2, i2:]
             ks = i1 + cols
             for j0 in range(i1 + BC, n_cols, BC):
@@ -111,23 +137,27 @@ if triton is not None:
 
 
 def gptq_rows(W: Tensor, U: Tensor, scale: Tensor, zero: Tensor, gidx: Tensor | None, group_size: int,
-              qmin: int, qmax: int, symmetric: bool, min_scale: float, blocksize: int = 128) -> tuple[Tensor, Tensor]:
+              qmin: int, qmax: int, symmetric: bool, min_scale: float, blocksize: int = 128,
+              block_r: int | None = None, num_warps: int | None = None) -> tuple[Tensor, Tensor]:
     """Quantize ``W`` (out, n) float32 against ``U`` (n, n) float32 in one launch; returns
     ``(Q, per-row loss)``. ``W`` is used as scratch (its columns are updated in place).
 
     ``gidx`` (n,) int32: each column's group in ``scale``/``zero`` (out, G); ``None``: dynamic
-    groups of ``group_size`` columns, their parameters written into ``scale``/``zero``."""
+    groups of ``group_size`` columns, their parameters written into ``scale``/``zero``.
+    ``block_r`` rows per program and ``num_warps`` tune the launch, not the result."""
     out, n = W.shape
     if blocksize not in (16, 32, 64, 128):
         blocksize = 128
     if gidx is None and blocksize % group_size:
         raise ValueError("dynamic groups need the block to be a multiple of the group size")
+    block_r = block_r or (BLOCK_R if out > 4096 else BLOCK_R // 2)  # fewer rows: more programs for narrow layers
     W, U = W.contiguous(), U.contiguous()
     Q = torch.empty_like(W)
     loss = torch.empty(out, dtype=torch.float32, device=W.device)
     dummy = torch.zeros(1, dtype=torch.int32, device=W.device)
-    _gptq_rows[(triton.cdiv(out, BLOCK_R),)](
+    _gptq_rows[(triton.cdiv(out, block_r),)](
         W, U, Q, scale, zero, gidx if gidx is not None else dummy, loss, out, n, float(qmin), float(qmax),
-        float(min_scale), group_size if gidx is None else 1, scale.shape[1], BLOCK_R=BLOCK_R, BC=blocksize,
-        DYNAMIC=gidx is None, SYMMETRIC=symmetric)
+        float(min_scale), group_size if gidx is None else 1, scale.shape[1], BLOCK_R=block_r, BC=blocksize,
+        DYNAMIC=gidx is None, SYMMETRIC=symmetric,
+        num_warps=num_warps or NUM_WARPS)
     return Q, loss

@@ -48,7 +48,11 @@ class Awq(Method):
     """
 
     name = "Awq"
-    search_inputs = 64  # calibration inputs used by the block-output search
+    search_inputs = 64  # calibration sequences used by the block-output search
+    # equal-length sequences replay together: the search then takes whole batches of about
+    # search_inputs sequences in all (_search_set), and each candidate costs a few batched
+    # forwards instead of search_inputs launch-bound ones
+    coalesce = True
 
     def __init__(self, wcfg: WeightQuantConfig, special: dict | None = None):
         super().__init__(wcfg, special)
@@ -144,11 +148,14 @@ class Awq(Method):
         return chosen, best_loss
 
     def _search_set(self, ctx: BlockContext):
-        """The calibration inputs the searches fit (evenly spaced, at most ``search_inputs``) and,
-        for ``search: output``, the float model's answers to them."""
-        step = max(1, len(ctx.inputs) // self.search_inputs)
-        inputs = ctx.inputs[::step][: self.search_inputs]
-        answers = ctx.float_answers[::step][: self.search_inputs] if self.output_loss else None
+        """The calibration inputs the searches fit (evenly spaced, about ``search_inputs``
+        sequences: as many batches of replayed-together sequences) and, for ``search: output``,
+        the float model's answers to them."""
+        per = sum(bi.hidden.shape[0] for bi in ctx.inputs) / max(1, len(ctx.inputs))  # sequences per input
+        k = max(1, round(self.search_inputs / per))
+        step = max(1, len(ctx.inputs) // k)
+        inputs = ctx.inputs[::step][:k]
+        answers = ctx.float_answers[::step][:k] if self.output_loss else None
         return inputs, answers
 
     def quantize_subset(self, ctx, subset, stats: dict[str, LayerStats], state) -> None:
@@ -188,6 +195,7 @@ class Awq(Method):
 class Gptq(Method):
     name = "GPTQ"
     coalesce = True
+    sample_rows = 1024  # only the per-layer error reads them: the Hessian streams every row
 
     def stream(self, layers):
         state = {n: GPTQ(m) for n, m in layers.items()}
@@ -198,14 +206,20 @@ class Gptq(Method):
         return on_batch, state
 
     def quantize_subset(self, ctx, subset, stats, state) -> None:
-        for n, g in state.items():
-            res = g.quantize_(self.wcfg, blocksize=int(self.special.get("blocksize", 128)),
-                        percdamp=float(self.special.get("percdamp", 0.01)),
-                        actorder=bool(self.special.get("actorder", False)),
-                        static_groups=bool(self.special.get("static_groups", False)))
-            self.record(subset.layers[n], res["scale"], res["zero"])
-            # GPTQ's own objective, summed over the layer (the events carry it per layer)
-            self.losses[(ctx.index, n)] = res["error"]
+        # layers that read one tensor (q/k/v) share its Hessian, factored once (collect_inputs
+        # streamed it under the first one's name only)
+        groups: dict[str, dict] = {}
+        for n, layer in subset.layers.items():
+            groups.setdefault(stats[n].same_as or n, {})[n] = layer
+        for lead, layers in groups.items():
+            results = state[lead].quantize_layers_(
+                layers, self.wcfg, blocksize=int(self.special.get("blocksize", 128)),
+                percdamp=float(self.special.get("percdamp", 0.01)), actorder=bool(self.special.get("actorder", False)),
+                static_groups=bool(self.special.get("static_groups", False)))
+            for n, res in results.items():
+                self.record(layers[n], res["scale"], res["zero"])
+                # GPTQ's own objective, summed over the layer (the events carry it per layer)
+                self.losses[(ctx.index, n)] = res["error"]
 
     @property
     def losses(self) -> dict[tuple[int, str], float]:

@@ -216,3 +216,19 @@ class IntQuantizer:
         """
         scale, zero = self.params(w, clip)
         return self.fake_with(w, scale, zero).to(w.dtype)
+
+
+class tf32:
+    """Allow TF32 matrix products inside the block (when ``on``), restoring the setting after."""
+
+    def __init__(self, on: bool):
+        self.on, self.old = on, None
+
+    def __enter__(self):
+        if self.on:
+            self.old = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = True
+
+    def __exit__(self, *exc):
+        if self.on:
+            torch.backends.cuda.matmul.allow_tf32 = self.old

@@ -69,8 +69,8 @@ def act_absmax(block: nn.Module, inputs, layers: dict[str, nn.Linear], device) -
         acc[name] = m if name not in acc else torch.maximum(acc[name], m)
 
     # rows are only streamed to on_batch; keep the sampled copies collect_inputs makes tiny
-    collect_inputs(block, inputs, layers, device, max_rows=max(1, len(inputs)), on_batch=on_batch)
-    return acc
+    stats = collect_inputs(block, inputs, layers, device, max_rows=max(1, len(inputs)), on_batch=on_batch)
+    return {n: acc[st.same_as or n] for n, st in stats.items()}
 
 
 class SmoothQuant(Method):
