@@ -39,6 +39,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "wizard" / "demo" / "assets"
 CODE = ASSETS / "tiny-vila-code"
+sys.path.insert(0, str(ROOT))
 
 SHAPES = {
     "3b": {
