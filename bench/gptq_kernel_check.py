@@ -1,7 +1,7 @@
 """GPTQ's one-launch Triton kernel against the reference column loop, layer by layer.
 
-Runs GPTQ on small random layers in five settings (static groups with act-order, dynamic groups,
-dynamic groups with act-order, per-channel, static asymmetric) and writes the quantized weights,
+Runs GPTQ on small random layers in eight settings (static groups with act-order, dynamic groups,
+dynamic groups with act-order, per-channel, static asymmetric; three with ``calib_algo: mse``) and writes the quantized weights,
 losses and scales as JSON. Run it twice — ``LLMC_GPTQ_KERNEL=0`` (the reference loop) and the
 default (the kernel; on a CPU with ``TRITON_INTERPRET=1``) — and compare with ``--compare A B``.
 Usage: ``python bench/gptq_kernel_check.py OUT.json [--device cuda] [--size 192x40]``.
@@ -22,6 +22,11 @@ SETTINGS = [
     ("dyn-act-asym", dict(actorder=True), dict(bit=3, symmetric=False, group_size=32)),
     ("channel-sym", dict(), dict(bit=4, symmetric=True, granularity="per_channel")),
     ("static-asym", dict(static_groups=True), dict(bit=4, symmetric=False, group_size=32)),
+    # calib_algo: mse (the range search runs as its own kernel, or in torch for the loop)
+    ("dyn-act-sym-mse", dict(actorder=True), dict(bit=4, symmetric=True, group_size=32, calib_algo="mse")),
+    ("static-act-asym-mse", dict(actorder=True, static_groups=True),
+     dict(bit=4, symmetric=False, group_size=32, calib_algo="mse")),
+    ("channel-asym-mse", dict(), dict(bit=4, symmetric=False, granularity="per_channel", calib_algo="mse")),
 ]
 
 

@@ -157,6 +157,22 @@ def test_gptq_defaults_and_case_insensitive_method(raw):
                                             blocksize=128, true_sequential=True)
 
 
+def test_calib_algo_mse_for_gptq_and_rtn_and_refused_for_awq_in_one_line(raw):
+    from llmc.quant.methods import weight_config
+
+    assert raw["quant"]["method"] == "Awq"
+    raw["quant"]["weight"]["calib_algo"] = "mse"
+    msg = error_of(raw)
+    assert msg.startswith("quant.weight.calib_algo:") and "weight_clip" in msg and "minmax" in msg
+    for method in ("gptq", "rtn"):
+        raw["quant"]["method"] = method
+        raw["quant"]["special"] = {}
+        cfg = load_config(raw)
+        assert weight_config(cfg.quant).calib_algo == "mse"
+    raw["quant"]["weight"]["calib_algo"] = "mean"
+    assert "choose from minmax, mse" in error_of(raw)
+
+
 def test_awq_clip_sym_defaults_to_weight_symmetric(raw):
     del raw["quant"]["special"]["clip_sym"]
     raw["quant"]["weight"]["symmetric"] = True

@@ -505,3 +505,63 @@ def test_fold_rejects_unfoldable_ops():
         apply_scales_(nn.LayerNorm(IN, elementwise_affine=False), [fc], torch.ones(IN))
     with pytest.raises(ValueError, match="outputs"):
         apply_scales_(linear(weight(128, 64)), [fc], torch.ones(IN))
+
+
+# --- calib_algo: mse ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_the_mse_search_picks_each_groups_best_factor_and_lowers_the_rounding_error(symmetric):
+    from llmc.quant.quantizer import MSE_NORM, mse_factors
+
+    torch.manual_seed(0)
+    w = torch.randn(24, 96) * 0.02
+    w[5] = 0.0  # an all-zero row keeps factor 1 (every factor ties)
+    q = IntQuantizer(WeightQuantConfig(bit=4, symmetric=symmetric, group_size=32, calib_algo="mse"))
+    clip = q.search_clip(w)
+    assert clip.shape == (24, 3) and torch.all(clip[5] == 1.0)
+    # brute force: every factor's error on every group; the pick is the first least one
+    errs = torch.stack([
+        (q.fake(w, torch.full((24, 3), float(p))).float() - w).reshape(24, 3, 32).abs().pow(MSE_NORM).sum(-1)
+        for p in mse_factors()])
+    first_best = mse_factors()[errs.argmin(0)]
+    assert torch.equal(clip, first_best)
+    assert (clip < 1).float().mean() > 0.5  # Gaussian groups mostly gain from a narrower range
+    e_minmax = (q.fake(w) - w).pow(2).sum()
+    e_mse = (q.fake(w, clip) - w).pow(2).sum()
+    assert e_mse < 0.95 * e_minmax
+
+
+def test_rtn_with_mse_lowers_the_output_error_and_needs_no_data():
+    calib_x = correlated_inputs()
+    base = linear(weight(seed=1))
+    errs = {}
+    for algo in ("minmax", "mse"):
+        lin = nn.Linear(IN, OUT, bias=False)
+        lin.weight.data.copy_(base.weight.data)
+        scale, zero = rtn_(lin, WeightQuantConfig(bit=4, symmetric=True, group_size=64, calib_algo=algo))
+        # the recorded parameters reproduce the weight (exports read them)
+        back = IntQuantizer(WeightQuantConfig(bit=4, symmetric=True, group_size=64)).fake_with(
+            base.weight.data, scale, zero)
+        assert torch.equal(back, lin.weight.data)
+        errs[algo] = (calib_x @ (lin.weight - base.weight).T).pow(2).sum().item()
+    assert errs["mse"] < 0.95 * errs["minmax"]
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(actorder=True), dict(actorder=True, static_groups=True)],
+                         ids=["dynamic", "dynamic-actorder", "static-actorder"])
+def test_gptq_with_mse_has_a_lower_loss_than_with_minmax(kw):
+    calib_x = correlated_inputs()
+    base = linear(weight(seed=2))
+    loss = {}
+    for algo in ("minmax", "mse"):
+        lin = nn.Linear(IN, OUT, bias=False)
+        lin.weight.data.copy_(base.weight.data)
+        g = GPTQ(lin)
+        g.add_batch(calib_x)
+        res = g.quantize_(WeightQuantConfig(bit=4, symmetric=False, group_size=64, calib_algo=algo), **kw)
+        loss[algo] = (calib_x @ (lin.weight - base.weight).T).pow(2).sum().item()
+        if res["scale"] is not None:  # the recorded layout reproduces the weight
+            back = IntQuantizer(WeightQuantConfig(bit=4, symmetric=False, group_size=64)).fake_with(
+                lin.weight.data, res["scale"], res["zero"])
+            assert torch.allclose(back, lin.weight.data, atol=1e-6)
+    assert loss["mse"] < 0.985 * loss["minmax"], loss

@@ -59,6 +59,10 @@ class Config(_Section):
                         raise _KeyedError("a checkpoint cannot hold the online Hadamard before down_proj "
                                           "(quant.special.online_rotate); set it to false or remove "
                                           "quant.special.online_rotate", key=("save", k))
+        if isinstance(special, AwqSpecial) and self.quant.weight.calib_algo == "mse":
+            raise _KeyedError("AWQ searches each group's clip on the layer's outputs (quant.special.weight_clip); "
+                              "mse applies to RTN, GPTQ, SmoothQuant and Quarot: set calib_algo: minmax or remove it",
+                              key=("quant", "weight", "calib_algo"))
         if isinstance(special, AwqSpecial) and special.search == "output":
             from llmc.quant.blockwise import OUTPUT_NO_OFFLOAD
             from llmc.quant.methods import OUTPUT_NEEDS_LAST, default_loss_tokens

@@ -32,7 +32,9 @@ class WeightConfig(_Section):
     symmetric: Bool = False
     granularity: Literal["per_channel", "per_group"] = "per_group"
     group_size: Int | None = Field(None, description="required for per_group")
-    calib_algo: Literal["minmax"] = "minmax"
+    calib_algo: Literal["minmax", "mse"] = Field(
+        "minmax", description="each group's range: minmax (as it is) or mse (shrunk by the factor that minimises "
+        "the group's rounding error; searched on the weights, no data needed)")
 
     _bit_range = _bit_field(WEIGHT_BITS)
 

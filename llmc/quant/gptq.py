@@ -32,13 +32,15 @@ def _columns(quantizer: IntQuantizer, W1: Tensor, Hinv1: Tensor, Q1: Tensor, Err
     """Quantize the columns of one lazy block in place: ``W1`` (out, n) is updated column by
     column, ``Q1`` gets the quantized columns and ``Err1`` the scaled errors. Per-column parameters
     come from ``s_cols``/``z_cols`` (out, n), or with ``gs`` (dynamic groups) are computed at each
-    group's first column from the current weights, into ``gsc``/``gzc`` (out, n // gs)."""
+    group's first column from the current weights (``calib_algo: mse``: their range shrunk by the
+    searched factor), into ``gsc``/``gzc`` (out, n // gs)."""
     qmin, qmax = quantizer.qrange()
     s = z = None
     for i in range(W1.shape[1]):
         if gs:
             if i % gs == 0:  # blocks are multiples of gs: the whole group lies in W1 and is current
-                scale, zero = quantizer.row_params(W1[:, i : i + gs])
+                group = W1[:, i : i + gs]
+                scale, zero = quantizer.row_params(group, quantizer.clip_for(group, 1))
                 s, z = scale[:, 0], zero[:, 0]
                 gsc[:, i // gs], gzc[:, i // gs] = s, z
         else:
@@ -62,7 +64,7 @@ def _block(quantizer: IntQuantizer, W1: Tensor, Hinv1: Tensor, s_cols, z_cols, g
     out, n = W1.shape
     if W1.is_cuda and os.environ.get("LLMC_GPTQ_GRAPHS", "1") != "0":
         cfg = quantizer.cfg
-        key = (out, n, gs, W1.device, cfg.bit, cfg.symmetric)
+        key = (out, n, gs, W1.device, cfg.bit, cfg.symmetric, cfg.calib_algo)
         if key not in _GRAPHS:
             _GRAPHS[key] = _capture(quantizer, out, n, gs, W1.device)
         graph, bufs = _GRAPHS[key]
@@ -291,10 +293,12 @@ class GPTQ:
         W = weight.data.to(torch.float32, copy=True)
         W.masked_fill_(dead[None, :], 0.0)
 
+        # calib_algo: mse shrinks each group's range by its searched factor (dynamic groups: searched
+        # on the group's current weights when the loop reaches it)
         if static_groups:
-            static_scale, static_zero = quantizer.params(W)  # (out, n_groups), original order
+            static_scale, static_zero = quantizer.params(W, quantizer.clip_for(W))  # (out, n_groups), original order
         elif not per_group:
-            row_scale, row_zero = quantizer.row_params(W)  # (out, 1)
+            row_scale, row_zero = quantizer.row_params(W, quantizer.clip_for(W))  # (out, 1)
         if perm is not None:
             W = W[:, perm]
 
@@ -345,7 +349,8 @@ class GPTQ:
             scale = torch.zeros(W.shape[0], self.columns // gs, device=W.device)
             zero, gidx = torch.zeros_like(scale), None
         Q, losses = gptq_kernel.gptq_rows(W, Hinv, scale.float().contiguous(), zero.float().contiguous(), gidx, gs,
-                                          qmin, qmax, quantizer.cfg.symmetric, MIN_SCALE, blocksize)
+                                          qmin, qmax, quantizer.cfg.symmetric, MIN_SCALE, blocksize,
+                                          mse=quantizer.cfg.calib_algo == "mse")
         if g_scale is not None:  # dynamic groups without act-order: the export's layout
             g_scale.copy_(scale)
             g_zero.copy_(zero)

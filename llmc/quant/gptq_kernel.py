@@ -24,6 +24,8 @@ import os
 import torch
 from torch import Tensor
 
+from llmc.quant.quantizer import MSE_NORM, mse_factors
+
 try:  # Triton ships with CUDA builds of torch; without it the reference loop runs
     import triton
     import triton.language as tl
@@ -53,8 +55,41 @@ if triton is not None:
         return tl.where(tie & odd, f - 1.0, f)
 
     @triton.jit
-    def _gptq_rows(W, U, Q, S, Z, GIDX, LOSS, n_rows, n_cols, qmin, qmax, min_scale, GS, N_GROUPS,
-                   BLOCK_R: tl.constexpr, BC: tl.constexpr, DYNAMIC: tl.constexpr, SYMMETRIC: tl.constexpr):
+    def _params(hi, lo, qmin, qmax, min_scale, SYMMETRIC: tl.constexpr):
+        """(scale, zero) of ranges ``[lo, hi]``: :func:`llmc.quant.quantizer.range_params`."""
+        if SYMMETRIC:
+            s = tl.maximum(tl.div_rn(tl.maximum(tl.abs(hi), tl.abs(lo)), (qmax - qmin) / 2.0), min_scale)
+            z = s * 0.0
+        else:
+            hi = tl.maximum(hi, 0.0)
+            lo = tl.minimum(lo, 0.0)
+            s = tl.maximum(tl.div_rn(hi - lo, qmax - qmin), min_scale)
+            z = tl.minimum(tl.maximum(_rint(tl.div_rn(-lo, s)), qmin), qmax)
+        return s, z
+
+    @triton.jit
+    def _best_factor(x, m, vmax, vmin, F, n_f, qmin, qmax, min_scale, norm, ROWS: tl.constexpr,
+                     SYMMETRIC: tl.constexpr):
+        """Per row of ``x`` (masked by ``m``): the first factor of ``F`` whose range gives the least
+        ``sum |x - q(x)|^norm`` (the search of :meth:`IntQuantizer.search_clip`)."""
+        best = tl.full((ROWS,), float("inf"), tl.float32)
+        clip = tl.full((ROWS,), 1.0, tl.float32)
+        for k in range(0, n_f):
+            p = tl.load(F + k)
+            s, z = _params(vmax * p, vmin * p, qmin, qmax, min_scale, SYMMETRIC)
+            q = (tl.minimum(tl.maximum(_rint(tl.div_rn(x, s[:, None])) + z[:, None], qmin), qmax) - z[:, None]) \
+                * s[:, None]
+            d = tl.abs(q - x)
+            err = tl.sum(tl.where(m & (d > 0.0), tl.exp2(norm * tl.log2(d)), 0.0), axis=1)
+            better = err < best
+            best = tl.where(better, err, best)
+            clip = tl.where(better, p, clip)
+        return clip
+
+    @triton.jit
+    def _gptq_rows(W, U, Q, S, Z, GIDX, F, LOSS, n_rows, n_cols, qmin, qmax, min_scale, GS, N_GROUPS, n_f, norm,
+                   BLOCK_R: tl.constexpr, BC: tl.constexpr, DYNAMIC: tl.constexpr, SYMMETRIC: tl.constexpr,
+                   MSE: tl.constexpr):
         pid = tl.program_id(0)
         rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
         rmask = rows < n_rows
@@ -90,15 +125,12 @@ if triton is not None:
                             g = (cols >= i) & (cols < i + GS)
                             vmax = tl.max(tl.where(g[None, :], w1, float("-inf")), axis=1)
                             vmin = tl.min(tl.where(g[None, :], w1, float("inf")), axis=1)
-                            if SYMMETRIC:
-                                s = tl.maximum(tl.div_rn(tl.maximum(tl.abs(vmax), tl.abs(vmin)), (qmax - qmin) / 2.0),
-                                               min_scale)
-                                z = tl.zeros((BLOCK_R,), dtype=tl.float32)
-                            else:
-                                vmax = tl.maximum(vmax, 0.0)
-                                vmin = tl.minimum(vmin, 0.0)
-                                s = tl.maximum(tl.div_rn(vmax - vmin, qmax - qmin), min_scale)
-                                z = tl.minimum(tl.maximum(_rint(tl.div_rn(-vmin, s)), qmin), qmax)
+                            if MSE:  # the range factor with the least |w - q|^norm on the group as it is now
+                                f = _best_factor(w1, g, vmax, vmin, F, n_f, qmin, qmax, min_scale, norm, BLOCK_R,
+                                                 SYMMETRIC)
+                                vmax = vmax * f
+                                vmin = vmin * f
+                            s, z = _params(vmax, vmin, qmin, qmax, min_scale, SYMMETRIC)
                             tl.store(S + rows * N_GROUPS + c // GS, s, mask=rmask)
                             tl.store(Z + rows * N_GROUPS + c // GS, z, mask=rmask)
                     else:
@@ -138,12 +170,13 @@ if triton is not None:
 
 def gptq_rows(W: Tensor, U: Tensor, scale: Tensor, zero: Tensor, gidx: Tensor | None, group_size: int,
               qmin: int, qmax: int, symmetric: bool, min_scale: float, blocksize: int = 128,
-              block_r: int | None = None, num_warps: int | None = None) -> tuple[Tensor, Tensor]:
+              block_r: int | None = None, num_warps: int | None = None, mse: bool = False) -> tuple[Tensor, Tensor]:
     """Quantize ``W`` (out, n) float32 against ``U`` (n, n) float32 in one launch; returns
     ``(Q, per-row loss)``. ``W`` is used as scratch (its columns are updated in place).
 
     ``gidx`` (n,) int32: each column's group in ``scale``/``zero`` (out, G); ``None``: dynamic
-    groups of ``group_size`` columns, their parameters written into ``scale``/``zero``.
+    groups of ``group_size`` columns, their parameters written into ``scale``/``zero`` (``mse``: from
+    the range shrunk by the factor the MSE search picks on the group's current weights).
     ``block_r`` rows per program and ``num_warps`` tune the launch, not the result."""
     out, n = W.shape
     if blocksize not in (16, 32, 64, 128):
@@ -155,9 +188,10 @@ def gptq_rows(W: Tensor, U: Tensor, scale: Tensor, zero: Tensor, gidx: Tensor | 
     Q = torch.empty_like(W)
     loss = torch.empty(out, dtype=torch.float32, device=W.device)
     dummy = torch.zeros(1, dtype=torch.int32, device=W.device)
+    factors = mse_factors(W.device)
     _gptq_rows[(triton.cdiv(out, block_r),)](
-        W, U, Q, scale, zero, gidx if gidx is not None else dummy, loss, out, n, float(qmin), float(qmax),
-        float(min_scale), group_size if gidx is None else 1, scale.shape[1], BLOCK_R=block_r, BC=blocksize,
-        DYNAMIC=gidx is None, SYMMETRIC=symmetric,
+        W, U, Q, scale, zero, gidx if gidx is not None else dummy, factors, loss, out, n, float(qmin), float(qmax),
+        float(min_scale), group_size if gidx is None else 1, scale.shape[1], factors.numel(), float(MSE_NORM),
+        BLOCK_R=block_r, BC=blocksize, DYNAMIC=gidx is None, SYMMETRIC=symmetric, MSE=mse and gidx is None,
         num_warps=num_warps or NUM_WARPS)
     return Q, loss

@@ -278,7 +278,8 @@ METHODS = {"RTN": RTN, "Awq": Awq, "GPTQ": Gptq, "SmoothQuant": SmoothQuant, "Qu
 
 def weight_config(qcfg) -> WeightQuantConfig:
     w = qcfg.weight
-    return WeightQuantConfig(bit=w.bit, symmetric=w.symmetric, granularity=w.granularity, group_size=w.group_size)
+    return WeightQuantConfig(bit=w.bit, symmetric=w.symmetric, granularity=w.granularity, group_size=w.group_size,
+                             calib_algo=getattr(w, "calib_algo", "minmax"))
 
 
 #: AWQ ``search: auto`` picks the answer-level search up to this depth: its cost grows with the

@@ -14,6 +14,12 @@ clamped to the grid, so ``+absmax`` rounds to ``qmax`` and ``-absmax`` to ``qmin
 within half a step. Checkpoints exported from these parameters dequantize exactly like the ones
 llm-compressor writes for the same weights.
 
+Parameters come from each group's range as it is (``calib_algo: minmax``) or from the range shrunk
+by the factor, per group, that minimises the group's rounding error (``calib_algo: mse``;
+:meth:`IntQuantizer.search_clip`: ``sum |w - q(w)|^2.4`` over the factors ``1, 0.99, ..., 0.21``,
+as GPTQ's reference code and llm-compressor's MSE observer search). The search reads the weights
+only, so it needs no calibration data.
+
 Every computation runs in float32; :meth:`IntQuantizer.fake` returns the input's dtype.
 """
 
@@ -28,6 +34,11 @@ GRANULARITIES = ("per_channel", "per_group")
 MIN_BIT, MAX_BIT = 2, 8
 # Smallest scale a group may get (an all-zero group would otherwise divide by zero).
 MIN_SCALE = 1e-8
+# The MSE range search: shrink factors 1 - i / MSE_GRID for i < MSE_MAXSHRINK * MSE_GRID, error norm.
+MSE_GRID, MSE_MAXSHRINK, MSE_NORM = 100, 0.8, 2.4
+CALIB_ALGOS = ("minmax", "mse")
+# Elements of a weight the torch MSE search handles at once (its temporaries are this large).
+_MSE_CHUNK = 1 << 22
 # Group sizes worth suggesting when a configured one does not fit a layer.
 _COMMON_GROUP_SIZES = (32, 64, 128, 256)
 
@@ -41,12 +52,15 @@ class WeightQuantConfig:
         symmetric: signed grid with zero point 0 (else unsigned grid with a zero point).
         granularity: ``"per_channel"`` or ``"per_group"``.
         group_size: input columns per group (per_group only; ignored for per_channel).
+        calib_algo: ``"minmax"`` (each group's range) or ``"mse"`` (the range shrunk to minimise
+            the group's rounding error, see :meth:`IntQuantizer.search_clip`).
     """
 
     bit: int = 4
     symmetric: bool = False
     granularity: str = "per_group"
     group_size: int | None = 128
+    calib_algo: str = "minmax"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -55,6 +69,8 @@ class WeightQuantConfig:
         """Raise ``ValueError`` for a bit width, granularity or group size that cannot work."""
         if isinstance(self.bit, bool) or not isinstance(self.bit, int) or not MIN_BIT <= self.bit <= MAX_BIT:
             raise ValueError(f"bit must be an integer in {MIN_BIT}..{MAX_BIT}, got {self.bit!r}")
+        if self.calib_algo not in CALIB_ALGOS:
+            raise ValueError(f"calib_algo must be one of {', '.join(CALIB_ALGOS)}, got {self.calib_algo!r}")
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}")
         if self.granularity == "per_group":
@@ -128,6 +144,19 @@ def range_params(vmax: Tensor, vmin: Tensor, qmin: int, qmax: int, symmetric: bo
     return scale, torch.round(-vmin / scale).clamp(qmin, qmax)
 
 
+_FACTORS: dict[str, Tensor] = {}
+
+
+def mse_factors(device=None) -> Tensor:
+    """The shrink factors the MSE search tries, in order (float32): ``1 - i / MSE_GRID``. Kept per
+    device (a CUDA graph capture may read them, never copy them in)."""
+    key = str(torch.device(device) if device is not None else "cpu")
+    if key not in _FACTORS:
+        n = int(MSE_MAXSHRINK * MSE_GRID)
+        _FACTORS[key] = torch.tensor([1 - i / MSE_GRID for i in range(n)], dtype=torch.float32, device=device)
+    return _FACTORS[key]
+
+
 class IntQuantizer:
     """Quantize / dequantize 2-D weights according to a :class:`WeightQuantConfig`."""
 
@@ -174,13 +203,55 @@ class IntQuantizer:
             wmax, wmin = wmax * clip, wmin * clip
         return self.params_from_range(wmax, wmin)
 
-    def row_params(self, w: Tensor) -> tuple[Tensor, Tensor]:
-        """One (scale, zero) per row over *all* columns of ``w``: shapes (out, 1).
+    def row_params(self, w: Tensor, clip: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """One (scale, zero) per row over *all* columns of ``w``: shapes (out, 1); ``clip``
+        (out, 1) shrinks each row's range first.
 
         Used by GPTQ to compute a group's parameters from the group's columns alone.
         """
         w = w.float()
-        return self.params_from_range(w.amax(dim=1, keepdim=True), w.amin(dim=1, keepdim=True))
+        wmax, wmin = w.amax(dim=1, keepdim=True), w.amin(dim=1, keepdim=True)
+        if clip is not None:
+            wmax, wmin = wmax * clip, wmin * clip
+        return self.params_from_range(wmax, wmin)
+
+    def clip_for(self, w: Tensor, groups: int | None = None) -> Tensor | None:
+        """The range factors ``calib_algo`` asks for: ``None`` (minmax) or :meth:`search_clip`."""
+        return self.search_clip(w, groups) if self.cfg.calib_algo == "mse" else None
+
+    @torch.no_grad()
+    def search_clip(self, w: Tensor, groups: int | None = None) -> Tensor:
+        """Per-(row, group) factor in (0, 1] that minimises ``sum |w - q(w)|^MSE_NORM`` over the
+        group when its range (max and min, or absmax) is multiplied by it; shape (out, G).
+
+        ``groups`` splits each row into that many runs of columns (default: the config's groups).
+        Ties keep the larger factor. On a GPU one Triton kernel reads the weight once; elsewhere
+        the same search runs in torch, a slice of rows at a time."""
+        from llmc.quant import mse_kernel
+
+        out, n = w.shape
+        groups = groups or (n // self.cfg.group_width(n))
+        wg = w.float().reshape(out, groups, n // groups)
+        qmin, qmax = self.qrange()
+        factors = mse_factors(w.device)
+        if mse_kernel.fits(wg):
+            return mse_kernel.mse_clip(wg, factors, qmin, qmax, self.cfg.symmetric, MIN_SCALE, MSE_NORM)
+        best_clip = torch.ones(out, groups, device=w.device)
+        rows = max(1, _MSE_CHUNK // n)
+        for r0 in range(0, out, rows):
+            g = wg[r0:r0 + rows]
+            vmax, vmin = g.amax(-1), g.amin(-1)
+            best = torch.full(vmax.shape, float("inf"), device=w.device)
+            clip = best_clip[r0:r0 + rows]
+            for p in factors:
+                scale, zero = range_params(vmax * p, vmin * p, qmin, qmax, self.cfg.symmetric, MIN_SCALE)
+                s, z = scale.unsqueeze(-1), zero.unsqueeze(-1)
+                q = (torch.clamp(torch.round(g / s) + z, qmin, qmax) - z) * s
+                err = (q - g).abs_().pow_(MSE_NORM).sum(-1)
+                better = err < best
+                best = torch.where(better, err, best)
+                clip[better] = p
+        return best_clip
 
     # ------------------------------------------------------ (de)quantization
     @staticmethod
