@@ -178,3 +178,47 @@ def test_awq_searches_on_about_64_sequences_whether_or_not_they_were_joined():
 class _Passthrough(torch.nn.Module):
     def forward(self, hidden, *args, **kwargs):
         return hidden
+
+
+@pytest.mark.parametrize("true_sequential", [False, True])
+def test_gptq_true_sequential_decides_where_each_hessian_comes_from(tmp_path, true_sequential):
+    """true_sequential: false takes every layer's Hessian from the float block (one pass), so each
+    of block 0's layers equals GPTQ on its float inputs alone; true (the default) collects o_proj's
+    and down_proj's inputs after the layers before them were quantized, and they differ."""
+    from llmc.models.llama import Llama
+    from llmc.quant.blockwise import quantize_blockwise
+    from llmc.quant.gptq import GPTQ
+    from llmc.quant.methods import Gptq
+    from llmc.quant.quantizer import WeightQuantConfig
+
+    path = _tiny_lm("Llama", tmp_path / "m")
+    wcfg = WeightQuantConfig(bit=3, group_size=32)
+    ref = Llama(path, "float32", "cpu")
+    vocab = ref.mm_model.config.vocab_size
+    ids = torch.randint(0, vocab, (4, 48), generator=torch.Generator().manual_seed(0))
+    block = ref.get_blocks()[0]
+    linears = {n: m for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)}
+    seen = {n: [] for n in linears}
+    hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: seen[n].append(a[0].detach().clone()))
+             for n, m in linears.items()]
+    with torch.no_grad():
+        for i in range(4):
+            ref.mm_model(input_ids=ids[i:i + 1])
+    for h in hooks:
+        h.remove()
+    expected = {}
+    for n, m in linears.items():
+        g = GPTQ(m, n)
+        for x in seen[n]:
+            g.add_batch(x)
+        g.quantize_(wcfg)
+        expected[n] = m.weight.detach().clone()
+
+    q = Llama(path, "float32", "cpu")
+    quantize_blockwise(q, Gptq(wcfg, {"true_sequential": true_sequential}), [{"input_ids": ids[i:i + 1]} for i in range(4)])
+    got = {n: m.weight.detach() for n, m in q.get_blocks()[0].named_modules() if isinstance(m, torch.nn.Linear)}
+    same = {n: float(torch.isclose(got[n], expected[n], atol=1e-6).float().mean()) for n in linears}
+    for n in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+        assert same[n] > 0.999, (n, same)
+    for n in ("self_attn.o_proj", "mlp.down_proj"):
+        assert (same[n] > 0.999) is not true_sequential, (n, same)

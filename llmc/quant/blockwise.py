@@ -213,6 +213,9 @@ class Method:
     #: whether equal-length calibration sequences may be replayed together (methods whose cost
     #: grows with the inputs per search step, such as AWQ's, keep one per forward)
     coalesce = False
+    #: whether each subset's inputs are collected after the subsets before it were quantized
+    #: (``False``: every subset's from the block as it is, in one pass)
+    true_sequential = True
 
     def __init__(self, wcfg: WeightQuantConfig, special: dict | None = None):
         self.wcfg = wcfg
@@ -363,15 +366,25 @@ def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], 
         if stash:
             stash(i, block)
         errors: dict[str, torch.Tensor] = {}
+        one_pass = None
+        if not method.true_sequential:  # every subset's inputs from the block as it is, in one pass
+            merged = {n: m for sub in ctx.subsets for n, m in sub.layers.items()}
+            on_batch, state = method.stream(merged)
+            one_pass = (collect_inputs(block, inputs, merged, device, max_rows=method.sample_rows, on_batch=on_batch,
+                                       seed=i, last_only=method.clip_tokens == "last"), state)
         for subset in ctx.subsets:
-            on_batch, state = method.stream(subset.layers)
-            stats = collect_inputs(block, inputs, subset.layers, device, max_rows=method.sample_rows,
-                                   on_batch=on_batch, seed=i, last_only=method.clip_tokens == "last")
+            if one_pass is None:
+                on_batch, state = method.stream(subset.layers)
+                stats = collect_inputs(block, inputs, subset.layers, device, max_rows=method.sample_rows,
+                                       on_batch=on_batch, seed=i, last_only=method.clip_tokens == "last")
+            else:
+                stats, state = one_pass
             before = {n: m.weight.detach().clone() for n, m in subset.layers.items()}
             method.quantize_subset(ctx, subset, stats, state)
             for n, m in subset.layers.items():
                 errors[n] = relative_error(stats[n].x, before[n], m.weight.detach())
             del stats, before, state  # the rows and weight copies: freed before the next subset's
+        del one_pass
         block_error, last_error = _advance(block, inputs, fp_out, device, i + 1 if i + 1 < len(blocks) else None,
                                            quant_out)
         rep = BlockReport(i, time.time() - t0, block_error, _floats(errors), last_error)

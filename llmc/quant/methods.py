@@ -197,6 +197,10 @@ class Gptq(Method):
     coalesce = True
     sample_rows = 1024  # only the per-layer error reads them: the Hessian streams every row
 
+    def __init__(self, wcfg: WeightQuantConfig, special: dict | None = None):
+        super().__init__(wcfg, special)
+        self.true_sequential = bool(self.special.get("true_sequential", True))
+
     def stream(self, layers):
         state = {n: GPTQ(m) for n, m in layers.items()}
 
