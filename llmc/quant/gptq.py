@@ -106,6 +106,23 @@ def _capture(quantizer: IntQuantizer, out: int, n: int, gs: int, device):
     return graph, bufs
 
 
+#: elements of each piece :func:`_reverse_` swaps at a time
+_REVERSE_CHUNK = 1 << 22
+
+
+def _reverse_(t: Tensor) -> None:
+    """Reverse the flat storage of contiguous ``t`` in place (for a square matrix: ``J t J``),
+    a piece at a time from both ends (two pieces of temporary memory)."""
+    flat = t.view(-1)
+    n = flat.numel()
+    for a in range(0, n // 2, _REVERSE_CHUNK):
+        c = min(_REVERSE_CHUNK, n // 2 - a)
+        head, tail = flat[a:a + c], flat[n - a - c:n - a]
+        keep = head.flip(0)
+        head.copy_(tail.flip(0))
+        tail.copy_(keep)
+
+
 _FP32_OUT: dict[torch.dtype, bool] = {}
 
 
@@ -180,28 +197,36 @@ class GPTQ:
         self.H = None
 
     @staticmethod
-    def _inverse_cholesky(H: Tensor | list[Tensor], damp: float) -> tuple[Tensor, float]:
-        """Upper Cholesky factor of ``(H + damp I)^-1``; grows ``damp`` if ``H`` is not PD. ``H``
-        is damped in place; given as a one-element list it is taken out of it, so it is freed as
-        soon as it has been factored (an ``n x n`` matrix less at the peak)."""
+    def _inverse_cholesky(H: Tensor | list[Tensor], damp: float, order: Tensor | None = None) -> tuple[Tensor, float]:
+        """Upper Cholesky factor ``U`` of ``(H + damp I)^-1`` (rows and columns of ``H`` taken in
+        ``order`` first, when given); grows ``damp`` if ``H`` is not positive definite. ``H`` is
+        damped in place; given as a one-element list it is taken out of it and freed once factored.
+
+        With ``J`` the reversal, ``U = J L^-1 J`` for ``L`` the lower Cholesky factor of ``J H J``:
+        one factorization and one triangular solve into an identity (no explicit inverse, half the
+        work), then the solve's storage reversed in place, so at most two ``n x n`` matrices exist
+        at a time (``H`` and ``L``, then ``L`` and ``U``)."""
         if isinstance(H, list):
             H = H.pop()
+        n = H.shape[0]
+        rev = torch.arange(n - 1, -1, -1, device=H.device)
+        rev = order.flip(0) if order is not None else rev
+        H = H.index_select(0, rev)  # each step frees the matrix before it
+        H = H.index_select(1, rev)
         diag, added = H.diagonal(), 0.0
         for _ in range(_MAX_DAMP_RETRIES + 1):
             diag.add_(damp - added)
             added = damp
             L, info = torch.linalg.cholesky_ex(H)
             if int(info) == 0:
-                H = diag = None  # two n x n matrices at a time at most from here
-                Hinv = torch.cholesky_inverse(L)
+                H = diag = None
+                E = torch.eye(n, dtype=L.dtype, device=L.device)
+                # E^T (column-major, solved in place) = L^-T, so E = L^-1 (row-major)
+                torch.linalg.solve_triangular(L.mT, E.mT, upper=True, out=E.mT)
                 del L
-                U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
-                if int(info) == 0:
-                    return U, damp
-                del U  # rare: the damping must grow; H + damp I back from its inverse
-                H = torch.linalg.inv(Hinv)
-                del Hinv
-                diag = H.diagonal()
+                _reverse_(E)  # J L^-1 J: the flat storage of a square matrix reversed
+                return E, damp
+            del L
             damp *= 10.0
         raise RuntimeError(
             f"damped Hessian is not positive definite even with damping {damp / 10:g}; "
@@ -265,15 +290,11 @@ class GPTQ:
         # Inputs that never fire: their weights cannot matter, quantize them as zero.
         dead = torch.diag(H) == 0
         H.diagonal().masked_fill_(dead, 1.0)
-        perm = None
-        if actorder:
-            perm = torch.argsort(torch.diag(H), descending=True)
-            H = H.index_select(0, perm)  # each step frees the matrix before it: two at a time at most
-            H = H.index_select(1, perm)
+        perm = torch.argsort(torch.diag(H), descending=True) if actorder else None
         damp = percdamp * torch.mean(torch.diag(H)).item()
         held = [H]
         del H
-        Hinv, damp = self._inverse_cholesky(held, damp)
+        Hinv, damp = self._inverse_cholesky(held, damp, perm)
         results = {}
         for name, layer in layers.items():
             res = self._solve(layer, cfg, Hinv, perm, dead, blocksize, static_groups)

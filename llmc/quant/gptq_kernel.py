@@ -172,7 +172,7 @@ def gptq_rows(W: Tensor, U: Tensor, scale: Tensor, zero: Tensor, gidx: Tensor | 
               qmin: int, qmax: int, symmetric: bool, min_scale: float, blocksize: int = 128,
               block_r: int | None = None, num_warps: int | None = None, mse: bool = False) -> tuple[Tensor, Tensor]:
     """Quantize ``W`` (out, n) float32 against ``U`` (n, n) float32 in one launch; returns
-    ``(Q, per-row loss)``. ``W`` is used as scratch (its columns are updated in place).
+    ``(Q, per-row loss)``. ``W`` is used as scratch and ends up holding ``Q`` (the same tensor).
 
     ``gidx`` (n,) int32: each column's group in ``scale``/``zero`` (out, G); ``None``: dynamic
     groups of ``group_size`` columns, their parameters written into ``scale``/``zero`` (``mse``: from
@@ -185,7 +185,9 @@ def gptq_rows(W: Tensor, U: Tensor, scale: Tensor, zero: Tensor, gidx: Tensor | 
         raise ValueError("dynamic groups need the block to be a multiple of the group size")
     block_r = block_r or (BLOCK_R if out > 4096 else BLOCK_R // 2)  # fewer rows: more programs for narrow layers
     W, U = W.contiguous(), U.contiguous()
-    Q = torch.empty_like(W)
+    # the quantized columns overwrite ``W``'s: a lazy block's columns are never read once its
+    # codes are written (each program owns its rows), so no second matrix of W's size is needed
+    Q = W
     loss = torch.empty(out, dtype=torch.float32, device=W.device)
     dummy = torch.zeros(1, dtype=torch.int32, device=W.device)
     factors = mse_factors(W.device)
