@@ -1,15 +1,21 @@
 """Peak GPU memory of the ways to get U (upper Cholesky factor of H^-1) from an n x n Hessian.
 
-Prints, for each variant, the peak allocated memory above the input matrix (in n x n matrices)
-and the largest difference of its U from the reference
-(cholesky -> cholesky_inverse -> cholesky upper). ``python bench/factor_memory.py [--n 8192]``
+Prints, for the plain way (cholesky -> cholesky_inverse -> cholesky upper, what GPTQ's reference
+code and llm-compressor run) and the engine's (:meth:`llmc.quant.gptq.GPTQ._inverse_cholesky`),
+the peak allocated memory above the input matrix (in n x n matrices), the time, and the largest
+difference of U from the plain way's. ``python bench/factor_memory.py [--n 8192]``
 """
 
 from __future__ import annotations
 
 import argparse
 
+import sys
+from pathlib import Path
+
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def spd(n, dev):
@@ -26,7 +32,7 @@ def reference(h):
     return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
 
 
-def plain(held):  # what the engine ran: H freed after its factor
+def plain(held):  # the reference code's way (and llm-compressor's), H freed after its factor
     h = held.pop()
     L, _ = torch.linalg.cholesky_ex(h)
     del h
@@ -36,48 +42,10 @@ def plain(held):  # what the engine ran: H freed after its factor
     return U
 
 
-def inplace(held):  # factor in place through the column-major view (H is symmetric)
-    h = held.pop()
-    m = h.mT
-    info = torch.zeros((), dtype=torch.int32, device=h.device)
-    torch.linalg.cholesky_ex(m, out=(m, info))
-    Hinv = torch.cholesky_inverse(m)
-    del m, h
-    hm = Hinv.mT
-    torch.linalg.cholesky_ex(hm, upper=True, out=(hm, info))
-    return hm
+def engine(held):  # llmc.quant.gptq: U = J L^-1 J (one factor, a triangular solve, an in-place reversal)
+    from llmc.quant.gptq import GPTQ
 
-
-def flipped(held):  # U = J chol(J H J)^-1 J: one factor and one triangular solve in place
-    h = held.pop()
-    n = h.shape[0]
-    rev = torch.arange(n - 1, -1, -1, device=h.device)
-    h = h.index_select(0, rev)
-    h = h.index_select(1, rev)
-    m = h.mT
-    info = torch.zeros((), dtype=torch.int32, device=h.device)
-    torch.linalg.cholesky_ex(m, out=(m, info))
-    b = torch.eye(n, device=h.device).mT
-    torch.linalg.solve_triangular(m, b, upper=False, out=b)
-    del m, h
-    return b.mT.flip(0, 1)  # a copy (after the peak is read: see main)
-
-
-def _flipped_raw(held, out):
-    """:func:`flipped` without its final (checking) flip: ``out["b"]`` holds chol(J H J)^-1 (column-major)."""
-    h = held.pop()
-    n = h.shape[0]
-    rev = torch.arange(n - 1, -1, -1, device=h.device)
-    h = h.index_select(0, rev)
-    h = h.index_select(1, rev)
-    m = h.mT
-    info = torch.zeros((), dtype=torch.int32, device=h.device)
-    torch.linalg.cholesky_ex(m, out=(m, info))
-    b = torch.eye(n, device=h.device).mT
-    torch.linalg.solve_triangular(m, b, upper=False, out=b)
-    del m, h
-    out["b"] = b
-    return None
+    return GPTQ._inverse_cholesky(held, 0.0)[0]
 
 
 def main():
@@ -87,10 +55,10 @@ def main():
     dev = "cuda"
     mat = n * n * 4
     ref = reference(spd(n, dev))
-    for name, fn in (("plain", plain), ("inplace", inplace), ("flipped", flipped)):  # warm-up
+    for name, fn in (("plain", plain), ("engine", engine)):  # warm-up
         fn([spd(n, dev)])
     torch.cuda.empty_cache()
-    for name, fn in (("plain", plain), ("inplace", inplace), ("flipped", flipped)):
+    for name, fn in (("plain", plain), ("engine", engine)):
         held, u = [spd(n, dev)], None
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -98,13 +66,10 @@ def main():
         import time
         try:
             t = time.perf_counter()
-            out = {}
-            u = fn(held) if name != "flipped" else _flipped_raw(held, out)
+            u = fn(held)
             torch.cuda.synchronize()
             dt = time.perf_counter() - t
             peak = (torch.cuda.max_memory_allocated() - base) / mat
-            if name == "flipped":
-                u = out["b"].mT.flip(0, 1)
             diff = float((u.triu() - ref).abs().max() / ref.abs().max())
             print(f"{name:8s} peak above H: {peak:.2f} matrices of {mat / 2**20:.0f} MiB; rel max diff {diff:.2e}; {dt * 1e3:.0f} ms")
         except Exception as e:  # noqa: BLE001 - a probe: report and go on
