@@ -250,7 +250,7 @@ class IntQuantizer:
                 err = (q - g).abs_().pow_(MSE_NORM).sum(-1)
                 better = err < best
                 best = torch.where(better, err, best)
-                clip[better] = p
+                clip.copy_(torch.where(better, p, clip))  # no masked write: no host sync (CUDA graphs)
         return best_clip
 
     # ------------------------------------------------------ (de)quantization
