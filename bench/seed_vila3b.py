@@ -17,7 +17,8 @@ scale search and weight clip) on the 128 calibration samples and evaluates MME b
 Prints each phase's seconds (from the run's ``events.jsonl``), the whole command's wall time,
 the peak GPU memory and the scores (random weights: the scores only show the path runs).
 
-    python bench/seed_vila3b.py [--shape 3b|small] [--device cuda|cpu] [--work DIR]
+    python bench/seed_vila3b.py [--shape 3b|small] [--device cuda|cpu] [--work DIR] [--layers N]
+        [--eval-images N] [--calib-samples N]
 
 ``--shape small`` builds the same layout at a size a CPU runs in minutes.
 """
@@ -61,7 +62,7 @@ SHAPES = {
 PHASES = ("load_model", "eval_pretrain", "calibration_data", "quantize", "eval_fake_quant")
 
 
-def build_model(out: Path, shape: str, device: str) -> dict:
+def build_model(out: Path, shape: str, device: str, layers: int | None = None) -> dict:
     """A random-weight VILA-layout checkpoint at ``out``; returns its parameter counts."""
     from transformers import AutoTokenizer, SiglipImageProcessor
 
@@ -70,6 +71,8 @@ def build_model(out: Path, shape: str, device: str) -> dict:
 
     base = json.loads((ASSETS / "tiny-vila" / "config.json").read_text())
     llm_cfg = {**base["llm_cfg"], **SHAPES[shape]["llm"], "dtype": "bfloat16"}
+    if layers:
+        llm_cfg["num_hidden_layers"] = layers
     vt_cfg = {**base["vision_tower_cfg"], **SHAPES[shape]["vision"], "dtype": "bfloat16"}
     config = TinyVilaConfig(llm_cfg=llm_cfg, vision_tower_cfg=vt_cfg,
                             mm_projector_cfg=base["mm_projector_cfg"],
@@ -128,6 +131,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=None, help="working folder (default: a new temporary one)")
     ap.add_argument("--eval-images", type=int, default=512)
     ap.add_argument("--calib-samples", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=None, help="language-model blocks (default: the shape's)")
     args = ap.parse_args(argv)
 
     from wizard.demo import zoo
@@ -139,7 +143,7 @@ def main(argv=None) -> int:
     zoo.build_calib_set(work / "calib", digests, n=args.calib_samples)
     t_data = time.time() - t0
     t0 = time.time()
-    counts = build_model(work / "model", args.shape, args.device)
+    counts = build_model(work / "model", args.shape, args.device, args.layers)
     t_model = time.time() - t0
     cfg = work / "seed_awq.yml"
     write_config(cfg, work / "model", work / "calib", work / "mme" / "data", work / "save", args.calib_samples)

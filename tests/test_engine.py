@@ -639,3 +639,39 @@ def test_rtn_without_a_calib_section_runs_without_data(zoo, tmp_path):
     raw["quant"]["method"] = "SmoothQuant"
     with pytest.raises(ConfigError, match="calib: required for SmoothQuant"):
         load_config(raw)
+
+
+@pytest.mark.parametrize("which", ["Llava", "Vila"])
+def test_vqa_prompts_of_a_few_lengths_replay_together_in_awqs_last_token_block_search(which, zoo, monkeypatch,
+                                                                                      request):
+    """AWQ's block search on VQA prompts (loss_tokens: last): the prompts, of a few lengths in any
+    order, replay as a few batches per block instead of one by one, each row keeping its own last
+    position, and the weights equal the one-by-one replay's (to float rounding)."""
+    from llmc.quant import coalesce as co
+    from llmc.quant.blockwise import quantize_blockwise
+    from llmc.quant.methods import Awq
+    from llmc.quant.quantizer import WeightQuantConfig
+
+    if which == "Vila":
+        request.getfixturevalue("tiny_vila_installed")
+    replays, weights = [], {}
+    real = co.coalesce
+
+    def counted(inputs, *a, **kw):
+        out = real(inputs, *a, **kw)
+        replays.append(([bi.hidden.shape[1] for bi in inputs], [bi.hidden.shape[0] for bi in out]))
+        return out
+
+    monkeypatch.setattr(co, "coalesce", counted)
+    for most in (1, 16):
+        monkeypatch.setattr(co, "MOST", most)
+        m = get_model_class(which)(ASSETS / ("tiny-llava" if which == "Llava" else "tiny-vila"), "float32", "cpu")
+        quantize_blockwise(m, Awq(WeightQuantConfig(bit=3, group_size=32),
+                                  {"search": "block", "loss_tokens": "last", "n_grid": 10}), _calib(m, zoo, 24))
+        weights[most] = {k: v.clone() for k, v in m.get_blocks()[0].state_dict().items()}
+    lengths, joined = replays[-1]
+    assert len(set(lengths)) > 1 and len(joined) <= len(set(lengths)) * 2 < len(lengths)  # a few batches
+    assert sum(joined) == len(lengths)
+    a, b = weights[1], weights[16]
+    close = sum(int(torch.isclose(a[k], b[k], atol=1e-5).sum()) for k in a) / sum(a[k].numel() for k in a)
+    assert close > 0.999, close

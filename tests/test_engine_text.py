@@ -159,6 +159,10 @@ def test_equal_length_sequences_replay_together_with_the_same_result(corpus, tmp
     x = [BlockInput(torch.randn(1, n, 8), (), {"m": torch.zeros(n)}) for n in (5, 5, 7)]
     joined = real(x, _Passthrough(), "cpu", most=16)
     assert [bi.hidden.shape[0] for bi in joined] == [2, 1]
+    # equal lengths join wherever they stand, up to `most` per batch, in their order
+    x = [BlockInput(torch.full((1, n, 8), float(k)), (), {"m": torch.zeros(n)}) for k, n in enumerate((5, 7, 5, 7, 5))]
+    joined = real(x, _Passthrough(), "cpu", most=2)
+    assert [bi.hidden[:, 0, 0].tolist() for bi in joined] == [[0.0, 2.0], [1.0, 3.0], [4.0]]
 
 
 def test_awq_searches_on_about_64_sequences_whether_or_not_they_were_joined():

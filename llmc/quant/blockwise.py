@@ -331,7 +331,9 @@ def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], 
     if last and any(bi.hidden.shape[0] > 1 for bi in inputs):
         raise ValueError(f"{last[0]}: last fits each sequence's last position, which needs one unpadded "
                          f"calibration sample per forward pass; pass single-sample batches or use {last[0]}: all")
-    if method.coalesce and not last:  # equal-length sequences replay together (llmc.quant.coalesce)
+    # equal-length sequences replay together (llmc.quant.coalesce); each row keeps its own last
+    # position, so last-token fits join too, except the answer-level search (one answer per input)
+    if method.coalesce and not method.output_loss:
         from .coalesce import coalesce
 
         first = adapter.get_blocks()[0]

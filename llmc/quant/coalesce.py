@@ -1,5 +1,6 @@
 """Fewer, larger block replays: neighbouring calibration inputs with the same shape and the same
-per-block arguments are concatenated along the batch before a block is replayed over them.
+per-block arguments (not only neighbours) are concatenated along the batch before a block is
+replayed over them.
 
 Text calibration feeds one sequence per forward pass (no padding), so a block of a 3B model is
 replayed as 128 forwards of one 512-token sequence per pass: launch-bound on a GPU. Sequences of
@@ -44,16 +45,24 @@ def _cat(group: list[BlockInput]) -> BlockInput:
 
 
 def coalesce(inputs: list[BlockInput], block: torch.nn.Module, device, most: int | None = None) -> list[BlockInput]:
-    """``inputs`` with neighbours that allow it joined into batches of up to ``most`` (:data:`MOST`)."""
+    """``inputs`` joined into batches of up to ``most`` (:data:`MOST`): each input joins the first
+    not yet full batch whose first member it is joinable with (VQA prompts of a few lengths, in any
+    order, make a few batches per length), else starts one; batches keep the order of their first
+    members and their members' order."""
     most = MOST if most is None else most
     if most <= 1 or len(inputs) < 2 or any(bi.hidden.shape[0] != 1 for bi in inputs):
         return inputs
     groups: list[list[BlockInput]] = []
+    open_groups: list[list[BlockInput]] = []  # not full yet: an input joins the first that allows it
     for bi in inputs:
-        if groups and len(groups[-1]) < most and _joinable(groups[-1][0], bi):
-            groups[-1].append(bi)
-        else:
-            groups.append([bi])
+        home = next((g for g in open_groups if _joinable(g[0], bi)), None)
+        if home is None:
+            home = []
+            groups.append(home)
+            open_groups.append(home)
+        home.append(bi)
+        if len(home) == most:
+            open_groups.remove(home)
     if all(len(g) == 1 for g in groups):
         return inputs
     # the first multi-member group, replayed both ways through the first block, must agree

@@ -137,8 +137,9 @@ class Awq(Method):
                     if answers is not None:
                         loss = _answer_kl(ctx.tail(out, inputs), answers)
                     else:
-                        loss = sum(_token_relative_mse(last_positions(o), last_positions(r)) if last
-                                   else _token_relative_mse(o, r) for o, r in zip(out, ref))
+                        # a replayed-together batch counts as its sequences, as they would one by one
+                        loss = sum(o.shape[0] * (_token_relative_mse(last_positions(o), last_positions(r)) if last
+                                                 else _token_relative_mse(o, r)) for o, r in zip(out, ref))
                     if loss < best_loss:
                         best, best_loss = s.clone(), loss
                 if best is None:  # every candidate's loss was NaN: leave this subset unscaled
