@@ -24,7 +24,9 @@ quantizes it W4A16 group 128 symmetric, and measures with this file's code:
 Ours: the engine's ``Llama`` adapter; GPTQ block by block with act-order and static groups (what
 llm-compressor's GPTQModifier does by default), RTN without data, AWQ with its defaults.
 ``gptq-mse`` and ``rtn-mse``: the weights' ranges from an MSE search, ours ``calib_algo: mse``,
-llm-compressor's the same preset with ``observer: memoryless_mse``.
+llm-compressor's the same preset with ``observer: memoryless_mse``. ``-onepass`` (``gptq-onepass``,
+``gptq-mse-onepass``): ours with ``true_sequential: false`` (every Hessian from the float block, as
+llm-compressor takes them); llm-compressor's run is the same as without it.
 llm-compressor: ``oneshot`` with ``GPTQModifier`` / ``QuantizationModifier`` (no data) /
 ``AWQModifier`` followed by ``QuantizationModifier`` (its AWQ is a transform only), each with
 ``targets="Linear", scheme="W4A16", ignore=["lm_head"]``, on a ``datasets.Dataset`` of the same
@@ -59,7 +61,7 @@ sys.path.insert(0, str(BENCH))
 from gpu_quant_speed import ROOT, SHAPES, build, tail_logprobs  # noqa: E402  (also puts ROOT on sys.path)
 
 TOOLS = ("ours", "llmcompressor")
-METHODS = ("gptq", "rtn", "awq", "gptq-mse", "rtn-mse")
+METHODS = ("gptq", "rtn", "awq", "gptq-mse", "rtn-mse", "gptq-onepass", "gptq-mse-onepass")
 TYPES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "gate", "up_proj": "up",
          "down_proj": "down"}
 N_HELD = 32
@@ -112,8 +114,8 @@ def run_ours(path: Path, method: str, calib, dev: str):
     from llmc.quant.methods import RTN, Awq, Gptq
     from llmc.quant.quantizer import WeightQuantConfig
 
-    method, _, algo = method.partition("-")
-    wcfg = WeightQuantConfig(bit=4, symmetric=True, group_size=GROUP, calib_algo=algo or "minmax")
+    method, *opts = method.split("-")
+    wcfg = WeightQuantConfig(bit=4, symmetric=True, group_size=GROUP, calib_algo="mse" if "mse" in opts else "minmax")
     t = t0 = time.time()
     adapter = Llama(path, "bfloat16", dev)
     sync()
@@ -123,7 +125,8 @@ def run_ours(path: Path, method: str, calib, dev: str):
     if method == "rtn":
         quantize_without_data(adapter, RTN(wcfg))
     elif method == "gptq":
-        quantize_blockwise(adapter, Gptq(wcfg, {"actorder": True, "static_groups": True}), batches)
+        quantize_blockwise(adapter, Gptq(wcfg, {"actorder": True, "static_groups": True,
+                                                "true_sequential": "onepass" not in opts}), batches)
     else:
         quantize_blockwise(adapter, Awq(wcfg, {}), batches)
     sync()
@@ -144,9 +147,9 @@ def run_llmcompressor(path: Path, method: str, calib, dev: str):
     tokenizer = AutoTokenizer.from_pretrained(str(path))  # oneshot wants one with a dataset
     sync()
     load_s = time.time() - t
-    method, _, algo = method.partition("-")
+    method, *opts = method.split("-")  # "onepass": what llm-compressor's GPTQ always does
     kw = dict(targets="Linear", scheme="W4A16", ignore=["lm_head"])
-    if algo == "mse":  # the same preset with its MSE range search for the weights
+    if "mse" in opts:  # the same preset with its MSE range search for the weights
         from compressed_tensors.quantization import preset_name_to_scheme
 
         scheme = preset_name_to_scheme("W4A16", ["Linear"])

@@ -667,7 +667,7 @@ def test_vqa_prompts_of_a_few_lengths_replay_together_in_awqs_last_token_block_s
         monkeypatch.setattr(co, "MOST", most)
         m = get_model_class(which)(ASSETS / ("tiny-llava" if which == "Llava" else "tiny-vila"), "float32", "cpu")
         quantize_blockwise(m, Awq(WeightQuantConfig(bit=3, group_size=32),
-                                  {"search": "block", "loss_tokens": "last", "n_grid": 10}), _calib(m, zoo, 24))
+                                  {"search": "block", "loss_tokens": "last", "n_grid": 4}), _calib(m, zoo, 16))
         weights[most] = {k: v.clone() for k, v in m.get_blocks()[0].state_dict().items()}
     lengths, joined = replays[-1]
     assert len(set(lengths)) > 1 and len(joined) <= len(set(lengths)) * 2 < len(lengths)  # a few batches

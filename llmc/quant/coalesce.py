@@ -1,5 +1,5 @@
-"""Fewer, larger block replays: neighbouring calibration inputs with the same shape and the same
-per-block arguments (not only neighbours) are concatenated along the batch before a block is
+"""Fewer, larger block replays: calibration inputs with the same shape and the same per-block
+arguments, wherever they stand in the set, are concatenated along the batch before a block is
 replayed over them.
 
 Text calibration feeds one sequence per forward pass (no padding), so a block of a 3B model is
