@@ -209,8 +209,7 @@ class GPTQ:
         if isinstance(H, list):
             H = H.pop()
         n = H.shape[0]
-        rev = torch.arange(n - 1, -1, -1, device=H.device)
-        rev = order.flip(0) if order is not None else rev
+        rev = order.flip(0) if order is not None else torch.arange(n - 1, -1, -1, device=H.device)
         H = H.index_select(0, rev)  # each step frees the matrix before it
         H = H.index_select(1, rev)
         diag, added = H.diagonal(), 0.0

@@ -243,11 +243,10 @@ class IntQuantizer:
             vmax, vmin = g.amax(-1), g.amin(-1)
             best = torch.full(vmax.shape, float("inf"), device=w.device)
             clip = best_clip[r0:r0 + rows]
+            flat = g.reshape(g.shape[0], -1)
             for p in factors:
-                scale, zero = range_params(vmax * p, vmin * p, qmin, qmax, self.cfg.symmetric, MIN_SCALE)
-                s, z = scale.unsqueeze(-1), zero.unsqueeze(-1)
-                q = (torch.clamp(torch.round(g / s) + z, qmin, qmax) - z) * s
-                err = (q - g).abs_().pow_(MSE_NORM).sum(-1)
+                scale, zero = self.params_from_range(vmax * p, vmin * p)
+                err = (self.fake_with(flat, scale, zero).view(g.shape) - g).abs_().pow_(MSE_NORM).sum(-1)
                 better = err < best
                 best = torch.where(better, err, best)
                 clip.copy_(torch.where(better, p, clip))  # no masked write: no host sync (CUDA graphs)
