@@ -291,6 +291,35 @@ def test_placement_choice_reaches_the_config(placement, mode, tmp_path):
     assert ("offload:" in text) is (placement == "offload") and ("device_map:" in text) is (placement == "auto")
 
 
+@pytest.mark.parametrize("method", ["RTN", "GPTQ", "SmoothQuant", "Quarot"])
+def test_range_search_and_hessian_choices_reach_the_config(method, tmp_path):
+    from llmc.config import load_config
+
+    a = _answers("ranges")
+    a.generate.method, a.generate.bit = method, 8 if method == "SmoothQuant" else 4
+    a.generate.act_bit = 8 if method == "SmoothQuant" else None
+    text = render.plan(a, tmp_path / "m", tmp_path / "c").config_text
+    cfg = load_config(yaml.safe_load(text))
+    assert cfg.quant.weight.calib_algo == "minmax" and "calib_algo" not in text and "true_sequential" not in text
+    a.generate.calib_algo, a.generate.true_sequential = "mse", False
+    cfg = load_config(yaml.safe_load(render.plan(a, tmp_path / "m", tmp_path / "c").config_text))
+    assert cfg.quant.weight.calib_algo == "mse"
+    if method == "GPTQ":  # the only method with Hessians
+        assert cfg.quant.special.true_sequential is False
+
+
+def test_range_search_with_awq_is_refused_in_one_line(tmp_path):
+    from wizard.services.answers import Answers
+
+    a = _answers("awq-mse")
+    a.generate.method, a.generate.calib_algo = "Awq", "mse"
+    with pytest.raises(WizardError) as err:
+        render.plan(a, tmp_path / "m", tmp_path / "c")
+    assert "quant.weight.calib_algo" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="calib_algo"):  # a value the engine has no name for
+        Answers.model_validate({"generate": {"calib_algo": "percentile"}})
+
+
 def test_choices_the_engine_rejects_are_reported_in_one_line(tmp_path):
     a = _answers("bad")
     a.generate.method, a.generate.export, a.generate.symmetric = "Awq", "autoawq", True

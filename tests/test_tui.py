@@ -217,6 +217,26 @@ async def test_generate_previews_writes_registers_and_smoke_tests(zoo, tmp_path)
         await _write(pilot, s)
         gptq = yaml.safe_load((tmp_path / "configs" / "my_llava_gptq.yml").read_text())
         assert gptq["model"]["offload"] is True and a.generate.placement == "offload"
+        # the range search and GPTQ's one-pass Hessians; AWQ offers neither, RTN no Hessians
+        assert s.query_one("#ranges", Select).display and s.query_one("#hessians", Select).display
+        s.query_one("#ranges", Select).value = "mse"
+        s.query_one("#hessians", Select).value = "onepass"
+        await pilot.pause()
+        await _press(pilot, "#preview")
+        await _write(pilot, s)
+        gptq = yaml.safe_load((tmp_path / "configs" / "my_llava_gptq.yml").read_text())
+        assert gptq["quant"]["weight"]["calib_algo"] == "mse" and gptq["quant"]["special"]["true_sequential"] is False
+        s.query_one("#method", Select).value = "Awq"
+        await pilot.pause()
+        assert not s.query_one("#ranges", Select).display and not s.query_one("#hessians", Select).display
+        assert a.generate.calib_algo == "minmax"  # AWQ searches its own clip
+        s.query_one("#method", Select).value = "RTN"
+        await pilot.pause()
+        assert s.query_one("#ranges", Select).display and not s.query_one("#hessians", Select).display
+        assert a.generate.calib_algo == "mse" and a.generate.true_sequential is True
+        s.query_one("#method", Select).value = "GPTQ"
+        s.query_one("#ranges", Select).value = "minmax"
+        await pilot.pause()
         s.query_one("#act", Select).value = 8
         await pilot.pause()
         await _press(pilot, "#preview")

@@ -17,6 +17,10 @@ PLACEMENT_CHOICES = [("blocks: one device", "single"), ("blocks: offload to CPU"
                      ("blocks: spread over GPUs", "auto")]
 #: activation bits offered (0: 16-bit, no activation quantization)
 ACT_CHOICES = [("activations: 16-bit", 0), ("activations: 8-bit", 8), ("activations: 4-bit", 4)]
+#: how each weight group's range is chosen (AWQ searches its own clip and takes min-max)
+RANGE_CHOICES = [("ranges: min-max", "minmax"), ("ranges: MSE search", "mse")]
+#: GPTQ: where each layer's Hessian comes from
+HESSIAN_CHOICES = [("GPTQ: true-sequential", "sequential"), ("GPTQ: one pass, float inputs", "onepass")]
 
 
 class GenerateScreen(StepScreen):
@@ -44,6 +48,9 @@ class GenerateScreen(StepScreen):
             yield Select([("no export", "none"), ("export: vLLM (compressed-tensors)", "vllm"),
                           ("export: AutoAWQ", "autoawq")], id="export", allow_blank=False, value="none")
             yield Select(PLACEMENT_CHOICES, id="placement", allow_blank=False, value="single")
+        with Horizontal(classes="row"):
+            yield Select(RANGE_CHOICES, id="ranges", allow_blank=False, value="minmax")
+            yield Select(HESSIAN_CHOICES, id="hessians", allow_blank=False, value="sequential")
         with Horizontal(classes="row buttons"):
             yield Button("Preview", id="preview", variant="primary")
             yield Button("Write", id="write", variant="success", disabled=True)
@@ -67,9 +74,20 @@ class GenerateScreen(StepScreen):
         act.value = g.act_bit or 0
         self.query_one("#export", Select).value = g.export or "none"
         self.query_one("#placement", Select).value = g.placement
+        self.query_one("#ranges", Select).value = g.calib_algo
+        self.query_one("#hessians", Select).value = "sequential" if g.true_sequential else "onepass"
+        self._show_method_options()
         self.plan = None
 
+    def _show_method_options(self) -> None:
+        """Offer only what the chosen method uses: AWQ searches its own clip, only GPTQ has Hessians."""
+        method = self.query_one("#method", Select).value
+        self.query_one("#ranges", Select).display = method != "Awq"
+        self.query_one("#hessians", Select).display = method == "GPTQ"
+
     def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "method":
+            self._show_method_options()
         self._sync_form()
 
     def on_input_changed(self, event: Input.Changed) -> None:
@@ -97,6 +115,9 @@ class GenerateScreen(StepScreen):
         export = self.query_one("#export", Select).value
         g.export = None if export == "none" else export
         g.placement = self.query_one("#placement", Select).value
+        # a hidden choice does not apply: AWQ takes min-max ranges, only GPTQ reads true_sequential
+        g.calib_algo = self.query_one("#ranges", Select).value if g.method != "Awq" else "minmax"
+        g.true_sequential = g.method != "GPTQ" or self.query_one("#hessians", Select).value == "sequential"
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         from .. import steps

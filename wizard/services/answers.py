@@ -150,6 +150,12 @@ class Generate(_Section):
     #: where the decoder blocks live: one device; CPU memory, each block moved to the device
     #: for its turn (``model.offload``); or spread over every GPU (``model.device_map: auto``)
     placement: Literal["single", "offload", "auto"] = "single"
+    #: weight ranges: each group's min/max, or the range factor with the least error (``mse``;
+    #: RTN, GPTQ, SmoothQuant, Quarot; AWQ searches its own clip)
+    calib_algo: Literal["minmax", "mse"] = "minmax"
+    #: GPTQ: each layer's Hessian from inputs that went through the block's already quantized
+    #: layers (True), or every Hessian from the float block in one pass (False)
+    true_sequential: bool = True
 
     @field_validator("prompt_template")
     @classmethod

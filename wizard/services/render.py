@@ -41,7 +41,7 @@ from .errors import WizardError
 from .literals import Identifier, PyLiteral, YamlScalar, check_declaration, finalize_only  # noqa: F401
 from .literals import to_identifier, to_literal, to_yaml_scalar
 
-TEMPLATE_VERSION = "6"
+TEMPLATE_VERSION = "7"
 HEADER_RE = re.compile(r"^# llmc-wizard: generated; template (\S+) v(\S+); body-sha256 ([0-9a-f]{64})\s*$")
 MAX_MODULE_LEN = 48
 
@@ -325,7 +325,8 @@ def plan(answers, models_dir: Path, configs_dir: Path) -> RenderPlan:
         eval_path=str(g.eval_path or ""), n_calib=g.n_calib, eval_samples=g.eval_samples, method=g.method,
         bit=g.bit, group_size=g.group_size, symmetric=symmetric, act_bit=g.act_bit, export=g.export,
         placement=g.placement, save_path=str(Path(g.out_dir or "runs") / f"{mod}-{g.method.lower()}"),
-        rotate=g.rotate if g.method in ("RTN", "GPTQ", "Quarot") else None))
+        rotate=g.rotate if g.method in ("RTN", "GPTQ", "Quarot") else None, calib_algo=g.calib_algo,
+        true_sequential=g.true_sequential))
     _check_config(config)
     hooks = models_dir / "hooks" / f"{mod}.py" if custom and ins.code_conventions == "llava-lineage" else None
     return RenderPlan(adapter_path, adapter, config_path, config, mod, cls, cls, answers_path, hooks_path=hooks)
@@ -341,7 +342,7 @@ def _check_config(text: str) -> None:
         load_config(yaml.safe_load(text))
     except ConfigError as exc:
         raise WizardError(f"the engine rejects these choices: {exc}",
-                          "change the method, bits, group size or export in this step") from None
+                          "change the choice it names in this step") from None
 
 
 def _code_package(code_dir) -> str | None:
