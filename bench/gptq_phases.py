@@ -8,7 +8,10 @@ wrapped with a device synchronisation on both sides, so the phases (each without
 synchronisations cost a little overlap: the total is also printed without them, from a second run
 unless ``--once``). ``--profile`` adds torch.profiler's top operators over the first blocks.
 
-    python bench/gptq_phases.py --shape 3b [--layers N] [--profile] [--once]
+    python bench/gptq_phases.py --shape 3b [--layers N] [--profile] [--once] [--onepass] [--mse]
+
+``--onepass`` takes every Hessian from the float block in one pass (``true_sequential: false``);
+``--mse`` searches each group's range (``calib_algo: mse``).
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ def instrument(spent: dict, calls: dict, peaks: dict) -> None:
         setattr(GPTQ, attr, wrap(getattr(GPTQ, attr), phase))
 
 
-def quantize(path: Path, calib, dev: str) -> float:
+def quantize(path: Path, calib, dev: str, onepass: bool = False, mse: bool = False) -> float:
     import torch
 
     from llmc.models.llama import Llama
@@ -97,8 +100,9 @@ def quantize(path: Path, calib, dev: str) -> float:
     batches = [{"input_ids": calib[i:i + 1].to(dev)} for i in range(calib.shape[0])]
     sync()
     t = time.perf_counter()
-    quantize_blockwise(adapter, Gptq(WeightQuantConfig(bit=4, symmetric=True, group_size=128),
-                                     {"actorder": True, "static_groups": True}), batches)
+    wcfg = WeightQuantConfig(bit=4, symmetric=True, group_size=128, calib_algo="mse" if mse else "minmax")
+    quantize_blockwise(adapter, Gptq(wcfg, {"actorder": True, "static_groups": True, "true_sequential": not onepass}),
+                       batches)
     sync()
     seconds = time.perf_counter() - t
     if dev != "cpu":
@@ -117,6 +121,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--once", action="store_true", help="skip the run without synchronisations")
+    ap.add_argument("--onepass", action="store_true", help="true_sequential: false")
+    ap.add_argument("--mse", action="store_true", help="calib_algo: mse")
     a = ap.parse_args(argv)
     import torch
 
@@ -126,11 +132,11 @@ def main(argv=None) -> int:
     vocab = SHAPES[a.shape]["vocab_size"]
     calib = torch.randint(0, vocab, (a.n_calib, a.seq), generator=torch.Generator().manual_seed(1))
     if not a.once:
-        print(f"plain run (first, Triton compiles included): {quantize(work / 'model', calib, dev):.2f} s", flush=True)
-        print(f"plain run (second): {quantize(work / 'model', calib, dev):.2f} s", flush=True)
+        print(f"plain run (first, Triton compiles included): {quantize(work / 'model', calib, dev, a.onepass, a.mse):.2f} s", flush=True)
+        print(f"plain run (second): {quantize(work / 'model', calib, dev, a.onepass, a.mse):.2f} s", flush=True)
     spent, calls, peaks = defaultdict(float), defaultdict(int), defaultdict(int)
     instrument(spent, calls, peaks)
-    total = quantize(work / "model", calib, dev)
+    total = quantize(work / "model", calib, dev, a.onepass, a.mse)
     print(f"\ninstrumented run: {total:.2f} s ({a.shape}, {a.layers or SHAPES[a.shape]['num_hidden_layers']} blocks, "
           f"{a.n_calib} x {a.seq}, {torch.cuda.get_device_name(0) if dev != 'cpu' else 'cpu'})")
     print("| phase | s | calls | peak GPU MiB during it |\n|---|---|---|---|")

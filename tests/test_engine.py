@@ -230,10 +230,14 @@ def test_awq_block_search_never_worse_than_rtn_on_its_loss(which, loss_tokens, z
     assert awq == pytest.approx(awq_method.search_loss[0], rel=1e-4)
 
 
-def _first_inputs(m, batches):
+def _first_inputs(m, batches, joined=False):
+    """Block 0's inputs; ``joined``: equal-length ones replayed together, as the pipeline does."""
     from llmc.quant.blockwise import capture_block_inputs
+    from llmc.quant.coalesce import coalesce
 
     inputs = capture_block_inputs(m, batches)
+    if joined:
+        inputs = coalesce(inputs, m.get_blocks()[0], "cpu")
     return [b.hidden for b in inputs], inputs
 
 
@@ -293,11 +297,11 @@ def test_awq_output_search_keeps_a_clip_only_where_it_lowers_the_answer_loss(zoo
         m = get_model_class("Llava")(ASSETS / "tiny-llava", "float32", "cpu")
         method = Awq(wcfg, {"n_grid": 10, "loss_tokens": "last", "search": "output", **special})
         batches = _calib(m, zoo, 8)
-        float_answers = answer_tail(m, 0, "cpu")(*_first_inputs(m, batches))
+        float_answers = answer_tail(m, 0, "cpu")(*_first_inputs(m, batches, joined=True))
 
         def on_block(rep, n):  # block 0 quantized, block 1 still float: the answers' KL now
             if rep.index == 0 and not special:
-                hidden, inputs = _first_inputs(m, batches)
+                hidden, inputs = _first_inputs(m, batches, joined=True)
                 out = run_block(m.get_blocks()[0], inputs, "cpu")
                 after_block0["kl"] = _answer_kl(answer_tail(m, 1, "cpu")(out, inputs), float_answers)
 
@@ -641,12 +645,14 @@ def test_rtn_without_a_calib_section_runs_without_data(zoo, tmp_path):
         load_config(raw)
 
 
-@pytest.mark.parametrize("which", ["Llava", "Vila"])
-def test_vqa_prompts_of_a_few_lengths_replay_together_in_awqs_last_token_block_search(which, zoo, monkeypatch,
-                                                                                      request):
-    """AWQ's block search on VQA prompts (loss_tokens: last): the prompts, of a few lengths in any
-    order, replay as a few batches per block instead of one by one, each row keeping its own last
-    position, and the weights equal the one-by-one replay's (to float rounding)."""
+@pytest.mark.parametrize("which,search", [("Llava", "block"), ("Vila", "block"), ("Llava", "output"),
+                                          ("Vila", "output")])
+def test_vqa_prompts_of_a_few_lengths_replay_together_in_awqs_last_token_searches(which, search, zoo, monkeypatch,
+                                                                                  request):
+    """AWQ's block and answer-level searches on VQA prompts (loss_tokens: last): the prompts, of a
+    few lengths in any order, replay as a few batches per block instead of one by one, each row
+    keeping its own last position (and its own answer), and the weights equal the one-by-one
+    replay's (to float rounding)."""
     from llmc.quant import coalesce as co
     from llmc.quant.blockwise import quantize_blockwise
     from llmc.quant.methods import Awq
@@ -654,7 +660,7 @@ def test_vqa_prompts_of_a_few_lengths_replay_together_in_awqs_last_token_block_s
 
     if which == "Vila":
         request.getfixturevalue("tiny_vila_installed")
-    replays, weights = [], {}
+    replays, weights, verdicts = [], {}, {}
     real = co.coalesce
 
     def counted(inputs, *a, **kw):
@@ -666,12 +672,18 @@ def test_vqa_prompts_of_a_few_lengths_replay_together_in_awqs_last_token_block_s
     for most in (1, 16):
         monkeypatch.setattr(co, "MOST", most)
         m = get_model_class(which)(ASSETS / ("tiny-llava" if which == "Llava" else "tiny-vila"), "float32", "cpu")
-        quantize_blockwise(m, Awq(WeightQuantConfig(bit=3, group_size=32),
-                                  {"search": "block", "loss_tokens": "last", "n_grid": 4}), _calib(m, zoo, 16))
+        method = Awq(WeightQuantConfig(bit=3, group_size=32), {"search": search, "loss_tokens": "last", "n_grid": 4})
+        quantize_blockwise(m, method, _calib(m, zoo, 16))
         weights[most] = {k: v.clone() for k, v in m.get_blocks()[0].state_dict().items()}
+        verdicts[most] = method.clip_verdicts
     lengths, joined = replays[-1]
     assert len(set(lengths)) > 1 and len(joined) <= len(set(lengths)) * 2 < len(lengths)  # a few batches
     assert sum(joined) == len(lengths)
     a, b = weights[1], weights[16]
     close = sum(int(torch.isclose(a[k], b[k], atol=1e-5).sum()) for k in a) / sum(a[k].numel() for k in a)
     assert close > 0.999, close
+    if search == "output":  # the answer losses the clip verdicts compare: summed over sequences alike
+        assert verdicts[1].keys() == verdicts[16].keys() and verdicts[1]
+        for k, (kept, without, with_clip) in verdicts[1].items():
+            assert verdicts[16][k][0] == kept
+            assert verdicts[16][k][1:] == pytest.approx((without, with_clip), rel=1e-3, abs=1e-6)

@@ -226,3 +226,39 @@ def test_gptq_true_sequential_decides_where_each_hessian_comes_from(tmp_path, tr
         assert same[n] > 0.999, (n, same)
     for n in ("self_attn.o_proj", "mlp.down_proj"):
         assert (same[n] > 0.999) is not true_sequential, (n, same)
+
+
+@pytest.mark.parametrize("true_sequential", [False, True])
+def test_gptq_holds_only_the_hessians_it_still_needs(tmp_path, monkeypatch, true_sequential):
+    """A layer that reads another's input (k/v after q, up after gate) never gets a Hessian of
+    its own, and each Hessian is gone once its layers are solved: when down_proj is solved, its
+    Hessian is the only one alive, in one pass as in true-sequential mode."""
+    from llmc.models.llama import Llama
+    from llmc.quant.blockwise import quantize_blockwise
+    from llmc.quant.gptq import GPTQ
+    from llmc.quant.methods import Gptq
+    from llmc.quant.quantizer import WeightQuantConfig
+
+    live, alive_at_solve = [], {}
+    init, solve = GPTQ.__init__, GPTQ.quantize_layers_
+
+    def tracked_init(self, layer, name="<linear>"):
+        init(self, layer, name)
+        live.append(self)  # kept alive: checked after the run
+
+    def tracked_solve(self, layers, *a, **k):
+        held = [g for g in live if g.H is not None]
+        alive_at_solve[",".join(sorted(layers))] = len(held)
+        return solve(self, layers, *a, **k)
+
+    monkeypatch.setattr(GPTQ, "__init__", tracked_init)
+    monkeypatch.setattr(GPTQ, "quantize_layers_", tracked_solve)
+    path = _tiny_lm("Llama", tmp_path / "m")
+    q = Llama(path, "float32", "cpu")
+    ids = torch.randint(0, q.mm_model.config.vocab_size, (4, 48), generator=torch.Generator().manual_seed(0))
+    quantize_blockwise(q, Gptq(WeightQuantConfig(bit=4, group_size=32), {"true_sequential": true_sequential}),
+                       [{"input_ids": ids[i:i + 1]} for i in range(4)])
+    names = {m: n for n, m in q.mm_model.named_modules()}
+    shared = [g for g in live if names[g.layer].endswith(("k_proj", "v_proj", "up_proj"))]
+    assert len(shared) == 3 * len(q.get_blocks()) and all(g.H is None and g.nsamples == 0 for g in shared)
+    assert alive_at_solve["mlp.down_proj"] == 1, alive_at_solve

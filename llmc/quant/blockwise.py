@@ -332,8 +332,8 @@ def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], 
         raise ValueError(f"{last[0]}: last fits each sequence's last position, which needs one unpadded "
                          f"calibration sample per forward pass; pass single-sample batches or use {last[0]}: all")
     # equal-length sequences replay together (llmc.quant.coalesce); each row keeps its own last
-    # position, so last-token fits join too, except the answer-level search (one answer per input)
-    if method.coalesce and not method.output_loss:
+    # position, so last-token fits and the answer-level search join too (one answer per row)
+    if method.coalesce:
         from .coalesce import coalesce
 
         first = adapter.get_blocks()[0]

@@ -157,10 +157,11 @@ class GPTQ:
         self.layer = layer
         self.name = name
         self.columns = layer.in_features
-        self.H: Tensor | None = torch.zeros(
-            self.columns, self.columns, dtype=torch.float32, device=layer.weight.device
-        )
+        #: allocated by the first batch: a layer that shares another's Hessian (k/v reading q's
+        #: input) never gets one, and none exists before its block is collected
+        self.H: Tensor | None = None
         self.nsamples = 0
+        self._done = False  # quantized or freed: the Hessian is gone for good
 
     @torch.no_grad()
     def add_batch(self, x: Tensor) -> None:
@@ -168,12 +169,14 @@ class GPTQ:
 
         Kept as a running average, so ``H`` is always normalised by the rows seen so far.
         """
-        if self.H is None:
+        if self._done:
             raise RuntimeError(f"GPTQ for {self.name}: the Hessian was freed by quantize_()")
         if x.shape[-1] != self.columns:
             raise ValueError(
                 f"GPTQ for {self.name}: input width {x.shape[-1]} does not match in_features {self.columns}"
             )
+        if self.H is None:
+            self.H = torch.zeros(self.columns, self.columns, dtype=torch.float32, device=self.layer.weight.device)
         exact16 = x.dtype in (torch.bfloat16, torch.float16)
         x = x.reshape(-1, self.columns).to(self.H.device)
         n = x.shape[0]
@@ -195,6 +198,7 @@ class GPTQ:
     def free(self) -> None:
         """Drop the Hessian (it is as large as the weight's input width squared)."""
         self.H = None
+        self._done = True
 
     @staticmethod
     def _inverse_cholesky(H: Tensor | list[Tensor], damp: float, order: Tensor | None = None) -> tuple[Tensor, float]:
@@ -272,7 +276,7 @@ class GPTQ:
         Hessian was accumulated from (q/k/v on one normed hidden state): the Hessian is damped,
         ordered and factored once for them all. Returns each layer's :meth:`quantize_` result
         (``seconds``: its own solve, the shared factorization counted in the first)."""
-        if self.H is None:
+        if self._done:
             raise RuntimeError(f"GPTQ for {self.name}: quantize_() was already called")
         if self.nsamples == 0:
             raise RuntimeError(f"GPTQ for {self.name}: no calibration data (call add_batch first)")
@@ -285,7 +289,7 @@ class GPTQ:
             raise ValueError(f"blocksize must be positive, got {blocksize}")
         t0 = time.perf_counter()
         H = self.H
-        self.H = None
+        self.free()
         # Inputs that never fire: their weights cannot matter, quantize them as zero.
         dead = torch.diag(H) == 0
         H.diagonal().masked_fill_(dead, 1.0)

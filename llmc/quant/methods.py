@@ -203,7 +203,7 @@ class Gptq(Method):
         self.true_sequential = bool(self.special.get("true_sequential", True))
 
     def stream(self, layers):
-        state = {n: GPTQ(m) for n, m in layers.items()}
+        state = {n: GPTQ(m, n) for n, m in layers.items()}
 
         def on_batch(name, x):
             state[name].add_batch(x)
@@ -256,12 +256,13 @@ def _weights_restored(layers) -> Iterator[dict]:
 
 
 def _answer_kl(log_probs: list[torch.Tensor], ref_log_probs: list[torch.Tensor]) -> float:
-    """Summed over inputs: the KL divergence of the answers ``log_probs`` from the reference ones
+    """Summed over sequences: the KL divergence of the answers ``log_probs`` (one ``(rows, 1,
+    vocab)`` tensor per input; replayed-together sequences are its rows) from the reference ones
     (each reference is moved to its answer's device: blocks may sit on several cards)."""
     total = 0.0
     for p, r in zip(log_probs, ref_log_probs):
         r = r.to(p.device)
-        total += float((r.exp() * (r - p)).sum(-1).mean())
+        total += float((r.exp() * (r - p)).sum(-1).mean(-1).sum())
     return total
 
 
