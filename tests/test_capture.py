@@ -135,3 +135,41 @@ def test_wiring_that_changes_between_inputs_is_an_error_not_a_silent_share():
               BlockInput(torch.randn(1, 6, 32), (), {"cross": torch.randn(1, 6, 32)}, None)]
     with pytest.raises(RuntimeError, match=r"k read the same input as q.*depends on its data"):
         collect_inputs(block, inputs, {"q": block.q, "k": block.k}, "cpu")
+
+
+@pytest.mark.parametrize("last_only", [False, True])
+def test_collecting_keeps_no_layer_input_alive_past_its_use(last_only):
+    """A one-pass collection over every layer of a block: by the time down_proj runs, q's input
+    (the normed hidden state, dead in a plain forward) is freed, and no earlier pass's input
+    lives on through the rows kept from it (a last-position slice would hold all of it)."""
+    import weakref
+
+    from llmc.quant.blockwise import BlockInput, collect_inputs
+
+    class Freeing(Block):  # the normed state lives only while attention runs, as in transformers' blocks
+        def forward(self, h, scale=1.0):
+            h = h + self.attention(self.input_layernorm(h)) * scale
+            return (h + self.down(torch.nn.functional.silu(self.gate(h)) * self.up(h)),)
+
+        def attention(self, x):
+            return self.o(torch.tanh(self.q(x) * self.k(x)) + self.v(x))
+
+    torch.manual_seed(0)
+    block = Freeing().eval()
+    inputs = [BlockInput(torch.randn(1, 6, 32), (), {}, None) for _ in range(3)]
+    layers = {n: getattr(block, n) for n in ("q", "k", "v", "o", "gate", "up", "down")}
+    q_input, down_inputs, alive = [], [], []
+
+    def at_down(mod, args):
+        alive.append((q_input[-1]() is not None, [r() is not None for r in down_inputs]))
+        down_inputs.append(weakref.ref(args[0].untyped_storage()))
+
+    hooks = [block.q.register_forward_pre_hook(lambda mod, args: q_input.append(weakref.ref(args[0]))),
+             block.down.register_forward_pre_hook(at_down)]
+    stats = collect_inputs(block, inputs, layers, "cpu", max_rows=4096, last_only=last_only)
+    for h in hooks:
+        h.remove()
+    assert [q for q, _ in alive] == [False] * 3
+    if last_only:  # all rows kept otherwise: their input is rightly alive
+        assert all(not any(earlier) for _, earlier in alive), alive
+    assert stats["down"].x.shape == ((3 if last_only else 18), 64)

@@ -19,6 +19,7 @@ the block is brought from CPU memory to the device for its turn and sent back af
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,8 +33,7 @@ from .quantizer import WeightQuantConfig, check_group_size, tf32
 
 
 def last_positions(t: torch.Tensor) -> torch.Tensor:
-    """Each sequence's last position, ``(..., 1, hidden)``: where a VQA prompt is answered
-    (calibration sequences are unpadded, one sample per forward pass)."""
+    """Each sequence's last position, ``(..., 1, hidden)``: where a VQA prompt is answered (unpadded)."""
     return t[..., -1:, :]
 
 
@@ -110,20 +110,21 @@ def collect_inputs(block: nn.Module, inputs: list[BlockInput], layers: dict[str,
     rows: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
     gen = torch.Generator().manual_seed(seed)
     same_as: dict[str, str | None] = {}
-    seen: list[tuple[torch.Tensor, int, str]] = []  # this pass's inputs so far (held: no address reuse)
+    # this pass's inputs, weakly: none kept alive past its use, none mistaken for a later one
+    seen: list[tuple[weakref.ref, int, str]] = []
     passes = [0]
 
     def hook(name):
         def fn(mod, args):
             t = args[0]
-            leader = next((n for x, v, n in seen if x is t and v == t._version), None)
+            leader = next((n for r, v, n in seen if r() is t and v == t._version), None)
             if passes[0] == 0 and name not in same_as:
                 same_as[name] = leader
             elif same_as.get(name) != leader:
                 raise RuntimeError(f"{name} read the same input as {same_as[name] or leader} in one call and not in "
                                    f"another (calibration input {passes[0]}): this block's wiring depends on its data")
             if leader is None:
-                seen.append((t, t._version, name))
+                seen.append((weakref.ref(t), t._version, name))
             else:
                 return
             x = t.detach().reshape(-1, t.shape[-1])
@@ -134,6 +135,8 @@ def collect_inputs(block: nn.Module, inputs: list[BlockInput], layers: dict[str,
             if x.shape[0] > per_batch:
                 idx = torch.randperm(x.shape[0], generator=gen)[:per_batch]
                 x = x[idx.pin_memory().to(x.device, non_blocking=True) if x.is_cuda else idx]
+            elif x.numel() < t.numel():  # kept rows that view part of the input would keep all of it
+                x = x.clone()
             rows[name].append(x)  # on its device: no host sync per batch, none when the pass is done
 
         return fn
@@ -331,8 +334,7 @@ def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], 
     if last and any(bi.hidden.shape[0] > 1 for bi in inputs):
         raise ValueError(f"{last[0]}: last fits each sequence's last position, which needs one unpadded "
                          f"calibration sample per forward pass; pass single-sample batches or use {last[0]}: all")
-    # equal-length sequences replay together (llmc.quant.coalesce); each row keeps its own last
-    # position, so last-token fits and the answer-level search join too (one answer per row)
+    # equal-length sequences replay together (llmc.quant.coalesce), each row with its own last position
     if method.coalesce:
         from .coalesce import coalesce
 
