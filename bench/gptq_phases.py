@@ -30,7 +30,7 @@ from gpu_quant_speed import SHAPES, build  # noqa: E402  (also puts the reposito
 TIMED = {  # (module, attribute) -> phase name
     ("llmc.quant.blockwise", "capture_block_inputs"): "capture inputs",
     ("llmc.quant.blockwise", "run_block"): "block forward (float / quantized outputs)",
-    ("llmc.quant.blockwise", "_forward_until"): "block forward (collect subset inputs)",
+    ("llmc.quant.collect", "_forward_until"): "block forward (collect subset inputs)",
     ("llmc.quant.blockwise", "relative_error"): "per-layer error",
     ("llmc.quant.blockwise", "_advance"): "quantized block forward + block error",
     ("llmc.quant.coalesce", "coalesce"): "coalesce",

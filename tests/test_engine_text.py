@@ -231,16 +231,20 @@ def test_gptq_true_sequential_decides_where_each_hessian_comes_from(tmp_path, tr
 @pytest.mark.parametrize("true_sequential", [False, True])
 def test_gptq_holds_only_the_hessians_it_still_needs(tmp_path, monkeypatch, true_sequential):
     """A layer that reads another's input (k/v after q, up after gate) never gets a Hessian of
-    its own, and each Hessian is gone once its layers are solved: when down_proj is solved, its
-    Hessian is the only one alive, in one pass as in true-sequential mode."""
+    its own, each Hessian is gone once its layers are solved, and one is accumulated at a time:
+    with every Hessian from the float block (true_sequential: false) as in true-sequential mode."""
     from llmc.models.llama import Llama
     from llmc.quant.blockwise import quantize_blockwise
     from llmc.quant.gptq import GPTQ
     from llmc.quant.methods import Gptq
     from llmc.quant.quantizer import WeightQuantConfig
 
-    live, alive_at_solve = [], {}
-    init, solve = GPTQ.__init__, GPTQ.quantize_layers_
+    live, alive_at_solve, alive_at_batch = [], {}, []
+    init, solve, add = GPTQ.__init__, GPTQ.quantize_layers_, GPTQ.add_batch
+
+    def tracked_add(self, x):
+        add(self, x)
+        alive_at_batch.append(sum(g.H is not None for g in live))
 
     def tracked_init(self, layer, name="<linear>"):
         init(self, layer, name)
@@ -253,6 +257,7 @@ def test_gptq_holds_only_the_hessians_it_still_needs(tmp_path, monkeypatch, true
 
     monkeypatch.setattr(GPTQ, "__init__", tracked_init)
     monkeypatch.setattr(GPTQ, "quantize_layers_", tracked_solve)
+    monkeypatch.setattr(GPTQ, "add_batch", tracked_add)
     path = _tiny_lm("Llama", tmp_path / "m")
     q = Llama(path, "float32", "cpu")
     ids = torch.randint(0, q.mm_model.config.vocab_size, (4, 48), generator=torch.Generator().manual_seed(0))
@@ -262,3 +267,4 @@ def test_gptq_holds_only_the_hessians_it_still_needs(tmp_path, monkeypatch, true
     shared = [g for g in live if names[g.layer].endswith(("k_proj", "v_proj", "up_proj"))]
     assert len(shared) == 3 * len(q.get_blocks()) and all(g.H is None and g.nsamples == 0 for g in shared)
     assert alive_at_solve["mlp.down_proj"] == 1, alive_at_solve
+    assert alive_at_batch and max(alive_at_batch) == 1  # one Hessian at a time, in either order

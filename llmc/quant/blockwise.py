@@ -7,7 +7,8 @@
    - the method's float *transform* (e.g. AWQ scales folded into the preceding op);
    - for each subset in order (q/k/v, o, gate/up, down): a forward pass with hooks collects
      the subset's inputs under the block as it is now (earlier subsets already quantized),
-     then the method quantizes the subset's layers;
+     then the method quantizes the subset's layers (``true_sequential: false``: the subsets in
+     reverse order, so each reads the float block's outputs; :mod:`llmc.quant.collect`);
    - per-layer output error of quantized vs float layer on those inputs, block output error;
    - the block's (quantized, when ``quant_out``) outputs become the next block's inputs.
 
@@ -19,9 +20,8 @@ the block is brought from CPU memory to the device for its turn and sent back af
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -29,12 +29,8 @@ from torch import nn
 from ..models.base import BaseModel
 from ..models.structure import Subset
 from .capture import BlockInput, _is_cache, _to, capture_block_inputs  # noqa: F401  (re-exported)
+from .collect import LayerStats, _forward_until, _subset_order, collect_inputs, last_positions  # noqa: F401
 from .quantizer import WeightQuantConfig, check_group_size, tf32
-
-
-def last_positions(t: torch.Tensor) -> torch.Tensor:
-    """Each sequence's last position, ``(..., 1, hidden)``: where a VQA prompt is answered (unpadded)."""
-    return t[..., -1:, :]
 
 
 def _block_out(out):
@@ -85,113 +81,6 @@ def run_block(block: nn.Module, inputs: list[BlockInput], device) -> list[torch.
     return outs
 
 
-@dataclass
-class LayerStats:
-    x: torch.Tensor  # sampled input rows (n, in), float32, on the device the block ran on
-    extra: dict = field(default_factory=dict)  # method-specific accumulators (e.g. GPTQ)
-    #: the layer read the very tensor ``same_as`` read, in every pass: its rows are that layer's
-    #: (the same object) and ``on_batch`` streamed them under that name only
-    same_as: str | None = None
-
-
-@torch.no_grad()
-def collect_inputs(block: nn.Module, inputs: list[BlockInput], layers: dict[str, nn.Linear], device,
-                   max_rows: int = 4096, seed: int = 0, last_only: bool = False,
-                   on_batch: Callable[[str, torch.Tensor], None] | None = None) -> dict[str, LayerStats]:
-    """Forward the block over ``inputs``; sample each layer's input rows (and stream them to
-    ``on_batch`` in full, e.g. for a Hessian). ``last_only`` keeps only each sequence's last
-    position in the sampled rows (calibration sequences are unpadded: one sample per pass).
-
-    Layers that are handed the same tensor object (q/k/v reading one normed hidden state) are
-    found on the first input: later ones get ``same_as`` the first, their rows are its rows and
-    ``on_batch`` sees the tensor once. Should a later input break that pairing, the collection
-    stops with an error naming both layers (a block whose wiring depends on its data)."""
-    per_batch = max(1, max_rows // max(1, len(inputs)))
-    rows: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
-    gen = torch.Generator().manual_seed(seed)
-    same_as: dict[str, str | None] = {}
-    # this pass's inputs, weakly: none kept alive past its use, none mistaken for a later one
-    seen: list[tuple[weakref.ref, int, str]] = []
-    passes = [0]
-
-    def hook(name):
-        def fn(mod, args):
-            t = args[0]
-            leader = next((n for r, v, n in seen if r() is t and v == t._version), None)
-            if passes[0] == 0 and name not in same_as:
-                same_as[name] = leader
-            elif same_as.get(name) != leader:
-                raise RuntimeError(f"{name} read the same input as {same_as[name] or leader} in one call and not in "
-                                   f"another (calibration input {passes[0]}): this block's wiring depends on its data")
-            if leader is None:
-                seen.append((weakref.ref(t), t._version, name))
-            else:
-                return
-            x = t.detach().reshape(-1, t.shape[-1])
-            if on_batch:
-                on_batch(name, x)
-            if last_only:
-                x = last_positions(t.detach()).reshape(-1, x.shape[-1])
-            if x.shape[0] > per_batch:
-                idx = torch.randperm(x.shape[0], generator=gen)[:per_batch]
-                x = x[idx.pin_memory().to(x.device, non_blocking=True) if x.is_cuda else idx]
-            elif x.numel() < t.numel():  # kept rows that view part of the input would keep all of it
-                x = x.clone()
-            rows[name].append(x)  # on its device: no host sync per batch, none when the pass is done
-
-        return fn
-
-    def next_pass():
-        seen.clear()
-        passes[0] += 1
-
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
-    try:
-        _forward_until(block, inputs, device, layers, after_each=next_pass)
-    finally:
-        for h in handles:
-            h.remove()
-        seen.clear()
-    stats = {n: LayerStats(torch.cat(r).float()) for n, r in rows.items() if not same_as.get(n)}
-    for n in layers:
-        if same_as.get(n):
-            stats[n] = LayerStats(stats[same_as[n]].x, same_as=same_as[n])
-    return {n: stats[n] for n in layers}
-
-
-class _Enough(Exception):
-    """Every layer of interest has its input: the rest of the block need not run."""
-
-
-def _forward_until(block: nn.Module, inputs: list[BlockInput], device, layers: dict[str, nn.Linear],
-                   after_each: Callable[[], None] | None = None) -> None:
-    """Run the block on every input, each pass stopping once all ``layers`` were called (when the
-    first, full pass showed each of them called exactly once); ``after_each`` runs after each pass."""
-    calls, early = dict.fromkeys(layers, 0), False
-
-    def pre(name):
-        def fn(mod, args):
-            calls[name] += 1
-            if early and all(calls.values()):
-                raise _Enough
-        return fn
-
-    handles = [m.register_forward_pre_hook(pre(n)) for n, m in layers.items()]
-    try:
-        for k, bi in enumerate(inputs):
-            calls.update(dict.fromkeys(calls, 0))
-            try:
-                block(bi.hidden.to(device), *_to(bi.args, device), **_to(bi.kwargs, device))
-            except _Enough:
-                pass
-            early = early or (k == 0 and all(c == 1 for c in calls.values()))
-            if after_each:
-                after_each()
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def relative_error(x: torch.Tensor, w_ref: torch.Tensor, w_new: torch.Tensor) -> torch.Tensor:
     """``||x (W_new - W_ref)^T|| / ||x W_ref^T||``, a 0-d tensor on the weight's device (read it
     with the block's other figures, in one host sync)."""
@@ -217,7 +106,7 @@ class Method:
     #: grows with the inputs per search step, such as AWQ's, keep one per forward)
     coalesce = False
     #: whether each subset's inputs are collected after the subsets before it were quantized
-    #: (``False``: every subset's from the block as it is, in one pass)
+    #: (``False``: every subset's from the float block: the last called is quantized first)
     true_sequential = True
 
     def __init__(self, wcfg: WeightQuantConfig, special: dict | None = None):
@@ -370,25 +259,16 @@ def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], 
         if stash:
             stash(i, block)
         errors: dict[str, torch.Tensor] = {}
-        one_pass = None
-        if not method.true_sequential:  # every subset's inputs from the block as it is, in one pass
-            merged = {n: m for sub in ctx.subsets for n, m in sub.layers.items()}
-            on_batch, state = method.stream(merged)
-            one_pass = (collect_inputs(block, inputs, merged, device, max_rows=method.sample_rows, on_batch=on_batch,
-                                       seed=i, last_only=method.clip_tokens == "last"), state)
-        for subset in ctx.subsets:
-            if one_pass is None:
-                on_batch, state = method.stream(subset.layers)
-                stats = collect_inputs(block, inputs, subset.layers, device, max_rows=method.sample_rows,
-                                       on_batch=on_batch, seed=i, last_only=method.clip_tokens == "last")
-            else:
-                stats, state = one_pass
+        for subset in _subset_order(block, ctx.subsets, inputs[0], device, method.true_sequential):
+            on_batch, state = method.stream(subset.layers)
+            stats = collect_inputs(block, inputs, subset.layers, device, max_rows=method.sample_rows,
+                                   on_batch=on_batch, seed=i, last_only=method.clip_tokens == "last")
             before = {n: m.weight.detach().clone() for n, m in subset.layers.items()}
             method.quantize_subset(ctx, subset, stats, state)
             for n, m in subset.layers.items():
                 errors[n] = relative_error(stats[n].x, before[n], m.weight.detach())
             del stats, before, state  # the rows and weight copies: freed before the next subset's
-        del one_pass
+        errors = {n: errors[n] for sub in ctx.subsets for n in sub.layers}  # the block's order
         block_error, last_error = _advance(block, inputs, fp_out, device, i + 1 if i + 1 < len(blocks) else None,
                                            quant_out)
         rep = BlockReport(i, time.time() - t0, block_error, _floats(errors), last_error)
