@@ -217,10 +217,10 @@ async def test_generate_previews_writes_registers_and_smoke_tests(zoo, tmp_path)
         await _write(pilot, s)
         gptq = yaml.safe_load((tmp_path / "configs" / "my_llava_gptq.yml").read_text())
         assert gptq["model"]["offload"] is True and a.generate.placement == "offload"
-        # the range search and GPTQ's one-pass Hessians; AWQ offers neither, RTN no Hessians
+        # the range search and GPTQ's float-block Hessians; AWQ offers neither, RTN no Hessians
         assert s.query_one("#ranges", Select).display and s.query_one("#hessians", Select).display
         s.query_one("#ranges", Select).value = "mse"
-        s.query_one("#hessians", Select).value = "onepass"
+        s.query_one("#hessians", Select).value = "float"
         await pilot.pause()
         await _press(pilot, "#preview")
         await _write(pilot, s)

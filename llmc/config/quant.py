@@ -130,7 +130,8 @@ class GptqSpecial(_Special):
     static_groups: Bool = False
     percdamp: Float = 0.01
     blocksize: Int = 128
-    true_sequential: Bool = True
+    true_sequential: Bool = Field(True, description="each subset's Hessian under the block's already quantized "
+                                  "subsets (true) or from the float block (false)")
     rotate: Literal["hadamard", "random"] | None = Field(
         None, description="rotate the residual stream (QuaRot) before quantizing")
     online_rotate: Bool = Field(False, description="also rotate the down_proj inputs online (Hadamard)")

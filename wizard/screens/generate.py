@@ -20,7 +20,7 @@ ACT_CHOICES = [("activations: 16-bit", 0), ("activations: 8-bit", 8), ("activati
 #: how each weight group's range is chosen (AWQ searches its own clip and takes min-max)
 RANGE_CHOICES = [("ranges: min-max", "minmax"), ("ranges: MSE search", "mse")]
 #: GPTQ: where each layer's Hessian comes from
-HESSIAN_CHOICES = [("GPTQ: true-sequential", "sequential"), ("GPTQ: one pass, float inputs", "onepass")]
+HESSIAN_CHOICES = [("GPTQ: true-sequential", "sequential"), ("GPTQ: Hessians from the float block", "float")]
 
 
 class GenerateScreen(StepScreen):
@@ -75,7 +75,7 @@ class GenerateScreen(StepScreen):
         self.query_one("#export", Select).value = g.export or "none"
         self.query_one("#placement", Select).value = g.placement
         self.query_one("#ranges", Select).value = g.calib_algo
-        self.query_one("#hessians", Select).value = "sequential" if g.true_sequential else "onepass"
+        self.query_one("#hessians", Select).value = "sequential" if g.true_sequential else "float"
         self._show_method_options()
         self.plan = None
 

@@ -154,7 +154,7 @@ class Generate(_Section):
     #: RTN, GPTQ, SmoothQuant, Quarot; AWQ searches its own clip)
     calib_algo: Literal["minmax", "mse"] = "minmax"
     #: GPTQ: each layer's Hessian from inputs that went through the block's already quantized
-    #: layers (True), or every Hessian from the float block in one pass (False)
+    #: layers (True), or every Hessian from the float block (False)
     true_sequential: bool = True
 
     @field_validator("prompt_template")
