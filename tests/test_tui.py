@@ -43,6 +43,16 @@ async def _write(pilot, s):
     await _until(pilot, lambda: "wrote" in _text(s, "#status") or s.query_one("#status").has_class("error"))
 
 
+async def _written_config(pilot, s, path, **choices):
+    """Set the Generate form's selects (``id=value``), preview, write; the written config."""
+    for wid, value in choices.items():
+        s.query_one(f"#{wid}", Select).value = value
+    await pilot.pause()
+    await _press(pilot, "#preview")
+    await _write(pilot, s)
+    return yaml.safe_load(path.read_text())
+
+
 def _app(tmp_path, zoo=None, answers=None):
     app = WizardApp(zoo_root=zoo.root if zoo else None, answers_path=tmp_path / "answers.yml", workdir=tmp_path,
                     models_dir=tmp_path / "adapters", device="cpu", install_target=tmp_path / "site")
@@ -203,28 +213,15 @@ async def test_generate_previews_writes_registers_and_smoke_tests(zoo, tmp_path)
         assert (tmp_path / "adapters" / "my_llava.py").exists()
         assert (tmp_path / "configs" / "my_llava_awq.yml").exists()
         # method, activation bits and export reach the config; a choice the engine refuses is reported
-        s.query_one("#method", Select).value = "GPTQ"
-        s.query_one("#export", Select).value = "vllm"
-        await pilot.pause()
-        await _press(pilot, "#preview")
-        await _write(pilot, s)
-        gptq = yaml.safe_load((tmp_path / "configs" / "my_llava_gptq.yml").read_text())
+        config = tmp_path / "configs" / "my_llava_gptq.yml"
+        gptq = await _written_config(pilot, s, config, method="GPTQ", export="vllm")
         assert gptq["save"]["save_vllm"] is True and gptq["quant"]["weight"]["symmetric"] is True
         assert "offload" not in gptq["model"] and "device_map" not in gptq["model"]
-        s.query_one("#placement", Select).value = "offload"  # blocks kept in CPU memory
-        await pilot.pause()
-        await _press(pilot, "#preview")
-        await _write(pilot, s)
-        gptq = yaml.safe_load((tmp_path / "configs" / "my_llava_gptq.yml").read_text())
+        gptq = await _written_config(pilot, s, config, placement="offload")  # blocks kept in CPU memory
         assert gptq["model"]["offload"] is True and a.generate.placement == "offload"
         # the range search and GPTQ's float-block Hessians; AWQ offers neither, RTN no Hessians
         assert s.query_one("#ranges", Select).display and s.query_one("#hessians", Select).display
-        s.query_one("#ranges", Select).value = "mse"
-        s.query_one("#hessians", Select).value = "float"
-        await pilot.pause()
-        await _press(pilot, "#preview")
-        await _write(pilot, s)
-        gptq = yaml.safe_load((tmp_path / "configs" / "my_llava_gptq.yml").read_text())
+        gptq = await _written_config(pilot, s, config, ranges="mse", hessians="float")
         assert gptq["quant"]["weight"]["calib_algo"] == "mse" and gptq["quant"]["special"]["true_sequential"] is False
         s.query_one("#method", Select).value = "Awq"
         await pilot.pause()
