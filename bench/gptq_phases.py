@@ -10,7 +10,7 @@ unless ``--once``). ``--profile`` adds torch.profiler's top operators over the f
 
     python bench/gptq_phases.py --shape 3b [--layers N] [--profile] [--once] [--onepass] [--mse]
 
-``--onepass`` takes every Hessian from the float block in one pass (``true_sequential: false``);
+``--onepass`` takes every Hessian from the float block (``true_sequential: false``);
 ``--mse`` searches each group's range (``calib_algo: mse``).
 """
 

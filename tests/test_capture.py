@@ -139,9 +139,10 @@ def test_wiring_that_changes_between_inputs_is_an_error_not_a_silent_share():
 
 @pytest.mark.parametrize("last_only", [False, True])
 def test_collecting_keeps_no_layer_input_alive_past_its_use(last_only):
-    """A one-pass collection over every layer of a block: by the time down_proj runs, q's input
-    (the normed hidden state, dead in a plain forward) is freed, and no earlier pass's input
-    lives on through the rows kept from it (a last-position slice would hold all of it)."""
+    """A one-pass collection over every layer of a block: by the time down_proj runs, the
+    collection holds no reference to q's input tensor (the normed hidden state, dead in a plain
+    forward; its rows, all kept here, are a view of its memory), and with last_only no earlier
+    pass's input memory lives on through the few rows kept from it."""
     import weakref
 
     from llmc.quant.blockwise import BlockInput, collect_inputs
@@ -173,3 +174,49 @@ def test_collecting_keeps_no_layer_input_alive_past_its_use(last_only):
     if last_only:  # all rows kept otherwise: their input is rightly alive
         assert all(not any(earlier) for _, earlier in alive), alive
     assert stats["down"].x.shape == ((3 if last_only else 18), 64)
+
+
+def test_float_block_order_is_last_called_first_only_for_subsets_that_run_one_after_another():
+    """``true_sequential: false`` quantizes the last-called subset first, so each collects the
+    float block's outputs. Where subsets do not run one after another on the first input (cross
+    attention's q/k/v grouped with self attention's, a layer called twice, a layer the first input
+    skips), no order gives float inputs: ``None`` (the caller collects them all in one pass)."""
+    from llmc.models.structure import Subset
+    from llmc.quant.blockwise import BlockInput
+    from llmc.quant.collect import _subset_order
+
+    def subsets(block, groups):
+        return [Subset(name, {n: getattr(block, n) for n in names}, None) for name, names in groups]
+
+    chain = [("attn_in", "qkv"), ("attn_out", "o"), ("mlp_in", ("gate", "up")), ("mlp_out", ("down",))]
+    torch.manual_seed(0)
+    block = Block().eval()
+    inputs = [BlockInput(torch.randn(1, 6, 32), (), {}, None) for _ in range(2)]
+    subs = subsets(block, chain)
+    assert _subset_order(block, subs, inputs, "cpu", True) == subs
+    assert [s.name for s in _subset_order(block, subs, inputs, "cpu", False)] == \
+        ["mlp_out", "mlp_in", "attn_out", "attn_in"]
+    assert _subset_order(block, subs, [], "cpu", False) is None
+
+    class Twice(Block):  # the attention runs twice: o's calls come between q's
+        def forward(self, h, scale=1.0):
+            for _ in range(2):
+                x = self.input_layernorm(h)
+                h = h + self.o(torch.tanh(self.q(x) * self.k(x)) + self.v(x)) * scale
+            return (h + self.down(torch.nn.functional.silu(self.gate(h)) * self.up(h)),)
+
+    twice = Twice().eval()
+    assert _subset_order(twice, subsets(twice, chain), inputs, "cpu", False) is None
+    cross = CrossBlock().eval()  # k/v read the cross input; q and k/v in one subset still chain
+    with_cross = [BlockInput(bi.hidden, (), {"cross": torch.randn(1, 6, 32)}, None) for bi in inputs]
+    assert _subset_order(cross, subsets(cross, chain), with_cross, "cpu", False) is not None
+
+    class Skips(Block):  # the MLP's gate only runs when asked: the first input skips it
+        def forward(self, h, gated=False):
+            x = self.input_layernorm(h)
+            h = h + self.o(torch.tanh(self.q(x) * self.k(x)) + self.v(x))
+            mid = torch.nn.functional.silu(self.gate(h)) * self.up(h) if gated else self.up(h)
+            return (h + self.down(mid),)
+
+    skips = Skips().eval()
+    assert _subset_order(skips, subsets(skips, chain), inputs, "cpu", False) is None

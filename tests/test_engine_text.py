@@ -184,11 +184,17 @@ class _Passthrough(torch.nn.Module):
         return hidden
 
 
-@pytest.mark.parametrize("true_sequential", [False, True])
-def test_gptq_true_sequential_decides_where_each_hessian_comes_from(tmp_path, true_sequential):
-    """true_sequential: false takes every layer's Hessian from the float block (one pass), so each
-    of block 0's layers equals GPTQ on its float inputs alone; true (the default) collects o_proj's
-    and down_proj's inputs after the layers before them were quantized, and they differ."""
+@pytest.mark.parametrize("true_sequential,one_pass", [(False, False), (False, True), (True, False)])
+def test_gptq_true_sequential_decides_where_each_hessian_comes_from(tmp_path, monkeypatch, true_sequential,
+                                                                     one_pass):
+    """true_sequential: false takes every layer's Hessian from the float block (last-called subset
+    first, or in one pass where the subsets do not run one after another), so each of block 0's
+    layers equals GPTQ on its float inputs alone; true (the default) collects o/gate/up/down's
+    inputs after the layers before them were quantized, and they differ."""
+    from llmc.quant import blockwise
+
+    if one_pass:  # as for a block whose subsets interleave
+        monkeypatch.setattr(blockwise, "_subset_order", lambda *a: None)
     from llmc.models.llama import Llama
     from llmc.quant.blockwise import quantize_blockwise
     from llmc.quant.gptq import GPTQ
@@ -224,7 +230,7 @@ def test_gptq_true_sequential_decides_where_each_hessian_comes_from(tmp_path, tr
     same = {n: float(torch.isclose(got[n], expected[n], atol=1e-6).float().mean()) for n in linears}
     for n in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
         assert same[n] > 0.999, (n, same)
-    for n in ("self_attn.o_proj", "mlp.down_proj"):
+    for n in ("self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"):
         assert (same[n] > 0.999) is not true_sequential, (n, same)
 
 

@@ -227,6 +227,7 @@ async def test_generate_previews_writes_registers_and_smoke_tests(zoo, tmp_path)
         await pilot.pause()
         assert not s.query_one("#ranges", Select).display and not s.query_one("#hessians", Select).display
         assert a.generate.calib_algo == "minmax"  # AWQ searches its own clip
+
         s.query_one("#method", Select).value = "RTN"
         await pilot.pause()
         assert s.query_one("#ranges", Select).display and not s.query_one("#hessians", Select).display
@@ -254,6 +255,24 @@ async def test_generate_previews_writes_registers_and_smoke_tests(zoo, tmp_path)
         await _until(pilot, lambda: "cancelled" in _text(s, "#status"))
         assert wait_gone(s.child_pid)
         assert not s.query_one("#smoke", Button).disabled and s.query_one("#cancel", Button).disabled
+
+
+async def test_generate_says_when_an_answers_files_range_search_does_not_apply(zoo, tmp_path):
+    """An answers file asking AWQ for the MSE range search: the step says it does not apply (AWQ
+    searches its own clip) and what it writes takes min-max ranges (the headless twin refuses it:
+    tests/test_generate.py)."""
+    a = _cloned(zoo, tmp_path, "tiny-llava")
+    a.inspect.model_kind, a.inspect.architecture = "transformers", "LlavaForConditionalGeneration"
+    a.inspect.projector_last_layers = ["model.multi_modal_projector.linear_2"]
+    a.generate.name, a.generate.method, a.generate.calib_algo = "awq-mse", "Awq", "mse"
+    app = _app(tmp_path, zoo, a)
+    async with app.run_test(size=SIZE) as pilot:
+        app.goto("Generate")
+        await pilot.pause()
+        s = app.screen
+        assert "calib_algo: mse does not apply" in _text(s, "#status")
+        awq = await _written_config(pilot, s, tmp_path / "configs" / "awq_mse_awq.yml")
+        assert "calib_algo" not in awq["quant"]["weight"] and a.generate.calib_algo == "minmax"
 
 
 async def test_run_launches_follows_cancels_and_shows_scores(zoo, tmp_path):

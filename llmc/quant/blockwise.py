@@ -102,11 +102,11 @@ class Method:
     output_loss = False
     #: input rows sampled per layer (what the per-layer error, and fits that read rows, see)
     sample_rows = 4096
-    #: whether equal-length calibration sequences may be replayed together (methods whose cost
-    #: grows with the inputs per search step, such as AWQ's, keep one per forward)
+    #: whether equal-length calibration sequences may be replayed together (a group is kept only
+    #: when the first block gives the same output both ways)
     coalesce = False
     #: whether each subset's inputs are collected after the subsets before it were quantized
-    #: (``False``: every subset's from the float block: the last called is quantized first)
+    #: (``False``: every subset's from the float block; see :func:`llmc.quant.collect._subset_order`)
     true_sequential = True
 
     def __init__(self, wcfg: WeightQuantConfig, special: dict | None = None):
@@ -259,15 +259,25 @@ def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], 
         if stash:
             stash(i, block)
         errors: dict[str, torch.Tensor] = {}
-        for subset in _subset_order(block, ctx.subsets, inputs[0], device, method.true_sequential):
-            on_batch, state = method.stream(subset.layers)
-            stats = collect_inputs(block, inputs, subset.layers, device, max_rows=method.sample_rows,
-                                   on_batch=on_batch, seed=i, last_only=method.clip_tokens == "last")
+        order, one_pass = _subset_order(block, ctx.subsets, inputs, device, method.true_sequential), None
+        if order is None:  # subsets that do not run one after another: every one's inputs in one pass
+            merged = {n: m for sub in ctx.subsets for n, m in sub.layers.items()}
+            on_batch, state = method.stream(merged)
+            one_pass = (collect_inputs(block, inputs, merged, device, max_rows=method.sample_rows, on_batch=on_batch,
+                                       seed=i, last_only=method.clip_tokens == "last"), state)
+        for subset in order or ctx.subsets:
+            if one_pass is None:
+                on_batch, state = method.stream(subset.layers)
+                stats = collect_inputs(block, inputs, subset.layers, device, max_rows=method.sample_rows,
+                                       on_batch=on_batch, seed=i, last_only=method.clip_tokens == "last")
+            else:
+                stats, state = one_pass
             before = {n: m.weight.detach().clone() for n, m in subset.layers.items()}
             method.quantize_subset(ctx, subset, stats, state)
             for n, m in subset.layers.items():
                 errors[n] = relative_error(stats[n].x, before[n], m.weight.detach())
             del stats, before, state  # the rows and weight copies: freed before the next subset's
+        del one_pass
         errors = {n: errors[n] for sub in ctx.subsets for n in sub.layers}  # the block's order
         block_error, last_error = _advance(block, inputs, fp_out, device, i + 1 if i + 1 < len(blocks) else None,
                                            quant_out)

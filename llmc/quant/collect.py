@@ -126,25 +126,39 @@ def _forward_until(block: nn.Module, inputs: list[BlockInput], device, layers: d
             h.remove()
 
 
-def _subset_order(block: nn.Module, subsets: list, first: BlockInput, device, true_sequential: bool) -> list:
-    """The order to quantize ``subsets`` in, each collecting its inputs just before. True-sequential:
-    the block's own (each subset's inputs under the subsets before it, quantized). Otherwise the
-    last called first: a layer's input comes only from layers called before it, so every subset
-    reads what the float block gives it, with one subset's Hessians alive at a time."""
+def _subset_order(block: nn.Module, subsets: list, inputs: list[BlockInput], device,
+                  true_sequential: bool) -> list | None:
+    """The order to quantize ``subsets`` in, each collecting its inputs just before.
+
+    True-sequential: the block's own (each subset's inputs under the subsets before it,
+    quantized). Otherwise the last called first: a layer's input comes only from layers called
+    before it, so each subset reads what the float block gives it, with one subset's Hessians
+    alive at a time. That holds when the subsets run one after another on the first input:
+    every layer called, each subset's calls in one stretch. Where they do not (cross-attention
+    q/k/v grouped with self-attention's, a layer called twice, a layer the first input skips),
+    ``None``: the caller collects every subset from the float block in one pass instead."""
     if true_sequential:
         return list(subsets)
-    called: dict[str, int] = {}
+    if not inputs:
+        return None
+    owner = {n: k for k, sub in enumerate(subsets) for n in sub.layers}
+    stretches: list[int] = []  # the subsets in call order, one entry per stretch of calls
+    called: set[str] = set()
 
-    def first_call(name):
+    def record(name):
         def hook(mod, args):
-            called.setdefault(name, len(called))
+            called.add(name)
+            if not stretches or stretches[-1] != owner[name]:
+                stretches.append(owner[name])
         return hook
 
     layers = {n: m for sub in subsets for n, m in sub.layers.items()}
-    hooks = [m.register_forward_pre_hook(first_call(n)) for n, m in layers.items()]
+    hooks = [m.register_forward_pre_hook(record(n)) for n, m in layers.items()]
     try:
-        _forward_until(block, [first], device, layers)
+        _forward_until(block, inputs[:1], device, layers)
     finally:
         for h in hooks:
             h.remove()
-    return sorted(subsets, key=lambda sub: min(called.get(n, -1) for n in sub.layers), reverse=True)
+    if called != set(layers) or len(stretches) != len(set(stretches)):
+        return None
+    return [subsets[k] for k in reversed(stretches)]

@@ -175,13 +175,14 @@ class GPTQ:
             raise ValueError(
                 f"GPTQ for {self.name}: input width {x.shape[-1]} does not match in_features {self.columns}"
             )
-        if self.H is None:
-            self.H = torch.zeros(self.columns, self.columns, dtype=torch.float32, device=self.layer.weight.device)
         exact16 = x.dtype in (torch.bfloat16, torch.float16)
-        x = x.reshape(-1, self.columns).to(self.H.device)
+        x = x.reshape(-1, self.columns)
         n = x.shape[0]
         if n == 0:
             return
+        if self.H is None:
+            self.H = torch.zeros(self.columns, self.columns, dtype=torch.float32, device=self.layer.weight.device)
+        x = x.to(self.H.device)
         self.H *= self.nsamples / (self.nsamples + n)
         self.nsamples += n
         if exact16 and x.is_cuda and _mm_fp32_out(x):

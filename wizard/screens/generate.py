@@ -77,6 +77,9 @@ class GenerateScreen(StepScreen):
         self.query_one("#ranges", Select).value = g.calib_algo
         self.query_one("#hessians", Select).value = "sequential" if g.true_sequential else "float"
         self._show_method_options()
+        if g.method == "Awq" and g.calib_algo != "minmax":  # from an answers file
+            self.set_status("AWQ searches its own clip: the answers' calib_algo: mse does not apply; "
+                            "min-max ranges are used (choose another method for the MSE search)")
         self.plan = None
 
     def _show_method_options(self) -> None:
