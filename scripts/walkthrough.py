@@ -94,7 +94,27 @@ def main(argv=None) -> int:
         for name, text in shots.items():  # what was captured, also when a step did not come
             (args.out / f"{name}.txt").write_text(text.rstrip() + "\n")
     print(f"wrote {len(shots)} captures to {args.out}")
+    page = REPO / "docs" / "walkthrough.md"
+    if args.out == REPO / "docs" / "screens" and len(shots) == len(SHOTS) and page.exists():
+        page.write_text(embed(page.read_text(), [shots[n] for n in SHOTS]))
+        print(f"updated {page}")
     return 0
+
+
+#: the captures in the order docs/walkthrough.md shows them
+SHOTS = ("01-welcome", "02-source", "03-install", "04-inspect", "05-generate-preview", "05-generate",
+         "06-run-progress", "06-run", "07-try")
+
+
+def embed(page: str, captures: list[str]) -> str:
+    """``page`` with its ```text blocks replaced, in order, by ``captures``."""
+    parts = re.split(r"(?m)^```text\n.*?^```$", page, flags=re.S)
+    if len(parts) != len(captures) + 1:
+        raise SystemExit(f"docs/walkthrough.md has {len(parts) - 1} text blocks, expected {len(captures)}")
+    out = parts[0]
+    for text, rest in zip(captures, parts[1:]):
+        out += "```text\n" + text.rstrip() + "\n```" + rest
+    return out
 
 
 if __name__ == "__main__":
