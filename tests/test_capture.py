@@ -220,3 +220,33 @@ def test_float_block_order_is_last_called_first_only_for_subsets_that_run_one_af
 
     skips = Skips().eval()
     assert _subset_order(skips, subsets(skips, chain), inputs, "cpu", False) is None
+
+
+def test_rows_kept_from_a_slice_of_a_larger_buffer_do_not_keep_the_buffer():
+    """o reads a slice of a wider tensor (a fused projection split in two): the rows kept from
+    it, all of them here, are copied, so each pass's wide tensor is freed when the pass moves on."""
+    import weakref
+
+    from llmc.quant.blockwise import BlockInput, collect_inputs
+
+    class Fused(nn.Module):
+        def __init__(self, d=16):
+            super().__init__()
+            self.wide, self.o = nn.Linear(d, 2 * d), nn.Linear(d, d)
+
+        def forward(self, h):
+            return (h + self.o(self.wide(h)[..., :16]),)
+
+    torch.manual_seed(0)
+    block = Fused().eval()
+    buffers, alive = [], []
+
+    def wide_out(mod, args, out):  # the earlier passes' wide tensors, still alive?
+        alive.append([r() is not None for r in buffers])
+        buffers.append(weakref.ref(out.untyped_storage()))
+
+    block.wide.register_forward_hook(wide_out)
+    inputs = [BlockInput(torch.randn(1, 5, 16), (), {}, None) for _ in range(3)]
+    stats = collect_inputs(block, inputs, {"o": block.o}, "cpu", max_rows=4096)
+    assert stats["o"].x.shape == (15, 16)
+    assert alive == [[], [False], [False, False]]

@@ -69,8 +69,8 @@ def collect_inputs(block: nn.Module, inputs: list[BlockInput], layers: dict[str,
             if x.shape[0] > per_batch:
                 idx = torch.randperm(x.shape[0], generator=gen)[:per_batch]
                 x = x[idx.pin_memory().to(x.device, non_blocking=True) if x.is_cuda else idx]
-            elif x.numel() < t.numel():  # kept rows that view part of the input would keep all of it
-                x = x.clone()
+            elif x.untyped_storage().nbytes() > x.numel() * x.element_size():
+                x = x.clone()  # rows viewing part of a larger buffer (a last position, a split) would keep all of it
             rows[name].append(x)  # on its device: no host sync per batch, none when the pass is done
 
         return fn
