@@ -131,12 +131,15 @@ def main(argv=None) -> int:
     build(work / "model", a.shape, a.layers)
     vocab = SHAPES[a.shape]["vocab_size"]
     calib = torch.randint(0, vocab, (a.n_calib, a.seq), generator=torch.Generator().manual_seed(1))
+    def run() -> float:
+        return quantize(work / "model", calib, dev, a.onepass, a.mse)
+
     if not a.once:
-        print(f"plain run (first, Triton compiles included): {quantize(work / 'model', calib, dev, a.onepass, a.mse):.2f} s", flush=True)
-        print(f"plain run (second): {quantize(work / 'model', calib, dev, a.onepass, a.mse):.2f} s", flush=True)
+        print(f"plain run (first, Triton compiles included): {run():.2f} s", flush=True)
+        print(f"plain run (second): {run():.2f} s", flush=True)
     spent, calls, peaks = defaultdict(float), defaultdict(int), defaultdict(int)
     instrument(spent, calls, peaks)
-    total = quantize(work / "model", calib, dev, a.onepass, a.mse)
+    total = run()
     print(f"\ninstrumented run: {total:.2f} s ({a.shape}, {a.layers or SHAPES[a.shape]['num_hidden_layers']} blocks, "
           f"{a.n_calib} x {a.seq}, {torch.cuda.get_device_name(0) if dev != 'cpu' else 'cpu'})")
     print("| phase | s | calls | peak GPU MiB during it |\n|---|---|---|---|")

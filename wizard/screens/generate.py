@@ -77,7 +77,7 @@ class GenerateScreen(StepScreen):
         self.query_one("#ranges", Select).value = g.calib_algo
         self.query_one("#hessians", Select).value = "sequential" if g.true_sequential else "float"
         self._show_method_options()
-        if g.method == "Awq" and g.calib_algo != "minmax":  # from an answers file
+        if not self.query_one("#ranges", Select).display and g.calib_algo != "minmax":  # from an answers file
             self.set_status("AWQ searches its own clip: the answers' calib_algo: mse does not apply; "
                             "min-max ranges are used (choose another method for the MSE search)")
         self.plan = None
@@ -118,9 +118,10 @@ class GenerateScreen(StepScreen):
         export = self.query_one("#export", Select).value
         g.export = None if export == "none" else export
         g.placement = self.query_one("#placement", Select).value
-        # a hidden choice does not apply: AWQ takes min-max ranges, only GPTQ reads true_sequential
-        g.calib_algo = self.query_one("#ranges", Select).value if g.method != "Awq" else "minmax"
-        g.true_sequential = g.method != "GPTQ" or self.query_one("#hessians", Select).value == "sequential"
+        # a hidden choice does not apply (_show_method_options decides): min-max ranges, true-sequential
+        ranges, hessians = self.query_one("#ranges", Select), self.query_one("#hessians", Select)
+        g.calib_algo = ranges.value if ranges.display else "minmax"
+        g.true_sequential = not hessians.display or hessians.value == "sequential"
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         from .. import steps
