@@ -274,3 +274,29 @@ def test_gptq_holds_only_the_hessians_it_still_needs(tmp_path, monkeypatch, true
     assert len(shared) == 3 * len(q.get_blocks()) and all(g.H is None and g.nsamples == 0 for g in shared)
     assert alive_at_solve["mlp.down_proj"] == 1, alive_at_solve
     assert alive_at_batch and max(alive_at_batch) == 1  # one Hessian at a time, in either order
+
+
+@pytest.mark.parametrize("method,special", [("GPTQ", {"true_sequential": False}), ("GPTQ", {}), ("Awq", {}),
+                                            ("Awq", {"search": "output", "loss_tokens": "last"}), ("SmoothQuant", {}), ("Quarot", {}),
+                                            ("RTN", {})])
+def test_no_forward_of_a_run_records_an_autograd_graph(corpus, tmp_path, method, special):
+    """Every module call of a run (capture, the float-block order's probe, collection, searches,
+    evaluation) runs without autograd: a graph would keep each forward's activations alive (a
+    block's whole MLP on the GPU) until the pass ends."""
+    path = _tiny_lm("Llama", tmp_path / "m")
+    calls = []
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda mod, args: calls.append((type(mod).__name__, torch.is_grad_enabled())))
+    try:
+        run(load_config({
+            "model": {"type": "Llama", "path": str(path), "torch_dtype": "float32"},
+            "calib": {"name": "wikitext2", "path": str(corpus / "train.txt"), "n_samples": 4, "seq_len": 32},
+            "eval": {"eval_pos": ["fake_quant"], "type": "ppl", "name": "wikitext2",
+                     "path": str(corpus / "test.txt"), "seq_len": 32, "bs": 2},
+            "quant": {"method": method, "weight": {"bit": 4, "group_size": 32},
+                      **({"act": {"bit": 8}} if method == "SmoothQuant" else {}), "special": special}}),
+            tmp_path / "out", device="cpu")
+    finally:
+        hook.remove()
+    assert len(calls) > 50
+    assert not [c for c in calls if c[1]], sorted({c[0] for c in calls if c[1]})

@@ -207,6 +207,7 @@ def check_layers(adapter: BaseModel, wcfg: WeightQuantConfig) -> None:
             check_group_size(m.in_features, wcfg, f"{adapter.block_name(i)}.{n}")
 
 
+@torch.no_grad()  # every forward of the run: none records a graph (its activations would be kept)
 def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], *, device=None,
                        quant_out: bool = True, placement=None,
                        on_block: Callable[[BlockReport, int], None] | None = None,

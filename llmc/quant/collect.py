@@ -97,6 +97,7 @@ class _Enough(Exception):
     """Every layer of interest has its input: the rest of the block need not run."""
 
 
+@torch.no_grad()
 def _forward_until(block: nn.Module, inputs: list[BlockInput], device, layers: dict[str, nn.Linear],
                    after_each: Callable[[], None] | None = None) -> None:
     """Run the block on every input, each pass stopping once all ``layers`` were called (when the
