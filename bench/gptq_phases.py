@@ -86,7 +86,9 @@ def instrument(spent: dict, calls: dict, peaks: dict) -> None:
         setattr(GPTQ, attr, wrap(getattr(GPTQ, attr), phase))
 
 
-def quantize(path: Path, calib, dev: str, onepass: bool = False, mse: bool = False) -> float:
+def quantize(path: Path, calib, dev: str, onepass: bool = False, mse: bool = False, peak: bool = True) -> float:
+    """Seconds to quantize; ``peak``: also print the peak memory (not in the instrumented run,
+    whose timed calls reset the peak: there the phases' peaks are printed)."""
     import torch
 
     from llmc.models.llama import Llama
@@ -105,7 +107,7 @@ def quantize(path: Path, calib, dev: str, onepass: bool = False, mse: bool = Fal
                        batches)
     sync()
     seconds = time.perf_counter() - t
-    if dev != "cpu":
+    if dev != "cpu" and peak:
         print(f"  peak GPU memory (load + quantize): {torch.cuda.max_memory_allocated() / 2**20:,.0f} MiB")
     del adapter
     if dev != "cpu":
@@ -131,21 +133,23 @@ def main(argv=None) -> int:
     build(work / "model", a.shape, a.layers)
     vocab = SHAPES[a.shape]["vocab_size"]
     calib = torch.randint(0, vocab, (a.n_calib, a.seq), generator=torch.Generator().manual_seed(1))
-    def run() -> float:
-        return quantize(work / "model", calib, dev, a.onepass, a.mse)
+    def run(peak: bool = True) -> float:
+        return quantize(work / "model", calib, dev, a.onepass, a.mse, peak)
 
     if not a.once:
         print(f"plain run (first, Triton compiles included): {run():.2f} s", flush=True)
         print(f"plain run (second): {run():.2f} s", flush=True)
     spent, calls, peaks = defaultdict(float), defaultdict(int), defaultdict(int)
     instrument(spent, calls, peaks)
-    total = run()
+    total = run(peak=False)
     print(f"\ninstrumented run: {total:.2f} s ({a.shape}, {a.layers or SHAPES[a.shape]['num_hidden_layers']} blocks, "
           f"{a.n_calib} x {a.seq}, {torch.cuda.get_device_name(0) if dev != 'cpu' else 'cpu'})")
     print("| phase | s | calls | peak GPU MiB during it |\n|---|---|---|---|")
     for phase, s in sorted(spent.items(), key=lambda kv: -kv[1]):
         print(f"| {phase} | {s:.2f} | {calls[phase]} | {peaks[phase] / 2**20:,.0f} |")
     print(f"| other (hooks, sampling, copies, Python) | {total - sum(spent.values()):.2f} | | |")
+    if dev != "cpu":
+        print(f"peak GPU memory (quantize, the largest phase's): {max(peaks.values()) / 2**20:,.0f} MiB")
     if a.profile:
         from torch.profiler import ProfilerActivity, profile
 
