@@ -20,18 +20,20 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
+from gptq_phases import quantize  # noqa: E402
 from gpu_quant_speed import SHAPES, build  # noqa: E402  (also puts the repository on sys.path)
 
 MIB = 2 ** 20
 
 
-def live_tensors(params: set[int], least: int = 16 * MIB) -> list[str]:
-    """The CUDA tensors of at least ``least`` bytes alive now (the model's parameters left out)."""
+def live_tensors(least: int = 16 * MIB) -> list[str]:
+    """The CUDA tensors of at least ``least`` bytes alive now (parameters left out)."""
     import torch
 
     out = []
     for o in gc.get_objects():
-        if torch.is_tensor(o) and (o.is_cuda or not torch.cuda.is_available()) and id(o) not in params:
+        if torch.is_tensor(o) and not isinstance(o, torch.nn.Parameter) and \
+                (o.is_cuda or not torch.cuda.is_available()):
             size = o.untyped_storage().nbytes()
             if size >= least:
                 out.append(f"{tuple(o.shape)} {str(o.dtype).removeprefix('torch.')} {size / MIB:,.0f}")
@@ -39,24 +41,18 @@ def live_tensors(params: set[int], least: int = 16 * MIB) -> list[str]:
 
 
 def measure(path: Path, calib, onepass: bool, mse: bool, block: int) -> None:
+    """Quantize as ``bench/gptq_phases.py`` does, recording block ``block``'s passes and solves."""
     import torch
 
     import llmc.quant.collect as collect
-    from llmc.models.llama import Llama
-    from llmc.quant.blockwise import quantize_blockwise
     from llmc.quant.gptq import GPTQ
-    from llmc.quant.methods import Gptq
-    from llmc.quant.quantizer import WeightQuantConfig
 
-    dev = "cuda:0" if torch.cuda.is_available() else "cpu"  # on a CPU: the calls only, no figures
-    cuda = torch.cuda.is_available()
-    adapter = Llama(path, "bfloat16", dev)
-    params = {id(p) for p in adapter.model.parameters()}
+    cuda = torch.cuda.is_available()  # on a CPU: the calls only, no figures
     rows: list[tuple[str, float, float]] = []
+    order: dict[int, int] = {}  # id(block) -> its index: blocks are collected in order
     current = [-1]
     peak_outer = [0]
     orig_fwd, orig_add, orig_solve = collect._forward_until, GPTQ.add_batch, GPTQ.quantize_layers_
-    blocks = adapter.get_blocks()
 
     def timed(label, fn, *a, **k):
         peak_outer[0] = max(peak_outer[0], torch.cuda.max_memory_allocated() if cuda else 0)
@@ -72,10 +68,10 @@ def measure(path: Path, calib, onepass: bool, mse: bool, block: int) -> None:
                 rows.append((label, start / MIB, peak / MIB))
 
     def fwd(blk, inputs, device, layers, after_each=None):
-        current[0] = next(i for i, b in enumerate(blocks) if b is blk)
+        current[0] = order.setdefault(id(blk), len(order))
         label = ("probe " if after_each is None else "collect ") + ",".join(n.split(".")[-1] for n in layers)
         if current[0] == block:
-            rows.append((f"  before {label}: " + ("; ".join(live_tensors(params)) or "-"), 0, 0))
+            rows.append((f"  before {label}: " + ("; ".join(live_tensors()) or "-"), 0, 0))
         return timed(label, orig_fwd, blk, inputs, device, layers, after_each)
 
     seen: set[str] = set()
@@ -83,20 +79,15 @@ def measure(path: Path, calib, onepass: bool, mse: bool, block: int) -> None:
     def add_batch(self, x):
         if current[0] == block and self.name not in seen:
             seen.add(self.name)
-            rows.append((f"  first batch of {self.name}: " + ("; ".join(live_tensors(params)) or "-"), 0, 0))
+            rows.append((f"  first batch of {self.name}: " + ("; ".join(live_tensors()) or "-"), 0, 0))
         return orig_add(self, x)
 
     def solve(self, layers, *a, **k):
         return timed("solve " + ",".join(n.split(".")[-1] for n in layers), orig_solve, self, layers, *a, **k)
 
     collect._forward_until, GPTQ.add_batch, GPTQ.quantize_layers_ = fwd, add_batch, solve
-    try:
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        wcfg = WeightQuantConfig(bit=4, symmetric=True, group_size=128, calib_algo="mse" if mse else "minmax")
-        quantize_blockwise(adapter, Gptq(wcfg, {"actorder": True, "static_groups": True,
-                                                "true_sequential": not onepass}),
-                           [{"input_ids": calib[i:i + 1].to(dev)} for i in range(calib.shape[0])])
+    try:  # the peak it would print is reset by the timed calls: the largest seen is printed here
+        quantize(path, calib, "cuda:0" if cuda else "cpu", onepass, mse, peak=False)
     finally:
         collect._forward_until, GPTQ.add_batch, GPTQ.quantize_layers_ = orig_fwd, orig_add, orig_solve
     peak_outer[0] = max(peak_outer[0], torch.cuda.max_memory_allocated() if cuda else 0)
@@ -105,10 +96,6 @@ def measure(path: Path, calib, onepass: bool, mse: bool, block: int) -> None:
     print("| call | allocated at start MiB | peak during MiB |\n|---|---|---|")
     for label, start, peak in rows:
         print(f"| {label} | {start:,.0f} | {peak:,.0f} |" if peak else f"| {label} | | |")
-    del adapter
-    gc.collect()
-    if cuda:
-        torch.cuda.empty_cache()
 
 
 def main(argv=None) -> int:
