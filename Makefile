@@ -1,5 +1,5 @@
-# The two commands of the README. Both create/refresh .venv first (idempotent).
-.PHONY: demo test env zoo clean-zoo
+# The two commands of the README. Both create/refresh .venv first from requirements/dev.lock (idempotent).
+.PHONY: demo test env zoo lock upgrade-check
 
 env:
 	@scripts/setup-env.sh
@@ -15,3 +15,11 @@ test: env
 
 zoo: env
 	.venv/bin/llmc-wizard demo build
+
+# Deliberate steps, never part of `make test`: try the newest releases the ranges in requirements/*.in
+# allow (their own .venv-next, the whole suite; prints what changed and what broke), then adopt them.
+upgrade-check: env
+	python3 scripts/lock.py check
+
+lock: env
+	python3 scripts/lock.py write

@@ -5,6 +5,9 @@
 # tests/test_llava_original.py), then the engine tests that build their models at test time.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# resolve as the lock was resolved: the same versions whatever the registry released since
+UV_EXCLUDE_NEWER=${UV_EXCLUDE_NEWER:-$(sed -n 's/^# resolved-before: //p' requirements/dev.lock)}
+export UV_EXCLUDE_NEWER
 .venv/bin/python -m wizard.services.isolate .venv-compat "transformers==4.37.2" "tokenizers==0.15.1" \
   "accelerate==0.21.0" | tail -n 3 || exit 1
 .venv-compat/bin/python -W ignore::FutureWarning -m pytest -q -p no:cacheprovider \

@@ -1,49 +1,55 @@
 #!/usr/bin/env bash
-# Create or refresh the development environment in .venv (torch + its torchvision, offline-safe pins).
-# Idempotent: a second run only re-checks what is installed. Usage: scripts/setup-env.sh
+# Create or refresh the development environment from the lock: exactly the versions (and file hashes)
+# in requirements/dev.lock, nothing more (uv pip sync removes what the lock does not name), whatever the
+# registry released since. Moving to newer releases is `make lock` (see scripts/lock.py).
+# Idempotent: a second run only compares a stamp. Usage: scripts/setup-env.sh
+# VENV and LOCK_DIR override where (scripts/lock.py check builds .venv-next from build/lock-next).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
-VENV=.venv
+VENV=${VENV:-.venv}
+LOCK_DIR=${LOCK_DIR:-requirements}
+LOCK=$LOCK_DIR/dev.lock
 STAMP=$VENV/.llmc-wizard-env
+[ -f "$LOCK" ] || { echo "[setup] error: $LOCK is missing (make lock writes it)" >&2; exit 1; }
 # Everything that decides what is installed: a change re-runs the install steps.
-want=$(cat pyproject.toml setup.py scripts/setup-env.sh | sha256sum | cut -c1-16)
+want=$(cat "$LOCK" "$LOCK_DIR/files.lock" pyproject.toml setup.py scripts/setup-env.sh | sha256sum | cut -c1-16)
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV with $("$PY" --version)"
   "$PY" -m venv "$VENV"
 fi
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
-  echo "[setup] $VENV is up to date"
+  echo "[setup] $VENV is up to date with $LOCK"
   exit 0
 fi
-# pip, without the platform's notes about local index folders that do not exist
-pipq() {
-  "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
-  return "${PIPESTATUS[0]}"
-}
-# torch with the torchvision built for it: transformers needs torchvision for every processor
-# that declares a video processor (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision, InternVL, SmolVLM) and
-# for the fast image processors. The registry's CPU torch has no matching torchvision, so this is
-# the CUDA pair (it runs on CPU; about 5.5 GB). Users with GPUs install the package into their
-# own CUDA environment.
-echo "[setup] torch + torchvision"
-pipq install "torch==2.14.1" "torchvision==0.29.1"
-# lmms-eval without its dependency tree (its pins would move torch)
-echo "[setup] lmms-eval and runtime dependencies"
-pipq install --no-deps "lmms-eval==0.7.3"
-pipq install "filelock<4" "transformers>=5,<6" accelerate datasets loguru pillow tenacity \
-  pytablewriter sacrebleu evaluate safetensors tokenizers textual jinja2 pyyaml gitpython pydantic \
-  "pytest>=8,<9" pytest-timeout pytest-asyncio pytest-textual-snapshot setuptools num2words uv
-# compressed-tensors only to check our pack-quantized export against the library itself
-pipq install --no-deps "compressed-tensors==0.20.0"
-# The original LLaVA code as the registry publishes it, kept as a file (not installed): the tests
-# publish it as a git repository and onboard a tiny LLaVA-1.5 checkpoint through it
-mkdir -p "$VENV/wheels"
-pipq download --no-deps -d "$VENV/wheels" "llava-torch==1.2.2.post1"
+rm -f "$STAMP"
+# Some machines keep copies of registry files in local folders (same files, same hashes): faster.
+idx=()
+for d in /opt/pypi-more/simple /opt/pypi/simple; do
+  [ -d "$d" ] && idx+=(--extra-index-url "file://$d")
+done
+[ ${#idx[@]} -gt 0 ] && idx+=(--index-strategy unsafe-best-match)
+# 1. the locked uv, checked by its hash, installed with the venv's own pip
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+awk '/^uv==/{on=1} on{print; if ($0 !~ /\\$/) exit}' "$LOCK" > "$tmp/uv.txt"
+[ -s "$tmp/uv.txt" ] || { echo "[setup] error: $LOCK names no uv" >&2; exit 1; }
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --require-hashes -r "$tmp/uv.txt" 2>&1 \
+  | { grep -v "^WARNING: Location 'file:" || true; }
+UV="$VENV/bin/uv"
+# 2. exactly the lock (hashes checked); anything else installed there is removed
+echo "[setup] installing $(grep -c '^[A-Za-z0-9].*==' "$LOCK") locked packages into $VENV"
+"$UV" pip sync -q --python "$VENV/bin/python" --require-hashes "${idx[@]}" "$LOCK"
+# 3. the project itself, editable, built in an isolated build environment with the locked setuptools
+#    (no plugin of an installed package runs in its build)
 echo "[setup] llmc-wizard (editable)"
-pipq install --no-deps --no-build-isolation -e .
+"$UV" pip install -q --python "$VENV/bin/python" --no-deps --build-constraint "$LOCK" "${idx[@]}" -e .
+# 4. files the tests publish (not installed)
+mkdir -p "$VENV/wheels"
+"$VENV/bin/python" -m pip download -q --disable-pip-version-check --no-deps --require-hashes -d "$VENV/wheels" \
+  -r "$LOCK_DIR/files.lock" 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
 "$VENV/bin/python" - <<'PY'
 import importlib
 for m in ("torch", "torchvision.ops", "transformers", "lmms_eval.evaluator", "textual", "git", "pydantic", "wizard", "llmc"):
@@ -54,4 +60,5 @@ import torchvision
 torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)  # the compiled ops load next to this torch
 print(f"[setup] ok: torch {torch.__version__}")
 PY
+cp "$LOCK" "$VENV/.llmc-wizard-lock"  # what this environment was built from (tests/test_lock.py compares)
 echo "$want" > "$STAMP"

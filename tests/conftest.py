@@ -18,6 +18,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def lock_moment() -> str | None:
+    """When requirements/dev.lock was resolved ("# resolved-before: ..." in its header)."""
+    import re
+
+    m = re.search(r"^# resolved-before: (\S+)", (REPO / "requirements" / "dev.lock").read_text(), re.M)
+    return m.group(1) if m else None
+
+
+# Every resolution a test makes (the models' environments, with uv) sees the registry as it was when
+# the lock was resolved: what the tests install does not depend on the day they run.
+if lock_moment():
+    os.environ.setdefault("UV_EXCLUDE_NEWER", lock_moment())
+
+
 @pytest.fixture(scope="session")
 def zoo(tmp_path_factory):
     from wizard.demo import zoo as zoo_mod
@@ -43,6 +57,54 @@ def tiny_vila_installed(zoo, tmp_path_factory):
     sys.path.insert(0, str(target))
     yield target
     sys.path.remove(str(target))
+
+
+def _site_package(name: str, init: str, entry_points: str) -> list[Path]:
+    """A distribution written straight into this environment's site folder (removed by the caller)."""
+    import importlib
+    import sysconfig
+
+    sp = Path(sysconfig.get_paths()["purelib"])
+    pkg, dist = sp / name, sp / f"{name}-1.0.dist-info"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(init)
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(entry_points)
+    (dist / "RECORD").write_text(f"{name}/__init__.py,,\n{dist.name}/METADATA,,\n{dist.name}/entry_points.txt,,\n"
+                                 f"{dist.name}/RECORD,,\n")
+    importlib.invalidate_caches()
+    return [pkg, dist]
+
+
+@pytest.fixture
+def hostile_plugin(tmp_path_factory):
+    """A package installed here whose setuptools plugin (an ``egg_info.writers`` entry point, as
+    ``kernels`` registers) imports what only this environment has: loaded anywhere else (a model's
+    environment, a build of its code) it writes where it ran into the returned file, then fails."""
+    import shutil
+
+    marker = tmp_path_factory.mktemp("hostile") / "ran-in.txt"
+    init = (f"import sys\nif sys.prefix != {sys.prefix!r}:\n    with open({str(marker)!r}, 'a') as f:\n"
+            "        f.write(sys.prefix + '\\n')\n"
+            "    raise ImportError(\"cannot import name 'OnlyHere' from 'hostile_plugin'\")\n"
+            "def write(cmd, basename, filename):\n    pass\n")
+    made = _site_package("hostile_plugin", init, "[egg_info.writers]\nhostile.txt = hostile_plugin:write\n")
+    yield marker
+    for p in made:
+        shutil.rmtree(p)
+
+
+@pytest.fixture
+def broken_adapter_plugin():
+    """A package installed here whose ``llmc.adapters`` entry point fails to import."""
+    import shutil
+
+    made = _site_package("broken_adapter_plugin", "raise RuntimeError('this plugin is broken')\n",
+                         "[llmc.adapters]\nbroken = broken_adapter_plugin\n")
+    yield "broken-adapter-plugin"
+    for p in made:
+        shutil.rmtree(p)
 
 
 @pytest.fixture

@@ -139,3 +139,31 @@ def test_a_pin_that_breaks_the_engines_imports_is_relaxed_even_when_the_importer
     create_env(plan, code_package="oldcode")
     assert "fails to import in the environment" in plan.relaxed["pydantic"]
     assert _in_env(plan.env_dir, "import pydantic; print(pydantic.VERSION)").startswith("2.")
+
+
+def test_a_build_plugin_installed_here_neither_runs_in_nor_breaks_the_models_environment(tmp_path, hostile_plugin):
+    """A package here registers a setuptools plugin that works only here (as ``kernels``, which
+    transformers 5.25 requires, imports a huggingface_hub name the code's older pin lacks): the code
+    still builds and installs, the plugin never runs there, and nothing the environment did not ask
+    for — the plugin, nor the outer transformers' own requirements — is visible in it."""
+    from wizard.services.isolate import installed_here
+
+    code = _project(tmp_path / "code", ["transformers==4.37.2"])
+    plan = plan_env(code, tmp_path / "envs" / "old")
+    create_env(plan, code_package="oldcode")
+    assert not hostile_plugin.exists(), f"the plugin ran in {hostile_plugin.read_text()}"
+    probe = ("import importlib.util as u, importlib.metadata as m, oldcode; "
+             "print(oldcode.VERSION, u.find_spec('hostile_plugin') is None, u.find_spec('kernels') is None, "
+             "sorted(e.value for e in m.entry_points(group='egg_info.writers') if 'hostile' in e.value))")
+    assert _in_env(plan.env_dir, probe) == "4.37.2 True True []"
+    if "kernels" in installed_here():  # the real pair of the lock: transformers 5 here with its kernels
+        assert metadata.version("transformers").split(".")[0] == "5"
+
+
+def test_a_broken_adapter_plugin_is_one_line_naming_its_package(broken_adapter_plugin):
+    from llmc.models.registry import get_model_class
+
+    with pytest.raises(ValueError) as e:
+        get_model_class("NoSuchModelType")
+    msg = str(e.value)
+    assert "\n" not in msg and f"of the package {broken_adapter_plugin}" in msg and "this plugin is broken" in msg

@@ -30,10 +30,11 @@ def llava(tmp_path_factory):
     return repo, code_repo(root / "repos" / "LLaVA.git", root / "work"), src
 
 
-def test_the_original_llava_code_reaches_the_score_table_in_its_own_environment(llava, zoo, tmp_path):
+def test_the_original_llava_code_reaches_the_score_table_in_its_own_environment(llava, zoo, tmp_path, hostile_plugin):
     """Clone, install into an environment of its own (its pins: transformers 4.36.2, tokenizers
     0.15, accelerate 0.21, gradio 4.16...), inspect, generate, smoke and run with GPTQ, then AWQ,
-    to the score table: zero hand-written lines, every step after install in that environment."""
+    to the score table: zero hand-written lines, every step after install in that environment —
+    while this environment holds a setuptools plugin that breaks wherever else it is loaded."""
     import subprocess
     import sys
 
@@ -74,6 +75,7 @@ def test_the_original_llava_code_reaches_the_score_table_in_its_own_environment(
     mme = results["evals"]["mme"]
     assert sum(mme["pretrain"]["n_images"].values()) == 8 and sum(mme["fake_quant"]["n_images"].values()) == 8
     assert results["table"] in text and "GPTQ" in results["table"]
+    assert not hostile_plugin.exists(), f"this environment's plugin ran in {hostile_plugin.read_text()}"
 
     # AWQ in the same environment (built once: it is up to date for this commit)
     s.answers.generate.method = "AWQ"

@@ -95,15 +95,21 @@ def load_adapter_dirs(dirs: Iterable[str | os.PathLike] = ()) -> None:
 def load_entry_points() -> None:
     from importlib.metadata import entry_points
 
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        key = f"entry point {ep.name} ({ep.value})"
+    try:
+        eps = list(entry_points(group=ENTRY_POINT_GROUP))
+    except Exception as e:  # noqa: BLE001 - a distribution's broken metadata must not break the engine
+        FAILED_ADAPTERS["entry points"] = f"{type(e).__name__}: {e}"
+        return
+    for ep in eps:
+        dist = getattr(getattr(ep, "dist", None), "name", None) or "?"
+        key = f"entry point {ep.name} ({ep.value}) of the package {dist}"
         if key in _LOADED:
             continue
         _LOADED.add(key)
         try:
             ep.load()
-        except Exception as e:  # noqa: BLE001
-            FAILED_ADAPTERS[key] = f"{type(e).__name__}: {e}"
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - a third-party plugin must not break the engine
+            FAILED_ADAPTERS[key] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
 
 
 def get_model_class(name: str, adapter_dirs: Iterable[str | os.PathLike] = ()) -> type:

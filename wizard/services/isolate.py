@@ -5,8 +5,14 @@ torch 2.0.1…). Installing them here would replace what the engine runs on; ign
 (``--no-deps``) may leave code that cannot import. The isolated environment is a virtual
 environment (created with ``uv``) that holds only what the code needs *differently* from this
 environment; everything else — torch, the engine, lmms-eval, the wizard — is read from this
-environment through a ``.pth`` file placed after the environment's own folder, so the code's
-pins win where they differ and nothing is downloaded twice.
+environment through a *base layer*: a folder of links to exactly the distributions the environment
+needs from here (the resolution's packages it does not install itself, the relaxed ones, and the
+engine's own requirements, followed through this environment's metadata), added after the
+environment's own folder, so the code's pins win where they differ and nothing is downloaded twice.
+A package of this environment that nothing there asked for (a setuptools plugin, a pytest plugin,
+an entry point of any kind) is not in the layer, so nothing of it runs there. The code itself is
+built in an isolated build environment (uv's build isolation) with this environment's setuptools
+version, never with this environment's installed build plugins.
 
 What gets installed is decided by one resolution (``uv pip compile``) of the code's requirements
 together with the engine's own, preferring this environment's versions:
@@ -59,6 +65,7 @@ ENGINE_EXTRA = ("datasets", "loguru", "pillow", "tenacity", "pytablewriter", "sa
 ENGINE_FOLLOWS = ("transformers", "tokenizers", "accelerate", "huggingface-hub", "safetensors")
 STAMP = ".llmc-wizard-env.json"
 OVERLAY = "zz_llmc_wizard_base.pth"
+BASE = "base"  #: the folder of links to this environment's distributions, inside the model's environment
 MAX_ROUNDS = 6
 
 
@@ -105,6 +112,7 @@ class EnvPlan:
     relaxed: dict[str, str] = field(default_factory=dict)  #: name -> what happens to it and why
     install: list[str] = field(default_factory=list)  #: ``name==version`` that differ from this environment
     resolved: int = 0  #: packages in the whole resolution
+    needs: list[str] = field(default_factory=list)  #: the names of the whole resolution
 
     def describe(self) -> list[str]:
         lines = [f"environment: {self.env_dir} (over this one: {sys.prefix})",
@@ -187,15 +195,127 @@ def plan_env(code_dir: Path | None, env_dir: Path, relax=DEFAULT_RELAX, requirem
         raise WizardError("the code's requirements did not resolve after relaxing "
                           f"{', '.join(plan.relaxed)}", "relax more pins in install.relax, or install shared")
     plan.resolved = len(pins)
+    plan.needs = sorted({_name(p) for p in pins})
     plan.install = [p for p in pins if _name(p) not in plan.relaxed
                     and have.get(_name(p)) != p.split("==", 1)[1].strip()]
     return plan
 
 
-def _overlay_lines() -> list[str]:
-    """The ``.pth`` lines that put this environment's site folders after the new one's (literals only)."""
-    dirs = [d for d in site.getsitepackages() if os.path.isdir(d)]
-    return [f"import site; site.addsitedir({d!r})" for d in dirs]
+def _site_dists(sp: Path) -> set[str]:
+    """The distributions installed in the site folder ``sp`` (normalized names)."""
+    return {norm(d.metadata["Name"]) for d in metadata.distributions(path=[str(sp)]) if d.metadata["Name"]}
+
+
+def _outer() -> dict[str, metadata.Distribution]:
+    """This environment's installed distributions by normalized name: those of its site folders (a
+    source tree's ``*.egg-info`` on ``sys.path`` is not an installation), the first folder winning."""
+    out: dict[str, metadata.Distribution] = {}
+    for d in metadata.distributions(path=[p for p in site.getsitepackages() if os.path.isdir(p)]):
+        name = d.metadata["Name"]
+        if name:
+            out.setdefault(norm(name), d)
+    return out
+
+
+def base_closure(roots, provided: set[str]) -> dict[str, str]:
+    """The distributions of this environment a model environment needs, ``{name: version}``: the
+    ``roots`` (names, or ``name[extra,...]``) and, through this environment's ``Requires-Dist``
+    (markers evaluated, extras followed where asked), what they require, except what the model
+    environment ``provided`` itself (its own copy brings its own requirements)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    have = _outer()
+    seen: dict[str, str] = {}
+    todo = [(r, ()) for r in roots]
+    while todo:
+        spec, extras = todo.pop()
+        m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[([^\]]*)\])?", spec)
+        if not m:
+            continue
+        name = norm(m.group(1))
+        extras = tuple(extras) + tuple(e.strip() for e in (m.group(2) or "").split(",") if e.strip())
+        if name in provided or name not in have:
+            continue
+        key = name + "[" + ",".join(sorted(extras)) + "]"
+        if key in seen:
+            continue
+        seen[key] = have[name].version
+        for raw in have[name].requires or []:
+            try:
+                req = Requirement(raw)
+            except InvalidRequirement:
+                continue
+            envs = [{"extra": e} for e in extras] or [{"extra": ""}]
+            if req.marker is None or any(req.marker.evaluate(e) for e in envs):
+                todo.append((req.name, tuple(req.extras)))
+    return {k.split("[")[0]: v for k, v in seen.items()}
+
+
+def engine_roots() -> list[str]:
+    """What the engine runs on in any environment: this package with every extra it declares (its
+    optional capabilities are part of it), and lmms-eval (installed here without its dependency tree:
+    what it needs is what this environment installed of its requirements)."""
+    try:
+        extras = metadata.metadata("llmc-wizard").get_all("Provides-Extra") or []
+    except metadata.PackageNotFoundError:
+        extras = []
+    return [f"llmc-wizard[{','.join(extras)}]", "lmms-eval", *ENGINE_EXTRA]
+
+
+def _tops(d: metadata.Distribution) -> list[tuple[str, ...]]:
+    """The paths of a distribution's files relative to its site folder (scripts and caches left out)."""
+    out = []
+    for f in d.files or []:
+        parts = Path(f).parts
+        if parts and parts[0] != ".." and "__pycache__" not in parts:
+            out.append(parts)
+    return out
+
+
+def write_base(env_dir: Path, names) -> dict[str, str]:
+    """Link ``names`` (distributions of this environment) into the model environment's base layer,
+    replacing what was there; returns ``{name: version}`` of what it holds. A folder that
+    distributions share (a namespace package such as ``nvidia``) is linked whole only when every
+    distribution with files in it is in the layer; otherwise it is a real folder of the members' links."""
+    have = _outer()
+    keep = {n for n in names if n in have}
+    base = Path(env_dir) / BASE
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    owners: dict[tuple[str, ...], set[str]] = {}
+    roots: dict[str, Path] = {}
+    for name, d in have.items():
+        roots[name] = Path(d.locate_file(""))
+        for parts in _tops(d):
+            for i in range(1, len(parts) + 1):
+                owners.setdefault(parts[:i], set()).add(name)
+
+    def link(prefix: tuple[str, ...], src_root: Path) -> None:
+        dst = base.joinpath(*prefix)
+        if dst.exists() or dst.is_symlink():
+            return
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.symlink_to(src_root.joinpath(*prefix))
+
+    for name in sorted(keep):
+        for parts in _tops(have[name]):
+            for i in range(1, len(parts) + 1):
+                if owners.get(parts[:i], set()) <= keep:
+                    link(parts[:i], roots[name])
+                    break
+    return {n: have[n].version for n in sorted(keep)}
+
+
+def _refresh_base(plan: EnvPlan, env_sp: Path) -> dict[str, str]:
+    """The base layer for what the environment holds now (after installs and removals)."""
+    roots = list(plan.needs) + list(plan.relaxed) + engine_roots()
+    return write_base(plan.env_dir, base_closure(roots, _site_dists(env_sp)))
+
+
+def build_constraints() -> list[str]:
+    """This environment's build tools, as the versions an isolated build of the code gets."""
+    have = installed_here()
+    return [f"{n}=={have[n]}" for n in ("setuptools", "wheel") if n in have]
 
 
 def _run(cmd: list[str], on_line, cancelled, what: str) -> None:
@@ -262,7 +382,7 @@ def create_env(plan: EnvPlan, *, commit: str = "", relax=DEFAULT_RELAX, code_pac
         shutil.rmtree(env_dir)
     _run(uv() + ["venv", "-q", str(env_dir), "--python", sys.executable], log, cancelled, "creating the environment")
     sp = next((env_dir / "lib").glob("python*/site-packages"))
-    (sp / OVERLAY).write_text("\n".join(_overlay_lines()) + "\n")
+    (sp / OVERLAY).write_text(f"import site; site.addsitedir({str(env_dir / BASE)!r})\n")
     py = str(env_python(env_dir))
     if plan.install:
         req = env_dir / "requirements.txt"
@@ -272,8 +392,12 @@ def create_env(plan: EnvPlan, *, commit: str = "", relax=DEFAULT_RELAX, code_pac
              "installing the code's pinned packages")
     if plan.code_dir is not None:
         log(f"environment: installing the code from {plan.code_dir}")
-        _run(uv() + ["pip", "install", "--python", py, "--no-deps", "--no-build-isolation",
+        cons = env_dir / "build-constraints.txt"
+        cons.write_text("\n".join(build_constraints()) + "\n")
+        # built in an isolated build environment: no build plugin installed anywhere runs in it
+        _run(uv() + ["pip", "install", "--python", py, "--no-deps", "--build-constraint", str(cons),
                      *(["-e"] if editable else []), str(plan.code_dir)], log, cancelled, "installing the code")
+    base = _refresh_base(plan, sp)
     modules = ["llmc.runner", "lmms_eval.evaluator", "wizard.steps"] + ([code_package] if code_package else [])
     for _ in range(MAX_ROUNDS):
         err, files = check_imports(env_dir, modules)
@@ -296,10 +420,12 @@ def create_env(plan: EnvPlan, *, commit: str = "", relax=DEFAULT_RELAX, code_pac
         plan.relaxed[owner] = _relax_note(owner, installed_here(), f"it fails to import in the environment ({err[:160]})")
         plan.install = [p for p in plan.install if _name(p) != owner]
         _run(uv() + ["pip", "uninstall", "--python", py, owner], log, cancelled, f"removing {owner}")
+        base = _refresh_base(plan, sp)
     else:
         raise WizardError("the model's environment still fails to import after relaxing "
                           f"{', '.join(plan.relaxed)}", "relax more pins in install.relax")
-    (env_dir / STAMP).write_text(json.dumps({**plan.stamp(commit, relax), "plan": asdict(plan)}, default=str, indent=1))
+    (env_dir / STAMP).write_text(json.dumps({**plan.stamp(commit, relax), "base": base, "plan": asdict(plan)},
+                                            default=str, indent=1))
     return plan
 
 
@@ -310,8 +436,11 @@ def env_is_current(env_dir: Path, commit: str, relax=DEFAULT_RELAX) -> bool:
         data = json.loads(stamp.read_text())
     except (OSError, ValueError):
         return False
+    have = installed_here()
     return (env_python(env_dir).exists() and data.get("code_commit") == commit
-            and data.get("requested") == sorted(norm(n) for n in relax))
+            and data.get("requested") == sorted(norm(n) for n in relax)
+            # the base layer links this environment's distributions by version: any change rebuilds
+            and all(have.get(n) == v for n, v in (data.get("base") or {"?": "?"}).items()))
 
 
 def main(argv: list[str] | None = None) -> int:
