@@ -164,6 +164,11 @@ def check_model_folder(mp: Path) -> list[str]:
     if not mp.is_dir():
         return [f"model.path: {mp} is a file, not a folder; point it at the folder that holds the model's "
                 "config.json and weights"]
+    from llmc.paths import links_leaving, links_leaving_line
+
+    bad = links_leaving(mp)
+    if bad:  # nothing is read through them: every later check would follow the links
+        return ["model.path: " + links_leaving_line(mp, bad)]
     problems = []
     pointers = [f for f in _small_files(mp) if is_lfs_pointer(f)]
     if pointers:

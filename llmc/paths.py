@@ -79,3 +79,61 @@ def os_error_line(e: OSError) -> str:
     what = e.strerror or str(e) or type(e).__name__
     names = [short(n) for n in (e.filename, e.filename2) if n is not None]
     return f"{what}: {' -> '.join(names)}" if names else what
+
+
+def _hub_blobs(root: Path) -> Path | None:
+    """The blob folder of a Hugging Face cache snapshot (``models--x/snapshots/<rev>`` links its files
+    to ``models--x/blobs``): the one place outside a snapshot its links may lead."""
+    parent = root.parent
+    if parent.name == "snapshots" and parent.parent.name.startswith(("models--", "datasets--")):
+        return parent.parent / "blobs"
+    return None
+
+
+def links_leaving(root, *, limit: int = 50) -> list[tuple[str, str]]:
+    """Symbolic links under ``root`` (links are not followed; ``.git`` is not entered) that lead
+    outside it — to another file of the user's, ``/proc``, a device, into ``.git`` — or that loop:
+    ``[(path relative to root, where it leads)]``, at most ``limit``. Reading a model folder through
+    such a link would copy what it points at into everything made from the model (checkpoints, a
+    processor's saved templates), so every reader refuses a folder that has one."""
+    root = Path(os.path.abspath(os.path.expanduser(str(root))))
+    real_root = Path(os.path.realpath(root))
+    allowed = [real_root] + [b for b in [_hub_blobs(root)] if b is not None]
+    allowed = [Path(os.path.realpath(a)) for a in allowed]
+    bad: list[tuple[str, str]] = []
+    for d, dirs, files in os.walk(root):
+        if Path(d) == root and ".git" in dirs:
+            dirs.remove(".git")
+        for name in sorted(dirs + files):
+            p = Path(d) / name
+            if not p.is_symlink():
+                continue
+            rel = p.relative_to(root).as_posix()
+            try:
+                target = Path(os.readlink(p))
+                real = p.resolve(strict=False)
+            except (OSError, RuntimeError):  # a loop, or an unreadable link
+                bad.append((rel, "a link loop"))
+                continue
+            inside = any(real == a or a in real.parents for a in allowed)
+            if not inside or real == real_root / ".git" or (real_root / ".git") in real.parents:
+                bad.append((rel, str(target)))
+            if len(bad) >= limit:
+                return bad
+    return bad
+
+
+LINKS_FIX = "remove the links (or replace them with the files they should be), then try again"
+
+
+def links_leaving_message(root, bad: list[tuple[str, str]], what: str = "model folder") -> str:
+    """What :func:`links_leaving` found, in one line (without the fix)."""
+    shown = ", ".join(f"{short(rel, 120)} -> {short(t, 160)}" for rel, t in bad[:3])
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    return f"{what} {short(root)} has {len(bad)} link(s) leading outside it ({shown}{more})"
+
+
+def links_leaving_line(root, bad: list[tuple[str, str]], what: str = "model folder") -> str:
+    """One line naming the links :func:`links_leaving` found, why it matters and the fix."""
+    return (f"{links_leaving_message(root, bad, what)}: reading through them would copy those files into what "
+            f"is made from the model; {LINKS_FIX}")

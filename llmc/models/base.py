@@ -91,6 +91,10 @@ class BaseModel(abc.ABC):
     def __init__(self, path: str | Path, torch_dtype: str | torch.dtype = "auto", device: str = "cpu",
                  config: dict | None = None):
         self.model_path = Path(path).expanduser()
+        from llmc.paths import links_leaving, links_leaving_line
+
+        if self.model_path.is_dir() and (bad := links_leaving(self.model_path)):
+            raise ValueError("model.path: " + links_leaving_line(self.model_path, bad))
         self.device = torch.device(device)
         self.torch_dtype = _resolve_dtype(torch_dtype)
         self.config = config or {}

@@ -48,6 +48,11 @@ class CodeImportError(SkeletonError):
 def _read_config(weights_dir: Path) -> dict:
     if not weights_dir.is_dir():
         raise SkeletonError(f"no such model folder: {weights_dir}", "check the path (download the model first)")
+    from llmc.paths import LINKS_FIX, links_leaving, links_leaving_message
+
+    bad = links_leaving(weights_dir)
+    if bad:
+        raise SkeletonError(links_leaving_message(weights_dir, bad), LINKS_FIX)
     cfg = weights_dir / "config.json"
     if not cfg.is_file():
         raise SkeletonError(f"{weights_dir} has no config.json",

@@ -234,6 +234,7 @@ def fetch_repo(url_or_path, dest, commit: str | None = None, progress: Callable[
         if g.query(["rev-parse", "--verify", "--quiet", "HEAD^{commit}"], dest) is None:
             raise WizardError(f"{src.display} has no commits", "push at least one commit, or check the URL")
         _checkout(g, dest, commit, resumed)
+        _refuse_links_leaving(dest, src, created, was_empty)
         if use_lfs:
             lfs_files = _lfs(g, dest)
         else:
@@ -259,6 +260,27 @@ def fetch_repo(url_or_path, dest, commit: str | None = None, progress: Callable[
     sha = repo.head.commit.hexsha
     branch = None if repo.head.is_detached else repo.active_branch.name
     return FetchResult(dest, sha, branch, lfs_files, resumed)
+
+
+def _refuse_links_leaving(dest: Path, src: _Source, created: list[Path], was_empty: bool) -> None:
+    """A repository whose links lead outside its clone (``x -> /proc/self/environ``, ``-> ~/.ssh/...``)
+    is refused before anything reads through them: a clone this call made is removed, a resumed one
+    loses those links."""
+    from llmc.paths import LINKS_FIX, links_leaving, links_leaving_message
+
+    bad = links_leaving(dest)
+    if not bad:
+        return
+    message = links_leaving_message(dest, bad, what=f"{src.display}: the clone")
+    if bool(created) or was_empty:
+        _remove_created(dest, created, was_empty)
+        kept = "nothing was kept"
+    else:
+        for rel, _ in links_leaving(dest, limit=10**6):
+            (dest / rel).unlink(missing_ok=True)
+        kept = "those links were removed from the clone"
+    raise WizardError(f"{message}; {kept}", f"a repository has no business linking outside itself: use another "
+                      f"source, or {LINKS_FIX}")
 
 
 def _pointers_error(dest: Path, src: _Source, pointers: list[str], lfs, use_lfs: bool,
