@@ -10,7 +10,7 @@ import yaml
 from textual.widgets import Button, DataTable, Input, Select, SelectionList, Static
 
 from wizard.app import WizardApp, demo_answers
-from wizard.services.answers import Answers
+from wizard.services.answers import Answers, load_answers
 from wizard.services.child import wait_gone
 
 pytestmark = pytest.mark.slow
@@ -407,3 +407,39 @@ async def test_run_shows_the_data_parallel_command_for_several_gpus(tmp_path):
         text = _text(s, "#dp-command")
         assert "accelerate launch --num_processes 2" in text and "-m llmc.eval.dp" in text
         assert "--model-type MyVlm" in text and "--data /data/mme" in text
+
+
+async def test_install_into_the_models_own_environment_goes_on_in_it_by_keys(zoo, tmp_path):
+    """enter on Install builds the model's environment for real; the app then comes back on the next
+    step with that environment's Python. A later ctrl+n from Install (already built) does the same."""
+    from wizard.app import Restart
+    from wizard.screens import STEP_SCREENS
+
+    a = _cloned(zoo, tmp_path, "tiny-vila")
+    a.install.environment = "isolated"
+    nxt = list(STEP_SCREENS)[list(STEP_SCREENS).index("Install") + 1]
+    app = _app(tmp_path, zoo, a)
+    async with app.run_test(size=SIZE) as pilot:
+        app.goto("Install")
+        await pilot.pause()
+        assert app.focused is app.screen.query_one("#install", Button)
+        await pilot.press("enter")
+        await _until(pilot, lambda: app.return_value is not None, timeout=300)
+    env = tmp_path / "envs" / "tiny-vila-code"
+    assert isinstance(app.return_value, Restart) and app.return_value.python == env / "bin" / "python"
+    argv = app.return_value.argv
+    assert argv[argv.index("--step") + 1] == nxt
+    import subprocess
+
+    probe = subprocess.run([str(env / "bin" / "python"), "-c", "import tiny_vila, llmc.runner; print('ok')"],
+                           capture_output=True, text=True)
+    assert probe.stdout.strip() == "ok", probe.stderr[-1000:]
+
+    again = _app(tmp_path, zoo, load_answers(tmp_path / "answers.yml"))
+    async with again.run_test(size=SIZE) as pilot:
+        again.goto("Install")
+        await pilot.pause()
+        await pilot.press("ctrl+n")
+        await pilot.pause()
+    assert isinstance(again.return_value, Restart), "ctrl+n opened the next step in the wrong Python"
+    assert again.return_value.argv[again.return_value.argv.index("--step") + 1] == nxt

@@ -237,7 +237,7 @@ class WizardApp(App):
         names = list(STEP_SCREENS)
         i = names.index(current) + delta
         if 0 <= i < len(names):
-            self.switch_screen(names[i])
+            self.goto(names[i])  # the same way in as any other: a step that imports the code runs in its environment
 
     def save_answers(self) -> Path | None:
         return self.session.save()

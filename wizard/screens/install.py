@@ -99,5 +99,5 @@ class InstallScreen(StepScreen):
 
     def step_done(self, name: str, result) -> str:
         if result.needed and result.isolated and not self.session.in_model_env():
-            self.app.restart_in_model_env("Inspect")  # the later steps import the code: they run in there
+            self.app.goto_step(self.TITLE_TEXT, +1)  # the next step imports the code: it restarts in there
         return f"installed in {result.seconds:.1f}s" if result.needed else "no install needed"
