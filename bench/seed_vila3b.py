@@ -1,6 +1,6 @@
 """The seed pipeline at its real size: AWQ W4A16 and MME before and after, through ``llmc run``.
 
-Builds a random-weight VLM with VILA1.5-3b's shapes in the demo's VILA layout (the ``tiny_vila``
+Builds a random-weight VLM with VILA1.5-3b's shapes in VILA 1.5's layout (loaded by the demo's ``tiny_vila``
 package: ``llm/``, ``vision_tower/``, ``mm_projector/``, ``load_pretrained_model``):
 
 - vision tower: SigLIP-so400m shape (hidden 1152, 27 blocks, 16 heads, MLP 4304, 384 px,
@@ -63,20 +63,17 @@ PHASES = ("load_model", "eval_pretrain", "calibration_data", "quantize", "eval_f
 
 
 def build_model(out: Path, shape: str, device: str, layers: int | None = None) -> dict:
-    """A random-weight VILA-layout checkpoint at ``out``; returns its parameter counts."""
-    from transformers import AutoTokenizer, SiglipImageProcessor
+    """A random-weight checkpoint in VILA 1.5's layout at ``out``; returns its parameter counts."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, SiglipImageProcessor, SiglipVisionConfig
+    from transformers import SiglipVisionModel
 
-    sys.path.insert(0, str(CODE))
-    from tiny_vila.model.tiny_vila_arch import TinyVilaConfig, TinyVilaForCausalLM
+    from wizard.demo.train import write_vila_checkpoint
 
     base = json.loads((ASSETS / "tiny-vila" / "config.json").read_text())
     llm_cfg = {**base["llm_cfg"], **SHAPES[shape]["llm"], "dtype": "bfloat16"}
     if layers:
         llm_cfg["num_hidden_layers"] = layers
     vt_cfg = {**base["vision_tower_cfg"], **SHAPES[shape]["vision"], "dtype": "bfloat16"}
-    config = TinyVilaConfig(llm_cfg=llm_cfg, vision_tower_cfg=vt_cfg,
-                            mm_projector_cfg=base["mm_projector_cfg"],
-                            mm_vision_select_layer=base["mm_vision_select_layer"])
     side = SHAPES[shape]["vision"]["image_size"]
     processor = SiglipImageProcessor.from_pretrained(ASSETS / "tiny-vila" / "vision_tower")
     processor.size = {"height": side, "width": side}
@@ -85,15 +82,13 @@ def build_model(out: Path, shape: str, device: str, layers: int | None = None) -
     torch.set_default_dtype(torch.bfloat16)
     try:
         with torch.device(device):
-            model = TinyVilaForCausalLM(config)
+            llm = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in llm_cfg.items() if k != "model_type"}))
+            tower = SiglipVisionModel(SiglipVisionConfig(**{k: v for k, v in vt_cfg.items() if k != "model_type"}))
+            counts = write_vila_checkpoint(out, llm, AutoTokenizer.from_pretrained(ASSETS / "tiny-vila" / "llm"),
+                                           tower, processor)
     finally:
         torch.set_default_dtype(prev)
-    model.vision_tower.image_processor = processor
-    model.save_pretrained(out, tokenizer=AutoTokenizer.from_pretrained(ASSETS / "tiny-vila" / "llm"))
-    counts = {"llm": sum(p.numel() for p in model.llm.parameters()),
-              "vision": sum(p.numel() for p in model.vision_tower.parameters()),
-              "projector": sum(p.numel() for p in model.mm_projector.parameters())}
-    del model
+    del llm, tower
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
     return counts

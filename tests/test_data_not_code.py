@@ -128,7 +128,7 @@ def test_importing_a_hostile_declaration_runs_nothing_and_gives_the_values_back(
         "    (cls,) = [c for c in MODEL_REGISTRY.values() if c.__module__ == mod.__name__]\n"
         "    out.append({'name': cls.name, 'display_name': cls.display_name,\n"
         "                'layers': list(cls.projector_last_layers),\n"
-        "                'extra': getattr(cls, 'model_cls_name', None) if 'Vila' not in [b.__name__ for b in cls.__mro__]\n"
+        "                'extra': getattr(cls, 'model_cls_name', None) if 'LlavaLineage' not in [b.__name__ for b in cls.__mro__]\n"
         "                         else cls.CODE_PACKAGE})\n"
         "    del MODEL_REGISTRY[cls.name]  # the next folder declares the same type\n"
         "print(json.dumps(out))\n")

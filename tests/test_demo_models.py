@@ -49,14 +49,21 @@ def test_tiny_vila_is_not_importable_before_install(zoo):
 
 
 def test_tiny_vila_answers_through_its_own_loader(vila):
+    """tiny_vila is VILA 1.5's API: its loader, config class, accessors, projector and templates."""
     import tiny_vila
+    from tiny_vila.conversation import conv_templates, default_conversation
+    from tiny_vila.mm_utils import get_model_name_from_path
 
-    assert tiny_vila.__version__ == "0.1.0"
+    assert tiny_vila.__version__ == "0.2.0"
     m = vila.mm_model
+    assert (type(m).__name__, m.config.model_type) == ("LlavaLlamaModel", "llava_llama")
     layers = [type(x).__name__ for x in m.get_mm_projector().layers]
     assert layers == ["DownSampleBlock", "LayerNorm", "Linear", "GELU", "Linear"]
+    assert m.get_mm_projector().config.mm_projector_type == "mlp_downsample"
     assert isinstance(m.config.llm_cfg, dict)
     assert m.get_llm().config.hidden_size == m.config.llm_cfg["hidden_size"]
+    assert default_conversation is conv_templates["vicuna_v1_nosys"] and "vicuna_v1" in conv_templates
+    assert get_model_name_from_path("/x/VILA1.5-3b/checkpoint-10/") == "VILA1.5-3b_checkpoint-10"
     _, reqs = _question(1)
     answers = vila.answer(reqs)
     assert len(answers) == 2 and all(a in ("Yes", "No") for a in answers)

@@ -36,7 +36,7 @@ def _answers(name, kind="transformers", last=("model.multi_modal_projector.linea
     a.source.weights_url = weights or str(ASSETS / "tiny-llava")
     a.source.weights_dir = weights or str(ASSETS / "tiny-llava")
     a.inspect.model_kind = kind
-    a.inspect.architecture = "LlavaForConditionalGeneration" if kind == "transformers" else "TinyVilaForCausalLM"
+    a.inspect.architecture = "LlavaForConditionalGeneration" if kind == "transformers" else "LlavaLlamaModel"
     a.inspect.projector_last_layers = list(last)
     a.generate.name = name
     a.generate.calib_path = "/data/calib"

@@ -156,12 +156,17 @@ def test_tiny_llava_without_weight_files_gives_the_same_report(tmp_path):
 
 
 def test_tiny_vila_custom_code(vila_code, tmp_path, no_weight_loading):
-    # config.json alone: no llm/, vision_tower/ or mm_projector/ sub-folders, no weights
+    # configs (and the tokenizer and image processor the code builds) without any weight file
     bare = tmp_path / "tiny-vila"
     bare.mkdir()
     shutil.copy(TINY_VILA / "config.json", bare / "config.json")
+    for part in ("llm", "vision_tower", "mm_projector"):  # VILA's parts: each folder's config only
+        (bare / part).mkdir()
+        for f in ("config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"):
+            if (TINY_VILA / part / f).is_file():
+                shutil.copy(TINY_VILA / part / f, bare / part / f)
     r = inspect_model(bare, code_package="tiny_vila")
-    assert (r.architecture, r.model_kind) == ("TinyVilaForCausalLM", "custom-code")
+    assert (r.architecture, r.model_kind) == ("LlavaLlamaModel", "custom-code")
     assert (r.language_model_path, r.blocks_path, r.num_blocks) == ("llm.model", "llm.model.layers", 2)
     assert r.hidden_size == 128
     assert (r.vision_tower_path, r.projector_path) == ("vision_tower", "mm_projector")
@@ -181,10 +186,9 @@ def test_tiny_vila_custom_code(vila_code, tmp_path, no_weight_loading):
 
 def test_same_pick_as_the_loaded_projector(vila_code):
     """The report's path names the layer that find_injection_layers picks on the real module."""
-    from tiny_vila.model import TinyVilaConfig, TinyVilaForCausalLM
+    from tiny_vila.model.builder import load_pretrained_model
 
-    cfg = json.loads((TINY_VILA / "config.json").read_text())
-    model = TinyVilaForCausalLM(TinyVilaConfig(**{k: v for k, v in cfg.items() if k != "model_type"}))
+    model = load_pretrained_model(str(TINY_VILA), "tiny-vila", device="cpu")[1]
     (name, layer), = find_injection_layers(model.mm_projector, 128).layers
     assert layer is model.mm_projector.layers[-1] and f"mm_projector.{name}" == "mm_projector.layers.4"
 
@@ -479,7 +483,7 @@ def test_cli_errors(tmp_path, capsys):
     err = run(tmp_path, "--code", "no_such_vila_pkg")
     assert "'no_such_vila_pkg'" in err and "not installed" in err and "pip install" in err
     err = run(tmp_path)  # custom code without --code
-    assert "'tiny_vila' is not a transformers architecture" in err and "--code" in err
+    assert "'llava_llama' is not a transformers architecture" in err and "--code" in err
 
 
 def test_cli_text_summary(capsys):

@@ -29,7 +29,7 @@ def vila_code(zoo, tmp_path_factory):
 
 def test_detect_install_needed(zoo):
     needed, reason = detect_install_needed(zoo.models["tiny-vila"]["weights_repo"])
-    assert needed is True and "tiny_vila" in reason and "TinyVilaForCausalLM" in reason
+    assert needed is True and "llava_llama" in reason and "LlavaLlamaModel" in reason
     needed, reason = detect_install_needed(Path(zoo.models["tiny-llava"]["weights_repo"]))
     assert needed is False and "llava" in reason and "LlavaForConditionalGeneration" in reason
 
@@ -71,7 +71,7 @@ def test_pip_install_into_a_target_streams_lines_and_imports(vila_code, tmp_path
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     version, path = out.stdout.split()
-    assert version == "0.1.0" and Path(path).resolve().is_relative_to(target.resolve())
+    assert version == "0.2.0" and Path(path).resolve().is_relative_to(target.resolve())
 
 
 def test_install_of_a_folder_without_a_project_fails_clearly(tmp_path):

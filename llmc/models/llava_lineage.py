@@ -10,15 +10,20 @@ engine uses from it is what the lineage shares:
 * ``<pkg>.mm_utils.tokenizer_image_token`` and ``process_images`` — the inputs;
 * ``<pkg>.constants.IMAGE_TOKEN_INDEX`` / ``DEFAULT_IMAGE_TOKEN``.
 
-Answers come from a short greedy decode over the model's ``forward`` (one sample at a time: the
-lineage re-pads batches inside ``forward``), so nothing depends on the code's ``generate``
-surviving newer transformers. Where a model's conventions differ, a declaration overrides one of
+Every forward the engine makes (calibration, answers, logits) splices the images with the code's
+own ``prepare_inputs_labels_for_multimodal`` and runs the language model on the result (VILA 1.5's
+``forward`` computes a training loss weight that needs labels and a process group); answers come
+from a short greedy decode (one sample at a time: the lineage re-pads batches), so nothing depends
+on the code's ``generate`` surviving newer transformers. The engine places the model: a loader
+that asks transformers for another device (VILA 1.5 asks for CUDA whenever its tower is SigLIP)
+is given the engine's. Where a model's conventions differ, a declaration overrides one of
 the four named hooks — :meth:`load`, :meth:`build_inputs`, :meth:`answer`, :meth:`save_pretrained`
 — each documented with what it gets and returns; the smoke test names the hook that failed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect as pyinspect
 import types
@@ -40,6 +45,31 @@ CONVENTIONS = {
     "mm_utils": ("tokenizer_image_token", "process_images"),
     "constants": ("IMAGE_TOKEN_INDEX", "DEFAULT_IMAGE_TOKEN"),
 }
+
+
+@contextlib.contextmanager
+def engine_placement(device):
+    """While a research loader runs, every transformers ``from_pretrained`` it makes with a
+    ``device_map`` gets the engine's device instead (one device; the engine moves and offloads)."""
+    import transformers
+    from transformers.models.auto.auto_factory import _BaseAutoModelClass
+
+    saved = {cls: cls.__dict__["from_pretrained"] for cls in (transformers.PreTrainedModel, _BaseAutoModelClass)}
+
+    def placed(original):
+        def from_pretrained(cls, *args, **kwargs):
+            if kwargs.get("device_map") is not None:
+                kwargs["device_map"] = {"": str(device)}
+            return original.__func__(cls, *args, **kwargs)
+        return classmethod(from_pretrained)
+
+    for cls, original in saved.items():
+        cls.from_pretrained = placed(original)
+    try:
+        yield
+    finally:
+        for cls, original in saved.items():
+            cls.from_pretrained = original
 
 
 def follows_conventions(package: str) -> list[str]:
@@ -110,7 +140,8 @@ class LlavaLineage(BaseModel):
         if missing:
             raise TypeError(f"{self.CODE_PACKAGE}.model.builder.load_pretrained_model needs {', '.join(missing)}, "
                             "which the lineage's loader does not: override the load hook")
-        out = loader(**{k: v for k, v in want.items() if k in params})
+        with engine_placement(self.device):
+            out = loader(**{k: v for k, v in want.items() if k in params})
         tokenizer, model, image_processor = out[0], out[1], out[2]
         return tokenizer, model.to(self.device), image_processor
 
@@ -142,7 +173,7 @@ class LlavaLineage(BaseModel):
             inputs = self.build_inputs([Sample(r.context, r.images[0] if r.images else None)])
             new: list[int] = []
             for _ in range(int(r.max_new_tokens)):
-                nxt = int(self.mm_model(**inputs).logits[0, -1].argmax())
+                nxt = int(self.lm_forward(inputs).logits[0, -1].argmax())
                 if nxt == eos:
                     break
                 new.append(nxt)
@@ -154,6 +185,9 @@ class LlavaLineage(BaseModel):
 
     def save_pretrained(self, path) -> None:
         """Write the model and its tokenizer to ``path`` (a folder) so the code's loader reloads it."""
+        cfg = self.mm_model.config
+        if not isinstance(getattr(cfg, "image_processor", None), (str, dict, type(None))):
+            del cfg.image_processor  # VILA's process_images leaves its processor object there
         self.mm_model.save_pretrained(str(path))
         self.tokenizer.save_pretrained(str(path))
 
@@ -169,7 +203,9 @@ class LlavaLineage(BaseModel):
         self.model = model.get_submodule(parts.language_model_path) if parts.language_model_path else model
         self.vision_model = model.get_submodule(parts.vision_tower_path) if parts.vision_tower_path else None
         self.mm_projector = model.get_submodule(parts.projector_path) if parts.projector_path else None
-        self.model_config = types.SimpleNamespace(hidden_size=parts.hidden_size)
+        lm_config = getattr(self.model, "config", None)  # the language model's own (its widths and depth)
+        self.model_config = lm_config if getattr(lm_config, "hidden_size", None) == parts.hidden_size else \
+            types.SimpleNamespace(hidden_size=parts.hidden_size)
 
     def _code(self, sub: str):
         try:
@@ -195,9 +231,25 @@ class LlavaLineage(BaseModel):
     def batch_process(self, samples: Sequence[Sample], add_answer: bool = False) -> dict:
         return self.build_inputs(samples, add_answer)
 
+    def lm_forward(self, inputs: dict):
+        """The language model's output for :meth:`build_inputs`' ``inputs``: the images spliced in by
+        the code's ``prepare_inputs_labels_for_multimodal``, then the language model (``get_llm()``
+        where the code has it, else the model itself) on the input embeddings."""
+        ids, mask, images = inputs["input_ids"], inputs.get("attention_mask"), inputs.get("images")
+        lm = self.mm_model.get_llm() if hasattr(self.mm_model, "get_llm") else self.mm_model
+        prepare = getattr(self.mm_model, "prepare_inputs_labels_for_multimodal", None)
+        if images is None or prepare is None:
+            return lm(input_ids=ids, attention_mask=mask) if images is None else self.mm_model(**inputs)
+        out = prepare(ids, None, mask, None, None, images)
+        _, positions, mask, _, embeds = out[:5]
+        return lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
+
+    def forward_calib(self, inputs: dict) -> None:
+        self.lm_forward(inputs)
+
     @torch.no_grad()
     def answer_logits(self, requests) -> torch.Tensor:
-        rows = [self.mm_model(**self.build_inputs([Sample(r.context, r.images[0])])).logits[0, -1] for r in requests]
+        rows = [self.lm_forward(self.build_inputs([Sample(r.context, r.images[0])])).logits[0, -1] for r in requests]
         return torch.stack(rows).float()
 
     def get_extra_rot_module_besides_embed_layers(self) -> list[nn.Module]:

@@ -16,6 +16,8 @@ import the wizard: ``wizard.services.inspect`` converts these into its own error
 
 from __future__ import annotations
 
+import contextlib
+
 import importlib
 import inspect as pyinspect
 import json
@@ -138,6 +140,41 @@ def _pick_classes(mod, raw: dict) -> tuple[type, type]:
     return model_cls, config_cls
 
 
+@contextlib.contextmanager
+def weightless_from_pretrained():
+    """While a skeleton is built, a ``from_pretrained`` the model's own code calls (VILA's builds its
+    ``llm/``, ``vision_tower/`` and ``mm_projector/`` that way) makes the model from its folder's config
+    instead: no weight file is read, and what is built lands on the meta device like the rest."""
+    import transformers
+    from transformers.models.auto.auto_factory import _BaseAutoModelClass
+
+    plain, auto = transformers.PreTrainedModel.__dict__["from_pretrained"], _BaseAutoModelClass.__dict__["from_pretrained"]
+
+    def config_of(cls, path, kwargs):
+        cfg = kwargs.get("config")
+        if isinstance(cfg, transformers.PretrainedConfig):
+            return cfg
+        own = getattr(cls, "config_class", None)
+        if own is not None and own is not transformers.PretrainedConfig:
+            return own.from_pretrained(cfg or path)
+        return transformers.AutoConfig.from_pretrained(cfg or path)
+
+    def model_from_config(cls, path, *model_args, **kwargs):
+        return cls._from_config(config_of(cls, path, kwargs)) if not model_args else cls(
+            config_of(cls, path, kwargs), *model_args)
+
+    def auto_from_config(cls, path, *model_args, **kwargs):
+        return cls.from_config(config_of(cls, path, kwargs))
+
+    transformers.PreTrainedModel.from_pretrained = classmethod(model_from_config)
+    _BaseAutoModelClass.from_pretrained = classmethod(auto_from_config)
+    try:
+        yield
+    finally:
+        transformers.PreTrainedModel.from_pretrained = plain
+        _BaseAutoModelClass.from_pretrained = auto
+
+
 def _on_meta(build: Callable[[], nn.Module]) -> nn.Module:
     """Run ``build()`` with every tensor created on the meta device: no memory, no init cost.
 
@@ -177,13 +214,20 @@ def build_skeleton(weights_dir: str | Path, code_package: str | None = None,
         mod = _import_code(code_package)
         model_cls, config_cls = _pick_classes(mod, raw)
         config = config_cls(**{k: v for k, v in raw.items() if k != "model_type"})
-        model = _on_meta(lambda: model_cls(config))
+        # as the lineage's loaders do: the parts' folders are found from the checkpoint's own path
+        config._name_or_path = str(weights_dir)
+        if "resume_path" in raw:
+            config.resume_path = str(weights_dir)
+        with weightless_from_pretrained():
+            model = _on_meta(lambda: model_cls(config))
         return model, (raw.get("architectures") or [model_cls.__name__])[0], "custom-code"
 
     import transformers
 
     try:
         config = transformers.AutoConfig.from_pretrained(str(weights_dir))
+        if not type(config).__module__.startswith("transformers."):  # registered by a code package imported here
+            raise ValueError(f"its config class {type(config).__name__} comes from {type(config).__module__}")
     except (ValueError, KeyError) as e:
         raise SkeletonError(
             f"{weights_dir}: model_type {raw.get('model_type')!r} is not a transformers architecture ({e})",

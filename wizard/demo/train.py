@@ -49,7 +49,7 @@ from .train_data import (
 
 __all__ = ["CAPTION_QUESTION", "IMAGE_TOKEN", "PROMPT", "SPECIALS", "Pool", "build_tiny_llava", "build_tiny_vila",
            "build_tokenizer", "corpus_lines", "encode_rows", "main", "quick_mme", "sample_rows", "splice_image",
-           "train"]
+           "train", "write_vila_checkpoint"]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 VILA_CODE = ASSETS / "tiny-vila-code"
@@ -110,28 +110,69 @@ def _import_tiny_vila():
 
 
 def build_tiny_vila(tokenizer):
-    from transformers import SiglipImageProcessor
+    """A freshly initialised tiny-vila through VILA 1.5's own path: the parts are written as a
+    checkpoint (``llm/``, ``vision_tower/``, ``mm_projector/``, the top ``config.json``) and the code's
+    ``LlavaLlamaModel`` builds the model from it, as ``load_pretrained_model`` does."""
+    import json
+    import tempfile
+
+    from transformers import LlamaConfig, LlamaForCausalLM, SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
 
     tvm = _import_tiny_vila()
-    config = tvm.TinyVilaConfig(
-        llm_cfg=dict(
-            vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
-        ),
-        vision_tower_cfg=dict(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
-            image_size=shapes.IMAGE_SIZE, patch_size=8, vision_use_head=False,
-        ),
-        mm_vision_select_layer=-2,
-    )
+    llm = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False))
+    llm.config.tokenizer_padding_side = "left"
+    tower = SiglipVisionModel(SiglipVisionConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+        image_size=shapes.IMAGE_SIZE, patch_size=8, vision_use_head=False))
     image_processor = SiglipImageProcessor(
         size={"height": shapes.IMAGE_SIZE, "width": shapes.IMAGE_SIZE}, image_mean=IMAGE_MEAN, image_std=IMAGE_STD)
-    model = tvm.TinyVilaForCausalLM(config, image_processor=image_processor)
+    with tempfile.TemporaryDirectory(prefix="tiny-vila-init-") as d:
+        write_vila_checkpoint(Path(d), llm, tokenizer, tower, image_processor)
+        config = tvm.LlavaLlamaConfig(**{k: v for k, v in json.loads((Path(d) / "config.json").read_text()).items()
+                                         if k != "model_type"})
+        config.resume_path = d
+        model = tvm.LlavaLlamaModel(config=config)
     _informative_init(model.get_vision_tower())
     _set_generation(model.llm, tokenizer)
     return model, image_processor
+
+
+def write_vila_checkpoint(out: Path, llm, tokenizer, tower, image_processor, projector_type="mlp_downsample") -> dict:
+    """A checkpoint in VILA 1.5's layout at ``out`` from a language model, its tokenizer, a SigLIP
+    tower and its image processor, with a freshly initialised projector of ``projector_type``
+    (tiny_vila's, VILA's class): ``llm/``, ``vision_tower/``, ``mm_projector/`` and the top
+    ``config.json`` with VILA's keys. Returns the parameter counts of the parts."""
+    import json
+
+    tvm = _import_tiny_vila()
+    from tiny_vila.model.multimodal_projector.base_projector import MultimodalProjector, MultimodalProjectorConfig
+
+    out = Path(out)
+    llm.save_pretrained(out / "llm")
+    tokenizer.save_pretrained(out / "llm")
+    tower.save_pretrained(out / "vision_tower")
+    image_processor.save_pretrained(out / "vision_tower")
+    top = dict(architectures=["LlavaLlamaModel"], model_type="llava_llama", hidden_size=llm.config.hidden_size,
+               mm_hidden_size=tower.config.hidden_size, mm_vision_select_layer=-2,
+               mm_vision_select_feature="cls_patch", image_aspect_ratio="resize", mm_use_im_start_end=False,
+               mm_use_im_patch_token=False, s2=False, model_dtype=str(llm.dtype), resume_path="./vlm",
+               # the parts' configs as saved (with their architectures), as VILA's save_pretrained keeps them
+               llm_cfg=json.loads((out / "llm" / "config.json").read_text()),
+               vision_tower_cfg=json.loads((out / "vision_tower" / "config.json").read_text()),
+               mm_projector_cfg={"architectures": ["MultimodalProjector"], "model_type": "v2l_projector",
+                                 "mm_projector_type": projector_type})
+    config = tvm.LlavaLlamaConfig(**{k: v for k, v in top.items() if k != "model_type"})
+    projector = MultimodalProjector(MultimodalProjectorConfig(projector_type), config).to(
+        device=llm.device, dtype=llm.dtype)
+    projector.save_pretrained(out / "mm_projector")
+    (out / "config.json").write_text(json.dumps(top, indent=2, sort_keys=True, default=str) + "\n")
+    portable_files(out)
+    return {"llm": sum(p.numel() for p in llm.parameters()), "vision": sum(p.numel() for p in tower.parameters()),
+            "projector": sum(p.numel() for p in projector.parameters())}
 
 
 # Normalise around the light background, so empty patches are near zero and shapes stand out,

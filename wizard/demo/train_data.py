@@ -158,10 +158,25 @@ def portable_files(folder: Path) -> None:
     """Make a folder saved by this transformers readable by the releases research code pins
     (4.36 / 4.37) too, as released checkpoints are: BPE merges as ``"a b"`` strings, the fast
     tokenizer named by a class every release has, and the image processor's settings also in
-    ``preprocessor_config.json``. Newer releases read the result unchanged."""
+    ``preprocessor_config.json``, and a SigLIP vision model's weights under the ``vision_model.``
+    prefix its released checkpoints have (this transformers saves them without it and reads both).
+    Newer releases read the result unchanged."""
     import json
 
     folder = Path(folder)
+    for cfg_file in folder.rglob("config.json"):
+        weights = cfg_file.with_name("model.safetensors")
+        try:
+            is_siglip = json.loads(cfg_file.read_text(encoding="utf-8")).get("model_type") == "siglip_vision_model"
+        except ValueError:
+            continue
+        if is_siglip and weights.is_file():
+            from safetensors.torch import load_file, save_file
+
+            state = load_file(str(weights))
+            if not all(k.startswith("vision_model.") for k in state):
+                save_file({k if k.startswith("vision_model.") else f"vision_model.{k}": v for k, v in state.items()},
+                          str(weights), metadata={"format": "pt"})
     for tj in folder.rglob("tokenizer.json"):
         data = json.loads(tj.read_text(encoding="utf-8"))
         merges = data.get("model", {}).get("merges")

@@ -3,7 +3,7 @@
 ``build()`` turns the committed assets into, under a cache folder:
 
     repos/tiny-llava/        weights of a transformers-native VLM (git, LFS when available)
-    repos/tiny-vila/         weights of a VILA-shaped custom-code VLM (llm/, vision_tower/, mm_projector/)
+    repos/tiny-vila/         weights of a custom-code VLM in VILA 1.5's layout (llm/, vision_tower/, mm_projector/)
     repos/tiny-vila-code/    its installable Python package; two commits, the first tagged v0.1.0
     data/shapes-mme/         MME-format evaluation set (datasets folder + lmms-eval task yaml)
     data/shapes-calib/       disjoint calibration split in llmc's custom_mm layout
@@ -56,7 +56,7 @@ DEMO_MODELS = {
     ),
     "tiny-vila": DemoModel(
         "tiny-vila", "custom-code", "tiny-vila", "tiny-vila-code",
-        "VILA-shaped custom code: SigLIP tower, DownSampleBlock projector, Llama LM",
+        "custom code with VILA 1.5's API and layout: SigLIP tower, mlp_downsample projector, Llama LM",
     ),
 }
 

@@ -73,6 +73,10 @@ class Install(_Section):
     relax: list[str] = Field(default_factory=list)
     #: built-in relaxations to drop: the code's own pin of these is installed (e.g. ``torch``)
     keep_pins: list[str] = Field(default_factory=list)
+    #: in the model's own environment: import names the code imports but only needs for training (e.g.
+    #: ``flash_attn``), served as stand-ins that fail when called. Packages the code declares only in
+    #: an extra, or declares but cannot be installed here, get one without being named.
+    stand_ins: list[str] = Field(default_factory=list)
     env_dir: str | None = None  #: the model's environment, once built (its Python runs the later steps)
     #: the install the user reviewed and accepted; a different code URL, commit or option asks again
     consent: Consent | None = None
@@ -88,7 +92,7 @@ class Install(_Section):
     def consent_for(self, source: Source) -> Consent:
         """The consent that installing ``source``'s code with these options needs."""
         options = (["--editable"] if self.editable else []) + (["--no-deps"] if self.no_deps else []) \
-            + [str(x) for x in self.extra_packages] \
+            + [str(x) for x in self.extra_packages] + [f"--stand-in={x}" for x in self.stand_ins] \
             + ([f"--environment={self.environment}", "--relax=" + ",".join(self.effective_relax())]
                if self.environment != "auto" or self.relax or self.keep_pins else [])
         return Consent(code_url=scrub(source.code_url or ""), commit=source.code_commit or "", options=options)
@@ -119,10 +123,15 @@ class Inspect(_Section):
     #: own format, e.g. PaliGemma); found from the model folder
     prompt_format: Literal["chat", "plain"] | None = None
     #: custom code: whose conventions it follows ("llava-lineage": LLaVA / VILA's loader, conversation
-    #: templates and mm_utils; "demo-vila": the demo's tiny_vila API)
-    code_conventions: Literal["llava-lineage", "demo-vila"] | None = None
+    #: templates and mm_utils; the demo's tiny_vila follows them too)
+    code_conventions: Literal["llava-lineage"] | None = None
     #: llava-lineage: the key of the code's conversation.conv_templates the prompts use
     conv_mode: str | None = None
+
+    @field_validator("code_conventions", mode="before")
+    @classmethod
+    def _one_lineage(cls, v):
+        return "llava-lineage" if v == "demo-vila" else v  # answers written before tiny_vila followed VILA 1.5
 
 
 class Generate(_Section):

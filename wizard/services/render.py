@@ -41,7 +41,7 @@ from .errors import WizardError
 from .literals import Identifier, PyLiteral, YamlScalar, check_declaration, finalize_only  # noqa: F401
 from .literals import to_identifier, to_literal, to_yaml_scalar
 
-TEMPLATE_VERSION = "7"
+TEMPLATE_VERSION = "8"
 HEADER_RE = re.compile(r"^# llmc-wizard: generated; template (\S+) v(\S+); body-sha256 ([0-9a-f]{64})\s*$")
 MAX_MODULE_LEN = 48
 
@@ -311,7 +311,7 @@ def plan(answers, models_dir: Path, configs_dir: Path) -> RenderPlan:
         last_layers=list(ins.projector_last_layers), language_model_path=ins.language_model_path or "",
         vision_tower_path=ins.vision_tower_path or "", projector_path=ins.projector_path or "",
         prompt_format=g.prompt_template or ins.prompt_format or "chat",
-        lineage=ins.code_conventions == "llava-lineage", conv_mode=ins.conv_mode or "vicuna_v1",
+        conv_mode=ins.conv_mode or "vicuna_v1",
         hooks_file=f"hooks/{mod}.py"))
     try:
         check_declaration(split_header(adapter)[1])
@@ -328,7 +328,7 @@ def plan(answers, models_dir: Path, configs_dir: Path) -> RenderPlan:
         rotate=g.rotate if g.method in ("RTN", "GPTQ", "Quarot") else None, calib_algo=g.calib_algo,
         true_sequential=g.true_sequential))
     _check_config(config)
-    hooks = models_dir / "hooks" / f"{mod}.py" if custom and ins.code_conventions == "llava-lineage" else None
+    hooks = models_dir / "hooks" / f"{mod}.py" if custom else None
     return RenderPlan(adapter_path, adapter, config_path, config, mod, cls, cls, answers_path, hooks_path=hooks)
 
 

@@ -1,3 +1,3 @@
-"""tiny-vila: a tiny VILA-shaped vision-language model."""
+"""tiny-vila: a tiny vision-language model with NVlabs/VILA 1.5's code layout and API."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,34 +1,76 @@
-"""Prompt and image helpers, with the same names and contracts as VILA's ``llava.mm_utils``."""
+"""Image and prompt helpers with the names and contracts of VILA 1.5's ``llava.mm_utils``."""
 
 from __future__ import annotations
 
 import torch
+from PIL import Image
 from transformers import StoppingCriteria
 
-from .constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from .constants import IMAGE_TOKEN_INDEX
 
 
-def tokenizer_image_token(prompt, tokenizer, image_token_index=IMAGE_TOKEN_INDEX, return_tensors=None):
-    """Tokenize ``prompt``, replacing each ``<image>`` by ``image_token_index`` (a negative id)."""
-    chunks = prompt.split(DEFAULT_IMAGE_TOKEN)
-    ids: list[int] = []
-    if tokenizer.bos_token_id is not None:
-        ids.append(tokenizer.bos_token_id)
-    for i, chunk in enumerate(chunks):
-        if i:
-            ids.append(image_token_index)
-        if chunk:
-            ids.extend(tokenizer(chunk, add_special_tokens=False).input_ids)
-    if return_tensors == "pt":
-        return torch.tensor(ids, dtype=torch.long)
+def expand2square(pil_img, background_color):
+    width, height = pil_img.size
+    if width == height:
+        return pil_img
+    side = max(width, height)
+    result = Image.new(pil_img.mode, (side, side), background_color)
+    result.paste(pil_img, ((side - width) // 2, (side - height) // 2))
+    return result
+
+
+def process_image(image, data_args, image_folder=None):
+    """One image to pixels, by ``data_args.image_aspect_ratio`` (``resize``, ``pad`` or the processor's own)."""
+    processor = data_args.image_processor
+    if isinstance(image, str):
+        image = Image.open(image)
+    image = image.convert("RGB")
+    mode = getattr(data_args, "image_aspect_ratio", None)
+    if mode == "resize":
+        size = getattr(processor, "crop_size", None) or processor.size
+        image = image.resize((size["height"], size["width"]))
+    elif mode == "pad":
+        image = expand2square(image, tuple(int(x * 255) for x in processor.image_mean))
+    return processor.preprocess(image, return_tensors="pt")["pixel_values"][0]
+
+
+def process_images(images, image_processor, model_cfg):
+    """``(N, 3, H, W)`` pixels for a list of images (a list when their shapes differ)."""
+    model_cfg.image_processor = image_processor
+    new_images = [process_image(image, model_cfg, None) for image in images]
+    if all(x.shape == new_images[0].shape for x in new_images):
+        return torch.stack(new_images, dim=0)
+    return new_images
+
+
+def tokenizer_image_token(prompt, tokenizer, image_token_index=IMAGE_TOKEN_INDEX, return_tensors=None, lstrip=False):
+    """Token ids of ``prompt`` with ``image_token_index`` for each ``<image>`` (one BOS at the start)."""
+    prompt_chunks = [tokenizer(chunk).input_ids for chunk in prompt.split("<image>")]
+
+    def insert_separator(x, sep):
+        return [ele for sublist in zip(x, [sep] * len(x)) for ele in sublist][:-1]
+
+    input_ids = []
+    offset = 0
+    if lstrip:
+        offset = 1
+    elif len(prompt_chunks) > 0 and len(prompt_chunks[0]) > 0 and prompt_chunks[0][0] == tokenizer.bos_token_id:
+        offset = 1
+        input_ids.append(prompt_chunks[0][0])
+    for x in insert_separator(prompt_chunks, [image_token_index] * (offset + 1)):
+        input_ids.extend(x[offset:])
     if return_tensors is not None:
-        raise ValueError(f"unsupported tensor type {return_tensors!r}")
-    return ids
+        if return_tensors == "pt":
+            return torch.tensor(input_ids, dtype=torch.long)
+        raise ValueError(f"Unsupported tensor type: {return_tensors}")
+    return input_ids
 
 
-def process_images(images, image_processor, model_cfg=None):
-    """Pixel tensor ``(N, 3, H, W)`` for a list of PIL images."""
-    return image_processor([img.convert("RGB") for img in images], return_tensors="pt")["pixel_values"]
+def get_model_name_from_path(model_path):
+    model_paths = model_path.strip("/").split("/")
+    if model_paths[-1].startswith("checkpoint-"):
+        return model_paths[-2] + "_" + model_paths[-1]
+    return model_paths[-1]
 
 
 class KeywordsStoppingCriteria(StoppingCriteria):

@@ -1,3 +1,3 @@
-from .tiny_vila_arch import TinyVilaConfig, TinyVilaForCausalLM
+from .language_model.llava_llama import LlavaLlamaConfig, LlavaLlamaModel
 
-__all__ = ["TinyVilaConfig", "TinyVilaForCausalLM"]
+__all__ = ["LlavaLlamaConfig", "LlavaLlamaModel"]
