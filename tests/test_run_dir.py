@@ -473,3 +473,28 @@ def test_onboard_run_retries_after_a_failed_run_without_editing_the_answers(zoo,
     assert _assert_complete_or_incomplete(retry) == "complete"
     assert complete_results(retry)["table"] in r.stderr
     assert sorted(r.state for r in runner.list_runs(failed.parent)) == ["done", "failed"]
+
+
+def test_a_run_reads_its_launch_time_config_not_the_shared_file(zoo, tmp_path):
+    """A second wizard on the same model rewrites ``configs/<model>_<method>.yml`` just after a W3
+    launch: the run still quantizes at W3 (it reads the copy frozen in its run directory)."""
+    from wizard.services.runner import launch
+
+    shared = tmp_path / "configs" / "m_rtn.yml"
+    shared.parent.mkdir()
+    w3 = json.loads(json.dumps(RTN))
+    w3["weight"]["bit"] = 3
+    raw = _raw_config(zoo, tmp_path / "out", quant=w3)
+    raw.pop("eval")
+    raw.pop("calib")
+    shared.write_text(yaml.safe_dump(raw))
+    handle = launch(shared, tmp_path / "runs" / "r1", device="cpu", env={"OMP_NUM_THREADS": "1"})
+    raw["quant"]["weight"]["bit"] = 4  # the other wizard, at once
+    shared.write_text(yaml.safe_dump(raw))
+    deadline = time.monotonic() + 300
+    while handle.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert handle.poll() == 0, (handle.run_dir / "process.log").read_text()[-2000:]
+    used = yaml.safe_load((handle.run_dir / "config.yml").read_text())
+    assert used["quant"]["weight"]["bit"] == 3
+    assert (handle.run_dir / "source-config.yml").read_text() != shared.read_text()

@@ -145,9 +145,12 @@ def launch(config: Path, run_dir: Path, device: str | None = None, env: dict | N
     except OSError as e:
         raise WizardError(f"cannot create run directory {run_dir}: {e.strerror or e}",
                           "choose a run directory you can write to") from None
-    shutil.copyfile(config, run_dir / "source-config.yml")
+    frozen = run_dir / "source-config.yml"
+    shutil.copyfile(config, frozen)
     log = open(run_dir / "process.log", "ab")
-    cmd = engine_command(config, run_dir, device)
+    # the engine reads the launch-time copy: the shared config may be rewritten (another wizard on
+    # the same model) while it starts
+    cmd = engine_command(frozen, run_dir, device)
     (run_dir / "command.txt").write_text(" ".join(cmd) + "\n")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
