@@ -32,6 +32,23 @@ from .rundir import RunDir, atomic_write_text, open_run_dir, planned_outputs, st
 POSITIONS = ("pretrain", "transformed", "fake_quant")
 
 
+def read_cached_scores(path, progress) -> dict | None:
+    """The original scores cached at ``path``; None when there are none, or when the entry is
+    unreadable (a half-written file from before writes were atomic, a full disk, an edit): it is
+    removed with a warning and the evaluation runs again."""
+    try:
+        scores = json.loads(path.read_text())
+        if isinstance(scores, dict) and ("total" in scores or "ppl" in scores):
+            return scores
+        problem = "it holds no scores"
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        problem = f"{type(e).__name__}: {e}"
+    progress.log(f"warning: the cached original scores {path} are unreadable ({problem}); evaluating again")
+    path.unlink(missing_ok=True)
+    return None
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -203,15 +220,15 @@ def _run(cfg: Config, run_dir: Path, *, device: str | None, progress: Progress, 
             cached = cache_dir() / f"{key}.json" if key else None
             t = time.time()
             with progress.phase(f"eval_{pos}", eval=ev.name):
-                if cached and cached.exists():
-                    scores = json.loads(cached.read_text())
+                scores = read_cached_scores(cached, progress) if cached else None
+                if scores is not None:
                     progress.log(f"{ev.name} ({pos}): original scores from cache {cached.name}")
                     progress.event("cache_hit", pos=pos, name=ev.name, key=key)
                 else:
                     scores = evaluate(adapter, ev, progress, pos)
                     if cached:
                         cached.parent.mkdir(parents=True, exist_ok=True)
-                        cached.write_text(json.dumps(scores))
+                        atomic_write_text(cached, json.dumps(scores))  # whole or not at all (a full disk)
             results["timings"][f"eval_{pos}_{ev.name}"] = time.time() - t
             results["evals"].setdefault(ev.name, {})[pos] = scores
             progress.event("scores", pos=pos, name=ev.name, scores=scores)

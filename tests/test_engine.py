@@ -530,6 +530,39 @@ def test_original_scores_are_cached(zoo, tmp_path):
     assert a == b
 
 
+def test_a_corrupt_cache_entry_is_ignored_rebuilt_and_named(zoo, tmp_path):
+    """A 0-byte entry (the disk was full while it was written): the run evaluates again with a
+    warning naming the file, and writes a whole entry."""
+    p = _config(tmp_path, zoo, "Llava", ASSETS / "tiny-llava", method="RTN", n_eval=8,
+                extra={"save": {"save_trans": False, "save_fake": False}})
+    cache = tmp_path / "cache"
+    assert _llmc("run", str(p), "--run-dir", str(tmp_path / "r1"), env_cache=cache).returncode == 0
+    (entry,) = cache.glob("*.json")
+    good = json.loads(entry.read_text())
+    entry.write_text("")
+    r = _llmc("run", str(p), "--run-dir", str(tmp_path / "r2"), env_cache=cache)
+    assert r.returncode == 0, r.stderr
+    log = (tmp_path / "r2" / "run.log").read_text()
+    assert f"the cached original scores {entry} are unreadable" in log
+    assert not [e for e in _events(tmp_path / "r2") if e["event"] == "cache_hit"]
+    assert json.loads(entry.read_text()) == good
+
+
+@pytest.mark.parametrize("damage", ["", "{\"tot", "[1, 2]", "\udcff"])
+def test_an_unreadable_cache_entry_reads_as_none_and_is_removed(tmp_path, damage):
+    from llmc.runner import read_cached_scores
+
+    lines = []
+    entry = tmp_path / "k.json"
+    entry.write_text(damage, errors="surrogateescape")
+    progress = type("P", (), {"log": staticmethod(lines.append)})
+    assert read_cached_scores(entry, progress) is None and not entry.exists()
+    assert len(lines) == 1 and str(entry) in lines[0]
+    entry.write_text('{"total": 1.0, "kind": "mme"}')
+    assert read_cached_scores(entry, progress) == {"total": 1.0, "kind": "mme"} and len(lines) == 1
+    assert read_cached_scores(tmp_path / "none.json", progress) is None and len(lines) == 1
+
+
 def test_calibrating_on_evaluation_images_warns_loudly(zoo, tmp_path):
     from llmc.eval.mme import load_dataset
 
