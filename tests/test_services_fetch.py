@@ -329,3 +329,40 @@ def test_env_token_is_redacted_from_failures(tmp_path, monkeypatch):
     assert "plainsecretvalue42" not in str(ei.value) + ei.value.details
     assert "***" in ei.value.message
     assert os.environ["HF_TOKEN"] == "plainsecretvalue42"
+
+
+@pytest.mark.parametrize("resumed", [False, True])
+def test_an_lfs_object_that_cannot_be_fetched_leaves_no_pointer_named_as_weights(tmp_path, resumed):
+    """A committed LFS pointer whose object is on no server: fetch fails in one line, and no
+    132-byte pointer stays behind as ``model.safetensors`` (a fresh clone is removed; a resumed one
+    loses the pointer)."""
+    from wizard.services.fetch import have_git_lfs
+
+    if not have_git_lfs():
+        pytest.skip("git-lfs is not installed")
+    src = tmp_path / "src"
+    src.mkdir()
+    repo = git.Repo.init(src, initial_branch="main")
+    with repo.config_writer() as cw:
+        cw.set_value("user", "name", "t").set_value("user", "email", "t@example.com")
+    (src / "config.json").write_text("{}")
+    repo.git.add("config.json")
+    repo.git.commit("-m", "config")
+    dest = tmp_path / "w" / "m"
+    if resumed:
+        fetch_repo(str(src), dest)
+    (src / ".gitattributes").write_text("*.safetensors filter=lfs diff=lfs merge=lfs -text\n")
+    oid = "a" * 64
+    (src / "model.safetensors").write_text(f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize 4096\n")
+    repo.git.add(".gitattributes")
+    repo.git.execute(["git", "-c", "filter.lfs.clean=cat", "-c", "filter.lfs.required=false", "add",
+                      "model.safetensors"])
+    repo.git.commit("-m", "weights")
+    with pytest.raises(WizardError) as ei:
+        fetch_repo(str(src), dest, commit=repo.head.commit.hexsha)
+    assert "\n" not in str(ei.value) and "model.safetensors" in str(ei.value)
+    if resumed:
+        assert "pointer files were removed" in str(ei.value) and (dest / "config.json").is_file()
+        assert not (dest / "model.safetensors").exists()
+    else:
+        assert "nothing was kept" in str(ei.value) and not dest.exists()

@@ -248,9 +248,12 @@ def fetch_repo(url_or_path, dest, commit: str | None = None, progress: Callable[
         raise WizardError("fetch cancelled" if resumed else "clone cancelled",
                           f"{'the clone in ' + str(dest) + ' was kept' if resumed else 'nothing was kept'}; "
                           "fetch again to continue") from None
-    except WizardError:
+    except WizardError as e:
         if not resumed and not (dest / ".git").exists():
             _remove_created(dest, created, was_empty)  # a failed clone leaves nothing behind
+        elif use_lfs and find_lfs_pointers(dest):  # an LFS download failed: no pointer stays named as weights
+            kept = _drop_pointers(dest, find_lfs_pointers(dest), created, was_empty)
+            raise WizardError(f"{e.message}; {kept}", e.fix, details=e.details) from None
         raise
     except BaseException:
         if not resumed:
@@ -283,17 +286,21 @@ def _refuse_links_leaving(dest: Path, src: _Source, created: list[Path], was_emp
                       f"source, or {LINKS_FIX}")
 
 
+def _drop_pointers(dest: Path, pointers: list[str], created: list[Path], was_empty: bool) -> str:
+    """Leave no LFS pointer file behind looking like weights: a clone this call made goes whole, a
+    resumed one loses the pointer files. Says which, for the error."""
+    if bool(created) or was_empty:
+        _remove_created(dest, created, was_empty)
+        return "nothing was kept"
+    for rel in pointers:
+        (dest / rel).unlink(missing_ok=True)
+    return f"the pointer files were removed from {dest}"
+
+
 def _pointers_error(dest: Path, src: _Source, pointers: list[str], lfs, use_lfs: bool,
                     created: list[Path], was_empty: bool) -> None:
     """LFS pointer files must never stay behind looking like weights: remove them, then raise."""
-    owned = bool(created) or was_empty
-    if owned:
-        _remove_created(dest, created, was_empty)
-        kept = "nothing was kept"
-    else:
-        for rel in pointers:
-            (dest / rel).unlink(missing_ok=True)
-        kept = f"the pointer files were removed from {dest}"
+    kept = _drop_pointers(dest, pointers, created, was_empty)
     example = ", ".join(pointers[:3]) + (f" and {len(pointers) - 3} more" if len(pointers) > 3 else "")
     if use_lfs:  # git-lfs ran but some content did not arrive
         raise WizardError(f"{len(pointers)} file(s) of {src.display} are still git-lfs pointers after "
