@@ -49,17 +49,21 @@ class VisionTower(nn.Module):
         return self.config.hidden_size
 
 
-class SiglipVisionTower(VisionTower):
+class _PretrainedTower(VisionTower):
+    """A tower loaded from its folder: ``PROCESSOR`` and ``MODEL`` are the transformers classes."""
+
+    PROCESSOR = MODEL = None
+
     def __init__(self, model_name_or_path: str, config):
         super().__init__(model_name_or_path, config)
-        self.image_processor = SiglipImageProcessor.from_pretrained(model_name_or_path)
-        self.vision_tower = SiglipVisionModel.from_pretrained(model_name_or_path, **_dtype_kw(dtype_of(config)))
+        self.image_processor = self.PROCESSOR.from_pretrained(model_name_or_path)
+        self.vision_tower = self.MODEL.from_pretrained(model_name_or_path, **_dtype_kw(dtype_of(config)))
         self.is_loaded = True
 
 
-class CLIPVisionTower(VisionTower):
-    def __init__(self, model_name_or_path: str, config):
-        super().__init__(model_name_or_path, config)
-        self.image_processor = CLIPImageProcessor.from_pretrained(model_name_or_path)
-        self.vision_tower = CLIPVisionModel.from_pretrained(model_name_or_path, **_dtype_kw(dtype_of(config)))
-        self.is_loaded = True
+class SiglipVisionTower(_PretrainedTower):
+    PROCESSOR, MODEL = SiglipImageProcessor, SiglipVisionModel
+
+
+class CLIPVisionTower(_PretrainedTower):
+    PROCESSOR, MODEL = CLIPImageProcessor, CLIPVisionModel
