@@ -167,3 +167,32 @@ def test_a_broken_adapter_plugin_is_one_line_naming_its_package(broken_adapter_p
         get_model_class("NoSuchModelType")
     msg = str(e.value)
     assert "\n" not in msg and f"of the package {broken_adapter_plugin}" in msg and "this plugin is broken" in msg
+
+
+def test_imports_the_code_declares_only_for_training_get_stand_ins_and_others_are_named(tmp_path):
+    """VILA 1.5 imports deepspeed (declared only in its ``train`` extra) at import time, and
+    flash_attn (declared nowhere): the first gets a stand-in by itself, the second is named with
+    the fix; with ``stand_ins`` both import, and calling into one fails naming it."""
+    code = tmp_path / "code"
+    (code / "oldcode").mkdir(parents=True)
+    (code / "oldcode" / "__init__.py").write_text(
+        "import llmc_train_only_xyz.comm as dist\nfrom llmc_undeclared_xyz.sub import fn\n"
+        "import transformers\nVERSION = transformers.__version__\n")
+    (code / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "oldcode"\nversion = "1"\ndependencies = ["transformers==4.37.2"]\n'
+        '[project.optional-dependencies]\ntrain = ["llmc-train-only-xyz==0.9.5"]\n')
+    lines: list[str] = []
+    plan = plan_env(code, tmp_path / "envs" / "a")
+    assert plan.optional_only == {"llmc-train-only-xyz": "train"}
+    with pytest.raises(WizardError) as e:
+        create_env(plan, code_package="oldcode", on_line=lines.append)
+    assert "\n" not in str(e.value) and "the code imports llmc_undeclared_xyz" in str(e.value)
+    assert "install.stand_ins: [llmc_undeclared_xyz]" in e.value.fix
+    assert any("llmc_train_only_xyz (declared only in the code's 'train' extra): a stand-in" in ln for ln in lines)
+    plan = plan_env(code, tmp_path / "envs" / "b", stand_ins=["llmc_undeclared_xyz"])
+    create_env(plan, code_package="oldcode")
+    assert set(plan.stand_ins) == {"llmc_train_only_xyz", "llmc_undeclared_xyz"}
+    probe = ("import oldcode\ntry:\n    oldcode.fn(1)\nexcept RuntimeError as e:\n    print(oldcode.VERSION, e)\n")
+    out = _in_env(plan.env_dir, probe)
+    assert out.startswith("4.37.2 llmc_undeclared_xyz.sub.fn was called, but its package is a stand-in")

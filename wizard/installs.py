@@ -81,12 +81,14 @@ def _isolated(s: Session, plan: InstallPlan, r: Reporter) -> None:
 
     src, ins = s.answers.source, s.answers.install
     assert plan.env_dir is not None
-    asked = ins.effective_relax() + ["+" + x for x in ins.extra_packages]  # what the environment was built for
+    # what the environment was built for
+    asked = ins.effective_relax() + ["+" + x for x in ins.extra_packages] + ["~" + x for x in ins.stand_ins]
     if env_is_current(plan.env_dir, src.code_commit or "", asked):
         r.log(f"install: {plan.env_dir} is up to date for {(src.code_commit or '?')[:12]}")
     else:
         r.log(f"install: resolving the code's requirements for {plan.env_dir}")
-        env = plan_env(Path(src.code_dir), plan.env_dir, ins.effective_relax(), extra=ins.extra_packages)
+        env = plan_env(Path(src.code_dir), plan.env_dir, ins.effective_relax(), extra=ins.extra_packages,
+                       stand_ins=ins.stand_ins)
         create_env(env, commit=src.code_commit or "", relax=asked, code_package=_code_package(src.code_dir),
                    editable=ins.editable, on_line=r.log, cancelled=r.cancelled)
         plan.details = env.describe()

@@ -113,11 +113,18 @@ class EnvPlan:
     install: list[str] = field(default_factory=list)  #: ``name==version`` that differ from this environment
     resolved: int = 0  #: packages in the whole resolution
     needs: list[str] = field(default_factory=list)  #: the names of the whole resolution
+    #: import names the environment gets stand-ins for (``name: why``): modules the code imports but
+    #: the engine never calls, which fail in one line if something does call them
+    stand_ins: dict[str, str] = field(default_factory=dict)
+    #: packages the code declares only in an extra (``name: extra``): what it needs for training,
+    #: evaluation scripts...; one it imports at import time gets a stand-in
+    optional_only: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> list[str]:
         lines = [f"environment: {self.env_dir} (over this one: {sys.prefix})",
                  f"installs {len(self.install)} of {self.resolved} resolved packages: " + ", ".join(self.install)]
         lines += [f"  relaxed {n}: {why}" for n, why in self.relaxed.items()]
+        lines += [f"  stand-in for {n}: {why}" for n, why in self.stand_ins.items()]
         return lines
 
     def stamp(self, commit: str, relax) -> dict:
@@ -157,14 +164,24 @@ def _compile(reqs: list[str], overrides: list[str], work: Path) -> tuple[int, st
 
 
 def plan_env(code_dir: Path | None, env_dir: Path, relax=DEFAULT_RELAX, requirements: list[str] | None = None,
-             extra=()) -> EnvPlan:
+             extra=(), stand_ins=()) -> EnvPlan:
     """Resolve what the environment at ``env_dir`` needs for the code in ``code_dir`` (installs
     nothing); ``requirements`` instead of the code's own (``code_dir`` None: no code to install);
-    ``extra``: more requirements (what the code imports without declaring it), never relaxed."""
+    ``extra``: more requirements (what the code imports without declaring it), never relaxed;
+    ``stand_ins``: import names to stand in for (see :attr:`EnvPlan.stand_ins`)."""
+    from .pins import optional_requirements
+
     code_dir = Path(code_dir) if code_dir is not None else None
-    env_dir = Path(env_dir)
+    env_dir = Path(env_dir).absolute()
     have = installed_here()
     plan = EnvPlan(env_dir, code_dir)
+    plan.stand_ins = {n: "install.stand_ins in the answers" for n in stand_ins}
+    if code_dir is not None and requirements is None:
+        main = {_name(r) for r in declared_requirements(code_dir)}
+        for extra_name, reqs in optional_requirements(code_dir).items():
+            for r in reqs:
+                if _name(r) and _name(r) not in main:
+                    plan.optional_only.setdefault(_name(r), extra_name)
     wanted = {_name(r) for r in extra}
     for n in [r for r in relax if norm(r) not in wanted]:
         plan.relaxed[norm(n)] = _relax_note(norm(n), have, "relaxed by default" if n in DEFAULT_RELAX
@@ -342,6 +359,84 @@ else:
 """
 
 
+def _stand_in_reason(plan: EnvPlan, top: str) -> str | None:
+    """Why an import the environment lacks may get a stand-in (None: it may not): the answers ask
+    for it, the code declares it only in an extra, or it declares it but it could not be installed."""
+    if top in plan.stand_ins:
+        return plan.stand_ins[top]
+    name = norm(top)
+    if name in plan.optional_only:
+        return f"declared only in the code's {plan.optional_only[name]!r} extra"
+    why = plan.relaxed.get(name, "")
+    if "cannot be fetched or built here" in why:
+        return "declared by the code, but it cannot be fetched or built here"
+    return None
+
+
+STAND_IN_MODULE = "_llmc_wizard_stand_ins"
+STAND_IN_CODE = """
+import importlib.abc, importlib.machinery, sys, types
+
+NAMES = {names!r}
+
+
+class StandIn:
+    def __init__(self, name):
+        self._name = name
+
+    def __getattr__(self, attr):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return StandIn(self._name + "." + attr)
+
+    def __call__(self, *args, **kwargs):
+        raise RuntimeError(f"{{self._name}} was called, but its package is a stand-in in this environment (the "
+                           "model's code imports it; llmc-wizard's install step did not install it): install the "
+                           "real package (install.extra_packages in the answers)")
+
+    def __repr__(self):
+        return f"<stand-in {{self._name}}>"
+
+
+class Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, fullname, path, target=None):
+        if fullname.split(".")[0] in NAMES:
+            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        mod = types.ModuleType(spec.name)
+        mod.__path__ = []
+
+        def __getattr__(attr, _name=spec.name):
+            if attr.startswith("__"):
+                raise AttributeError(attr)
+            return StandIn(_name + "." + attr)
+
+        mod.__getattr__ = __getattr__
+        return mod
+
+    def exec_module(self, module):
+        pass
+
+
+sys.meta_path.append(Finder())
+"""
+
+
+def write_stand_ins(env_dir: Path, names: dict[str, str]) -> None:
+    """The environment's stand-ins: an import hook (loaded by a ``.pth`` file) that serves ``names``
+    and their submodules as modules whose every attribute fails when called, naming the package."""
+    sp = next((Path(env_dir) / "lib").glob("python*/site-packages"))
+    mod, pth = sp / f"{STAND_IN_MODULE}.py", sp / f"{STAND_IN_MODULE}.pth"
+    if not names:
+        mod.unlink(missing_ok=True)
+        pth.unlink(missing_ok=True)
+        return
+    mod.write_text(STAND_IN_CODE.format(names=sorted(names)))
+    pth.write_text(f"import {STAND_IN_MODULE}\n")
+
+
 def check_imports(env_dir: Path, modules: list[str]) -> tuple[str | None, list[str]]:
     """Import ``modules`` with the environment's Python: ``(error or None, traceback files)``."""
     p = subprocess.run([str(env_python(env_dir)), "-W", "ignore", "-c", IMPORT_CHECK, *modules],
@@ -383,6 +478,7 @@ def create_env(plan: EnvPlan, *, commit: str = "", relax=DEFAULT_RELAX, code_pac
     _run(uv() + ["venv", "-q", str(env_dir), "--python", sys.executable], log, cancelled, "creating the environment")
     sp = next((env_dir / "lib").glob("python*/site-packages"))
     (sp / OVERLAY).write_text(f"import site; site.addsitedir({str(env_dir / BASE)!r})\n")
+    write_stand_ins(env_dir, plan.stand_ins)
     py = str(env_python(env_dir))
     if plan.install:
         req = env_dir / "requirements.txt"
@@ -408,10 +504,18 @@ def create_env(plan: EnvPlan, *, commit: str = "", relax=DEFAULT_RELAX, code_pac
         owner = _owner(env_dir, files + re.findall(r"\((/[^()]+)\)\s*$", err))
         missing = re.match(r"ModuleNotFoundError: No module named '([\w.]+)'", err)
         if owner is None and missing:
-            raise WizardError(f"in the model's environment, the code imports {missing.group(1).split('.')[0]}, "
-                              "which it does not declare and nothing installed",
-                              "add its package to install.extra_packages (a name on the package index, or the "
-                              "path of a local copy of its source)")
+            top = missing.group(1).split(".")[0]
+            why = _stand_in_reason(plan, top)
+            if why is None:
+                raise WizardError(f"in the model's environment, the code imports {top}, which it does not declare "
+                                  "and nothing installed",
+                                  "add its package to install.extra_packages (a name on the package index, or the "
+                                  f"path of a local copy of its source); or, when the code only needs it for "
+                                  f"training, install.stand_ins: [{top}] (a stand-in that fails if called)")
+            plan.stand_ins.setdefault(top, why)
+            log(f"environment: the code imports {top} ({why}): a stand-in is provided, which fails if called")
+            write_stand_ins(env_dir, plan.stand_ins)
+            continue
         if owner is None or owner in PROTECTED or owner == norm(code_package or "-"):
             raise WizardError(f"in the model's environment, importing {', '.join(modules)} fails: {err}",
                               "the code needs a library this version of it lacks: relax or pin it in "

@@ -41,6 +41,17 @@ def declared_requirements(code_dir: Path) -> list[str]:
     return []
 
 
+def optional_requirements(code_dir: Path) -> dict[str, list[str]]:
+    """``{extra: [requirement, ...]}`` of ``pyproject.toml``'s optional dependencies (what the code
+    declares for training, evaluation... only)."""
+    py = Path(code_dir) / "pyproject.toml"
+    try:
+        extras = tomllib.loads(py.read_text(encoding="utf-8")).get("project", {}).get("optional-dependencies")
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return {}
+    return {str(k): [str(r) for r in v] for k, v in extras.items() if isinstance(v, list)} if isinstance(extras, dict) else {}
+
+
 def conflicts(code_dir: Path) -> list[Conflict]:
     """The code's requirements that the packages installed here do not satisfy."""
     from packaging.requirements import InvalidRequirement, Requirement
