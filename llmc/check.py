@@ -189,6 +189,11 @@ def check_model_folder(mp: Path) -> list[str]:
                 raw = json.loads(cfg.read_text(encoding="utf-8"))
                 if not isinstance(raw, dict):
                     problems.append(f"model.path: {cfg} is not a JSON object; re-download the model's config.json")
+                else:
+                    from llmc.textsafe import identity_problem
+
+                    if problem := identity_problem(raw):
+                        problems.append(f"model.path: {cfg}: {problem}; use the model's real config.json")
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
                 problems.append(f"model.path: {cfg} is not valid JSON ({e}); re-download the model's config.json")
     for f in _weight_files(mp):

@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .textsafe import guard_std_streams
+
+    guard_std_streams()  # what a repository wrote (names, paths, logs) is shown, never run by the terminal
     ap = build_parser()
     args = ap.parse_args(argv)
     if args.command is None:

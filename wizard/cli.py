@@ -212,6 +212,9 @@ def one_line_error(e: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    from llmc.textsafe import guard_std_streams
+
+    guard_std_streams()  # what a repository wrote is shown, never run by the terminal (the TUI draws on its own stream)
     try:
         _in_model_env(args, argv)
         return args.func(args)

@@ -65,6 +65,11 @@ def _read_config(weights_dir: Path) -> dict:
         raise SkeletonError(f"{cfg} is not valid JSON ({e})", "re-download the model's config.json") from e
     if not isinstance(raw, dict):
         raise SkeletonError(f"{cfg} is not a JSON object", "re-download the model's config.json")
+    from llmc.textsafe import identity_problem
+
+    problem = identity_problem(raw)
+    if problem:
+        raise SkeletonError(f"{cfg}: {problem}", "use the model's real config.json (this one may be hostile)")
     return raw
 
 

@@ -178,6 +178,11 @@ def detect_install_needed(weights_dir) -> tuple[bool, str]:
                           "re-fetch the weights (the file may be an un-downloaded git-lfs pointer)") from None
     if not isinstance(cfg, dict):
         raise WizardError(f"{cfg_path} is not a JSON object", "re-fetch the weights")
+    from llmc.textsafe import identity_problem
+
+    problem = identity_problem(cfg)
+    if problem:
+        raise WizardError(f"{cfg_path}: {problem}", "use the model's real config.json (this one may be hostile)")
 
     import transformers
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES

@@ -1,0 +1,68 @@
+"""Text from a repository is shown, never executed by the terminal (ESC, BEL, OSC 52, bidi)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmc.textsafe import identity_problem, shown
+
+TINY_LLAVA = Path(__file__).resolve().parents[1] / "wizard" / "demo" / "assets" / "tiny-llava"
+OSC52 = "\x1b]52;c;SGVsbG8=\x07"  # writes the clipboard
+CLEAR = "\x1b[2J"
+
+
+def _evil(tmp_path: Path, **fields) -> Path:
+    d = tmp_path / "evil"
+    shutil.copytree(TINY_LLAVA, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(fields)
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+def test_shown_makes_every_terminal_control_visible():
+    assert shown(f"a{OSC52}b{CLEAR}\u202ec\td\ne\r") == "a\\x1b]52;c;SGVsbG8=\\x07b\\x1b[2J\\u202ec\td\ne\r"
+    assert shown("plain é ü 中") == "plain é ü 中"
+
+
+@pytest.mark.parametrize("fields", [{"architectures": [f"Evil{OSC52}"]}, {"model_type": f"llava{CLEAR}"},
+                                    {"architectures": "LlavaForConditionalGeneration"}])
+def test_a_config_whose_names_are_not_names_is_refused(fields):
+    problem = identity_problem(fields)
+    assert problem and "\x1b" not in problem and "\x07" not in problem
+
+
+@pytest.mark.parametrize("cmd", [["-m", "wizard", "inspect"], ["-m", "llmc", "check"]])
+@pytest.mark.parametrize("field", ["architectures", "model_type"])
+def test_the_command_line_never_writes_a_control_sequence_from_config_json(tmp_path, cmd, field):
+    value = [f"Evil{OSC52}{CLEAR}"] if field == "architectures" else f"llava{OSC52}{CLEAR}"
+    model = _evil(tmp_path, **{field: value})
+    target = model
+    if cmd[1] == "llmc":
+        target = tmp_path / "c.yml"
+        target.write_text(f"model: {{type: Llava, path: {model}}}\nquant: {{method: RTN, weight: {{bit: 4, "
+                          "symmetric: true, granularity: per_group, group_size: 32}}\n")
+    p = subprocess.run([sys.executable, *cmd, str(target)], capture_output=True)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and b"\x1b" not in out and b"\x07" not in out, out[-2000:]
+    assert b"\\x1b" in out  # shown, escaped
+
+
+def test_the_wizards_steps_say_it_in_one_line_without_control_characters(tmp_path):
+    from wizard.services.answers import Answers
+    from wizard.services.errors import WizardError
+    from wizard.session import Session
+    from wizard.steps import Reporter, install
+
+    a = Answers()
+    a.source.weights_dir = str(_evil(tmp_path, architectures=[f"X{OSC52}"], model_type="weird_type"))
+    s = Session(a, tmp_path / "answers.yml", tmp_path / "work")
+    with pytest.raises(WizardError) as e:
+        install(s, Reporter())
+    assert "\n" not in str(e.value) and "\x1b" not in str(e.value) and "\\x1b" in str(e.value)
