@@ -32,6 +32,8 @@ VISION_MARKERS = ("vision", "visual", "mm_projector", "multi_modal_projector", "
 LFS_MAGIC = b"version https://git-lfs.github.com/spec/v1"
 #: safetensors itself refuses headers over 100 MB
 MAX_HEADER_BYTES = 100 * 1000 * 1000
+#: a header needs well under this per tensor (name, dtype, shape, offsets) plus some metadata
+HEADER_BYTES_BASE, HEADER_BYTES_PER_TENSOR = 1 << 20, 4096
 #: bytes per element of the safetensors dtypes (unknown dtypes skip the size check)
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "U16": 2, "I16": 2,
                "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
@@ -94,6 +96,11 @@ def read_safetensors_header(f: Path) -> dict:
     if not isinstance(header, dict):
         raise bad("its header is not a JSON object (corrupt, or not a safetensors file)")
     data_len = size - 8 - n
+    tensors = len([k for k in header if k != "__metadata__"])
+    if n > HEADER_BYTES_BASE + HEADER_BYTES_PER_TENSOR * tensors:
+        raise bad(f"its header is {n} bytes for {tensors} tensor(s), far more than a header needs "
+                  f"(at most {HEADER_BYTES_BASE + HEADER_BYTES_PER_TENSOR * tensors}): corrupt or crafted")
+    spans = []
     for name, v in header.items():
         if name == "__metadata__":
             continue
@@ -112,6 +119,18 @@ def read_safetensors_header(f: Path) -> dict:
         if width is not None and math.prod(shape) * width != end - begin:
             raise bad(f"tensor {name!r} ({v.get('dtype')} {shape}) needs {math.prod(shape) * width} bytes "
                       f"but its data spans {end - begin} (corrupt file)")
+        spans.append((begin, end, name))
+    # the data is exactly the tensors, one after another (the format's own rule): no overlap, no hole
+    at, last = 0, None
+    for begin, end, name in sorted(spans):
+        if begin < at:
+            raise bad(f"tensor {name!r} (bytes {begin}..{end}) overlaps tensor {last!r} (ends at {at}) "
+                      "(corrupt or crafted file)")
+        if begin > at:
+            raise bad(f"{begin - at} byte(s) before tensor {name!r} belong to no tensor (corrupt or crafted file)")
+        at, last = end, name
+    if at != data_len:
+        raise bad(f"{data_len - at} byte(s) after the last tensor belong to no tensor (corrupt or crafted file)")
     return header
 
 

@@ -133,13 +133,39 @@ def _header_not_json(f: Path) -> None:
     f.write_bytes(struct.pack("<Q", 16) + b"not json at all!" + b"\0" * 64)
 
 
+def _rewrite(f: Path, edit, pad: int = 0) -> None:
+    """``f`` with its header changed by ``edit(header)`` and ``pad`` spaces after it (data unchanged)."""
+    import json
+
+    data = f.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    edit(header)
+    raw = json.dumps(header).encode() + b" " * pad
+    f.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+
+
+def _overlap(f: Path) -> None:
+    def edit(h):  # the two first tensors swap sizes' worth of bytes: one covers part of the other
+        (a, b) = sorted((k for k in h if k != "__metadata__"), key=lambda k: h[k]["data_offsets"][0])[:2]
+        h[b]["data_offsets"] = [h[a]["data_offsets"][0], h[a]["data_offsets"][0] + (h[b]["data_offsets"][1]
+                                                                                   - h[b]["data_offsets"][0])]
+    _rewrite(f, edit)
+
+
+def _huge_padded_header(f: Path) -> None:
+    _rewrite(f, lambda h: None, pad=99 * 1000 * 1000)
+
+
 @pytest.mark.parametrize("damage,problem", [
+    (_overlap, "overlaps tensor"),
+    (_huge_padded_header, "far more than a header needs"),
     (_truncate_half, "(truncated download)"),
     (lambda f: f.write_bytes(f.read_bytes()[:5]), "too short to be a safetensors file"),
     (_huge_header_length, f"its header claims {2**60} bytes but the file has"),
     (_garbage, "but the file has 16384 bytes"),
     (_header_not_json, "its header is not valid JSON"),
-], ids=["truncated", "five-bytes", "header-2**60", "garbage", "header-not-json"])
+], ids=["overlap", "99MB-header", "truncated", "five-bytes", "header-2**60", "garbage", "header-not-json"])
 def test_damaged_safetensors_fails_with_one_line(damage, problem, model_dir, tmp_path, capsys):
     damage(model_dir / "model.safetensors")
     rc, err, _ = _check(capsys, _config(tmp_path, model_dir))
