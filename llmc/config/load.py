@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from ..yamlload import BoundedLoader
 from .errors import ConfigError, _KeyedError, _show, _to_config_error
 from .quant import AwqSpecial, GptqSpecial, QuantConfig
 from .compat import ACCEPTED_BUT_IGNORED, UNSUPPORTED_LLMC_KEYS
@@ -125,8 +126,9 @@ class Config(_Section):
 # Loading
 # --------------------------------------------------------------------------------------------
 
-class _Loader(yaml.SafeLoader):
-    """A safe YAML loader that rejects duplicate keys (a silent override hides typos)."""
+class _Loader(BoundedLoader):
+    """A safe YAML loader that rejects duplicate keys (a silent override hides typos) and documents
+    whose aliases expand without bound."""
 
     def construct_mapping(self, node, deep=False):
         seen: set[str] = set()

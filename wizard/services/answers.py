@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from llmc.config import ACT_BITS, WEIGHT_BITS
 from llmc.secrets import MASK, TOKEN_ENV_VARS, redact, scrub, strip_userinfo  # noqa: F401
+from llmc.yamlload import BoundedLoader
 
 from .errors import WizardError
 from .isolate import DEFAULT_RELAX
@@ -297,7 +298,7 @@ def load_answers(path: str | os.PathLike) -> Answers:
         raise WizardError(f"cannot read answers file {path}: {e}",
                           "check the file's permissions and encoding") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=BoundedLoader)  # noqa: S506 - a SafeLoader whose aliases are bounded
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
