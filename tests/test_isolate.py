@@ -104,6 +104,7 @@ async def test_the_wizard_app_goes_on_in_the_models_environment(tmp_path):
     env = tmp_path / "work" / "envs" / "code"
     subprocess.run([*uv(), "venv", "-q", str(env), "--python", sys.executable], check=True)
     app = WizardApp(answers_path=tmp_path / "answers.yml", workdir=tmp_path / "work", models_dir=tmp_path / "m")
+    (env / ".llmc-wizard-env.json").write_text("{}")  # as the Install step leaves it
     app.answers.install.env_dir = str(env)
     async with app.run_test() as pilot:
         app.goto("Install")

@@ -66,3 +66,46 @@ def test_the_wizards_steps_say_it_in_one_line_without_control_characters(tmp_pat
     with pytest.raises(WizardError) as e:
         install(s, Reporter())
     assert "\n" not in str(e.value) and "\x1b" not in str(e.value) and "\\x1b" in str(e.value)
+
+
+def _remote_code_weights(tmp_path: Path) -> tuple[Path, Path]:
+    """A weights-only folder whose config.json's auto_map points at its own code, which leaves a
+    marker when it runs."""
+    d = tmp_path / "remote"
+    shutil.copytree(TINY_LLAVA, d)
+    marker = tmp_path / "RAN"
+    (d / "configuration_x.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
+                                          "from transformers import PretrainedConfig\n"
+                                          "class XConfig(PretrainedConfig):\n    model_type = 'x_custom'\n")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(model_type="x_custom", auto_map={"AutoConfig": "configuration_x.XConfig"})
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d, marker
+
+
+def test_remote_code_in_the_weights_never_runs_and_no_library_prompt_gets_stdin(tmp_path):
+    d, marker = _remote_code_weights(tmp_path)
+    answers = tmp_path / "a.yml"
+    answers.write_text(f"source: {{weights_dir: {d}}}\n")
+    for args in (["inspect", str(d)], ["inspect", "--answers", str(answers)]):
+        p = subprocess.run([sys.executable, "-m", "wizard", *args], input="y\ny\n", capture_output=True, text=True,
+                           timeout=300)
+        errors = [ln for ln in p.stderr.splitlines() if ln.startswith("llmc-wizard")]
+        assert p.returncode == 1 and len(errors) == 1 and "Traceback" not in p.stderr, p.stderr[-800:]
+        assert "auto_map names code shipped with the weights (configuration_x)" in p.stderr
+    assert not marker.exists()
+
+
+def test_an_environment_the_wizard_did_not_build_is_never_run(tmp_path):
+    from wizard.services.answers import Answers
+    from wizard.services.isolate import uv
+    from wizard.session import Session
+
+    env = tmp_path / "someone-elses-env"
+    subprocess.run([*uv(), "venv", "-q", str(env), "--python", sys.executable], check=True)
+    a = Answers()
+    a.install.env_dir = str(env)
+    s = Session(a, tmp_path / "answers.yml", tmp_path / "work")
+    assert s.model_python() is None and s.in_model_env()
+    (env / ".llmc-wizard-env.json").write_text("{}")
+    assert s.model_python() == env / "bin" / "python"

@@ -67,12 +67,14 @@ class Session:
         return self.workdir / "envs" / (Path(code).name if code else "model")
 
     def model_python(self) -> Path | None:
-        """The Python of the model's own environment, once built (None: this environment's)."""
-        from .services.isolate import env_python
+        """The Python of the model's own environment, once the wizard built it (None: this
+        environment's). An ``install.env_dir`` the wizard did not build (no stamp of its build in
+        it: an answers file from elsewhere, a hand-made folder) is never run."""
+        from .services.isolate import STAMP, env_python
 
         d = self.answers.install.env_dir
         py = env_python(Path(d)) if d else None
-        return py if py is not None and py.exists() else None
+        return py if py is not None and py.exists() and (Path(d) / STAMP).is_file() else None
 
     def in_model_env(self) -> bool:
         """Whether this process runs where the model's code is installed."""

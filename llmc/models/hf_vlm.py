@@ -33,7 +33,7 @@ def load_processor(path):
     import transformers
 
     try:
-        return transformers.AutoProcessor.from_pretrained(str(path))
+        return transformers.AutoProcessor.from_pretrained(str(path), trust_remote_code=False)
     except (ImportError, ValueError, OSError) as e:
         missing = _missing_packages(e)
         if missing:
@@ -81,7 +81,8 @@ class HFVisionLanguageModel(BaseModel):
                              "a chat template; set prompt_format = 'plain' (the processor's own format) or a "
                              "template with {question}")
         dtype = self.torch_dtype if self.torch_dtype != "auto" else "auto"
-        self.mm_model = cls.from_pretrained(str(self.model_path), **dtype_kwargs(dtype)).to(self.device).eval()
+        self.mm_model = cls.from_pretrained(str(self.model_path), trust_remote_code=False,
+                                            **dtype_kwargs(dtype)).to(self.device).eval()
         self.vlm_model = self.mm_model
         self._locate_parts()
 

@@ -18,12 +18,13 @@ class CausalLM(BaseModel):
     def build_model(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_path))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_path), trust_remote_code=False)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         dtype = self.torch_dtype if self.torch_dtype != "auto" else "auto"
-        self.mm_model = AutoModelForCausalLM.from_pretrained(str(self.model_path), **dtype_kwargs(dtype)).to(self.device).eval()
+        self.mm_model = AutoModelForCausalLM.from_pretrained(str(self.model_path), trust_remote_code=False,
+                                                             **dtype_kwargs(dtype)).to(self.device).eval()
         self.vlm_model = self.mm_model
         self.model = self.mm_model.get_decoder() if hasattr(self.mm_model, "get_decoder") else self.mm_model.model
         self.model_config = self.mm_model.config

@@ -162,7 +162,7 @@ def weightless_from_pretrained():
         own = getattr(cls, "config_class", None)
         if own is not None and own is not transformers.PretrainedConfig:
             return own.from_pretrained(cfg or path)
-        return transformers.AutoConfig.from_pretrained(cfg or path)
+        return transformers.AutoConfig.from_pretrained(cfg or path, trust_remote_code=False)
 
     def model_from_config(cls, path, *model_args, **kwargs):
         return cls._from_config(config_of(cls, path, kwargs)) if not model_args else cls(
@@ -228,9 +228,16 @@ def build_skeleton(weights_dir: str | Path, code_package: str | None = None,
         return model, (raw.get("architectures") or [model_cls.__name__])[0], "custom-code"
 
     import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
+    if raw.get("auto_map") and raw.get("model_type") not in CONFIG_MAPPING_NAMES:
+        raise SkeletonError(f"{weights_dir}: config.json's auto_map names code shipped with the weights "
+                            f"({', '.join(sorted({str(v).split('.')[0] for v in raw['auto_map'].values()}))}); the "
+                            "wizard never runs a repository's code without consent",
+                            "onboard its code as custom code (source.code_url and the Install step), or use a "
+                            "model transformers ships")
     try:
-        config = transformers.AutoConfig.from_pretrained(str(weights_dir))
+        config = transformers.AutoConfig.from_pretrained(str(weights_dir), trust_remote_code=False)
         if not type(config).__module__.startswith("transformers."):  # registered by a code package imported here
             raise ValueError(f"its config class {type(config).__name__} comes from {type(config).__module__}")
     except (ValueError, KeyError) as e:
