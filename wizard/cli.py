@@ -212,7 +212,15 @@ def one_line_error(e: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    import signal
+
     from llmc.textsafe import guard_std_streams
+
+    def interrupted(signum, _frame):  # SIGTERM (timeout, CI, docker stop), SIGHUP: as ctrl+c, children go too
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupted)
 
     guard_std_streams()  # what a repository wrote is shown, never run by the terminal (the TUI draws on its own stream)
     try:

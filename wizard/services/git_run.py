@@ -69,13 +69,23 @@ def _num(v) -> float | None:
         return None
 
 
+def stall_seconds() -> int:
+    """How long a network transfer may go without a byte (``$LLMC_WIZARD_NET_STALL_S``, default 120)."""
+    try:
+        return max(1, int(os.environ.get("LLMC_WIZARD_NET_STALL_S", "120")))
+    except ValueError:
+        return 120
+
+
 class _Git:
     """Runs git for one fetch: environment (credentials, LFS switches), streaming, cancel."""
 
     def __init__(self, src: _Source, use_lfs: bool, emit, cancelled):
         self.src, self.emit, self.cancelled = src, emit, cancelled
         self.exe = git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git"
-        configs: list[tuple[str, str]] = []
+        # a server that accepts the connection and then sends nothing is given up on after STALL_S
+        # seconds without a byte (git's HTTP transport; git-lfs has its own activity timeout)
+        configs: list[tuple[str, str]] = [("http.lowSpeedLimit", "1"), ("http.lowSpeedTime", str(stall_seconds()))]
         if src.header and src.scope:
             configs.append((f"http.{src.scope}.extraHeader", src.header))
         if not use_lfs:

@@ -1,0 +1,82 @@
+"""Every wait has a bound and every process tree dies with its parent: a git server that accepts
+the connection and never answers, and SIGTERM to the wizard while its children run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+
+from wizard.services.errors import WizardError
+from wizard.services.fetch import fetch_repo
+
+
+@pytest.fixture
+def silent_server():
+    """``http://127.0.0.1:PORT/``: accepts connections, reads what comes, never answers."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.settimeout(0.2)
+    stop = threading.Event()
+    held = []
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            held.append(conn)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.getsockname()[1]}/model.git"
+    stop.set()
+    t.join()
+    for c in held:
+        c.close()
+    srv.close()
+
+
+def test_a_server_that_never_answers_fails_fetch_in_one_line_within_its_bound(silent_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMC_WIZARD_NET_STALL_S", "2")
+    t = time.monotonic()
+    with pytest.raises(WizardError) as e:
+        fetch_repo(silent_server, tmp_path / "m")
+    assert time.monotonic() - t < 30
+    assert "\n" not in str(e.value) and "git clone" in str(e.value) and not (tmp_path / "m").exists()
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_sigterm_to_the_wizard_takes_its_children_with_it(silent_server, tmp_path):
+    answers = tmp_path / "a.yml"
+    answers.write_text(f"source: {{weights_url: '{silent_server}'}}\n")
+    p = subprocess.Popen([sys.executable, "-m", "wizard", "fetch", "--answers", str(answers), "--workdir",
+                          str(tmp_path / "w")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    kids: list[psutil.Process] = []
+    while time.monotonic() < deadline and not any("git" in " ".join(k.cmdline()) for k in kids if k.is_running()):
+        time.sleep(0.2)
+        kids = _descendants(p.pid)
+    assert kids, "git never started"
+    p.send_signal(signal.SIGTERM)
+    t = time.monotonic()
+    _, err = p.communicate(timeout=30)
+    gone, alive = psutil.wait_procs(kids, timeout=max(0.1, 5 - (time.monotonic() - t)))
+    assert not alive, f"still running 5 s after SIGTERM: {[k.cmdline() for k in alive]}"
+    assert p.returncode == 130 and "cancelled" in err and "Traceback" not in err, err[-1000:]
+    assert os.path.exists(answers)
