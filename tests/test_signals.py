@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -80,3 +81,33 @@ def test_sigterm_to_the_wizard_takes_its_children_with_it(silent_server, tmp_pat
     assert not alive, f"still running 5 s after SIGTERM: {[k.cmdline() for k in alive]}"
     assert p.returncode == 130 and "cancelled" in err and "Traceback" not in err, err[-1000:]
     assert os.path.exists(answers)
+
+
+def test_a_chat_template_that_never_ends_stops_the_smoke_test_at_its_bound(zoo, tmp_path, monkeypatch):
+    """A processor whose chat template loops 10^10 times (each loop under the sandbox's range
+    limit): the smoke test is stopped at its time bound with one line, its process group gone."""
+    import shutil
+
+    from wizard.app import demo_answers
+    from wizard.session import Session
+    from wizard.steps import Reporter, onboard
+
+    assets = Path(__file__).resolve().parents[1] / "wizard" / "demo" / "assets"
+    weights = tmp_path / "tiny-llava"
+    shutil.copytree(assets / "tiny-llava", weights)
+    (weights / "chat_template.jinja").write_text(
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x")
+    a = demo_answers(zoo, "tiny-llava")
+    a.source.weights_url, a.source.weights_dir = None, str(weights)
+    a.generate.method = "RTN"
+    s = Session(a, tmp_path / "answers.yml", tmp_path / "work", assume_yes=True, device="cpu")
+    monkeypatch.setenv("LLMC_WIZARD_SMOKE_TIMEOUT_S", "15")
+    pids: list[int] = []
+    r = Reporter()
+    r.child_started = pids.append
+    t = time.monotonic()
+    with pytest.raises(WizardError) as e:
+        onboard(s, ["inspect", "generate", "smoke"], r)
+    assert "smoke test did not finish within 15 s" in str(e.value) and "\n" not in str(e.value)
+    assert time.monotonic() - t < 120
+    assert pids and not psutil.pid_exists(pids[0])

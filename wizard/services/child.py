@@ -51,7 +51,7 @@ def child_main(fn: Callable[[], dict]) -> int:
 def run_child(module: str, args: list[str], *, what: str, on_line: Callable[[str], None] | None = None,
               cancelled: Callable[[], bool] | None = None, on_start: Callable[[int], None] | None = None,
               poll_s: float = 0.1, env: dict | None = None, needs_result: bool = True,
-              python: str | os.PathLike | None = None) -> dict:
+              python: str | os.PathLike | None = None, timeout: float | None = None, timeout_fix: str = "") -> dict:
     """Run ``python -m module args``; return the child's result dict.
 
     ``needs_result=False`` runs a module that does not speak the protocol (it writes its own
@@ -60,7 +60,8 @@ def run_child(module: str, args: list[str], *, what: str, on_line: Callable[[str
     Raises :class:`WizardError` with the child's own message, with the tail of its output when it
     died without one, or ``"<what> cancelled"`` after ``cancelled()`` turned true (the process
     group is gone by then). ``on_start`` receives the child's pid. ``python``: another interpreter
-    (the model's own environment) instead of this one.
+    (the model's own environment) instead of this one. ``timeout``: seconds after which the child's
+    group is killed and the error says so (``timeout_fix`` is its fix).
     """
     cmd = [str(python or sys.executable), "-m", module, *[str(a) for a in args]]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8", **(env or {})}
@@ -94,10 +95,16 @@ def run_child(module: str, args: list[str], *, what: str, on_line: Callable[[str
         if on_start:
             on_start(proc.pid)
         done = False
+        t0 = time.monotonic()
         while not done:
             if cancelled and cancelled():
                 kill_process_group(proc)
                 raise WizardError(f"{what} cancelled", "start it again when ready")
+            if timeout is not None and time.monotonic() - t0 > timeout:
+                kill_process_group(proc)
+                last = f" (its last line: {tail[-1][:200]})" if tail else ""
+                raise WizardError(f"{what} did not finish within {timeout:.0f} s and was stopped{last}",
+                                  timeout_fix or "find what hangs, or allow more time")
             try:
                 line = lines.get(timeout=poll_s)
             except queue.Empty:

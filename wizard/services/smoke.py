@@ -4,6 +4,8 @@ so that a batching bug fails here in seconds rather than after the original mode
 
 from __future__ import annotations
 
+import os
+
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +134,15 @@ def smoke_test(module: str, model_type: str, weights: Path, calib_path: Path | N
     return rep
 
 
+def smoke_timeout() -> float:
+    """How long the smoke test (one sample, one small batch) may take: ``$LLMC_WIZARD_SMOKE_TIMEOUT_S``,
+    600 s by default."""
+    try:
+        return max(1.0, float(os.environ.get("LLMC_WIZARD_SMOKE_TIMEOUT_S", "600")))
+    except ValueError:
+        return 600.0
+
+
 def smoke_test_in_child(module: str, model_type: str, weights: Path, calib_path: Path | None,
                         eval_path: Path | None, device: str = "cpu", models_dir: Path | None = None, log=None,
                         cancelled=None, on_start=None, env: dict | None = None, eval_bs: int = 2) -> SmokeReport:
@@ -143,8 +154,11 @@ def smoke_test_in_child(module: str, model_type: str, weights: Path, calib_path:
     for flag, value in (("--calib", calib_path), ("--eval", eval_path), ("--models-dir", models_dir)):
         if value is not None:
             args += [flag, value]
+    limit = smoke_timeout()
     res = run_child("wizard.services.smoke", args, what="smoke test", on_line=log, cancelled=cancelled,
-                    on_start=on_start, env=env)
+                    on_start=on_start, env=env, timeout=limit,
+                    timeout_fix="a hook, the processor's chat template or the model hangs on one sample; fix it, "
+                    f"or allow more time with LLMC_WIZARD_SMOKE_TIMEOUT_S (now {limit:.0f})")
     return SmokeReport(ok=res["ok"], steps=[tuple(s) for s in res["steps"]], answer=res["answer"],
                        expected=res["expected"])
 
