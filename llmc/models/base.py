@@ -75,6 +75,9 @@ class BaseModel(abc.ABC):
     #: enters the language model's residual stream (the projector's last layer); empty: the
     #: adapter finds them from the structure
     projector_last_layers: tuple[str, ...] = ()
+    #: whether the adapter reads ``model_path`` (a view of an already built model reads nothing): a
+    #: folder it reads must not link outside itself (:func:`llmc.paths.links_leaving`)
+    reads_model_path: bool = True
     #: set ``__abstract_ok__ = True`` in the body of an intermediate base class that is
     #: meant to stay abstract (it is not inherited)
 
@@ -93,7 +96,7 @@ class BaseModel(abc.ABC):
         self.model_path = Path(path).expanduser()
         from llmc.paths import links_leaving, links_leaving_line
 
-        if self.model_path.is_dir() and (bad := links_leaving(self.model_path)):
+        if self.reads_model_path and self.model_path.is_dir() and (bad := links_leaving(self.model_path)):
             raise ValueError("model.path: " + links_leaving_line(self.model_path, bad))
         self.device = torch.device(device)
         self.torch_dtype = _resolve_dtype(torch_dtype)

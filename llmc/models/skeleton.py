@@ -276,6 +276,7 @@ def skeleton_view(model: nn.Module, language_model_path: str, injection: tuple[s
 
     class SkeletonView(BaseModel):
         projector_last_layers = tuple(injection)
+        reads_model_path = False  # a view of a model already built: no folder is read
 
         def build_model(self) -> None:
             self.mm_model = model
