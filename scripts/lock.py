@@ -29,8 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 REQ = ROOT / "requirements"
 PYTHON_VERSION = "3.11"
 PLATFORM = "x86_64-manylinux_2_28"
-#: folders some machines keep a copy of registry files in (the same files, the same hashes): faster
-LOCAL_INDEXES = ("/opt/pypi-more/simple", "/opt/pypi/simple")
+#: folders some machines keep a copy of registry files in (the same files, the same hashes): setup-env.sh
+#: installs from them when they are there. Resolution never reads them: their files carry no upload
+#: time, so "as of the lock's moment" would take whatever they hold today.
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", re.M)
 
 
@@ -41,18 +42,10 @@ def uv() -> str:
     sys.exit("lock: uv not found: run scripts/setup-env.sh first (it installs the locked uv), or pip install uv")
 
 
-def index_args() -> list[str]:
-    local = [f"file://{d}" for d in LOCAL_INDEXES if Path(d).is_dir()]
-    args = []
-    for url in local:
-        args += ["--extra-index-url", url]
-    return args + (["--index-strategy", "unsafe-best-match"] if local else [])
-
-
 def compile_one(src: Path, out: Path, moment: str, no_deps: bool = False) -> str:
     cmd = [uv(), "pip", "compile", "-q", str(src.relative_to(ROOT)), "--python-version", PYTHON_VERSION,
            "--python-platform", PLATFORM, "--generate-hashes", "--exclude-newer", moment, "--no-header",
-           *index_args(), *(["--no-deps"] if no_deps else [])]
+           *(["--no-deps"] if no_deps else [])]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if p.returncode != 0:
         sys.exit(f"lock: resolving {src.name} failed:\n{p.stderr.strip()}")
@@ -95,9 +88,9 @@ def report_changes(dest: Path) -> None:
         print("\n".join(changes)) if changes else None
 
 
-def cmd_write(_a) -> int:
+def cmd_write(a) -> int:
     tmp = ROOT / "build" / "lock-write"
-    resolve(tmp, now())
+    resolve(tmp, a.before or now())
     report_changes(tmp)
     for name in ("dev.lock", "files.lock"):
         shutil.copyfile(tmp / name, REQ / name)
@@ -136,7 +129,9 @@ def cmd_diff(a) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(prog="scripts/lock.py", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("write", help="rewrite the lock files with the newest allowed releases").set_defaults(f=cmd_write)
+    w = sub.add_parser("write", help="rewrite the lock files with the newest allowed releases")
+    w.add_argument("--before", help="resolve as the registry stood at this moment (ISO 8601, UTC); default: now")
+    w.set_defaults(f=cmd_write)
     c = sub.add_parser("check", help="try the newest releases in .venv-next with the whole suite")
     c.add_argument("pytest_args", nargs="*", help="passed to pytest (default: the whole suite)")
     c.set_defaults(f=cmd_check)

@@ -32,6 +32,20 @@ if lock_moment():
     os.environ.setdefault("UV_EXCLUDE_NEWER", lock_moment())
 
 
+INSTALLED_AT_START: dict[str, str] = {}
+
+
+def pytest_sessionstart(session):
+    """What the environment holds before any test runs (some tests install a demo package into it):
+    tests/test_lock.py compares this with the lock."""
+    import re
+    from importlib import metadata
+
+    for d in metadata.distributions():
+        if d.metadata["Name"]:
+            INSTALLED_AT_START.setdefault(re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(), d.version)
+
+
 @pytest.fixture(scope="session")
 def zoo(tmp_path_factory):
     from wizard.demo import zoo as zoo_mod

@@ -111,3 +111,45 @@ def test_a_chat_template_that_never_ends_stops_the_smoke_test_at_its_bound(zoo, 
     assert "smoke test did not finish within 15 s" in str(e.value) and "\n" not in str(e.value)
     assert time.monotonic() - t < 120
     assert pids and not psutil.pid_exists(pids[0])
+
+
+@pytest.mark.parametrize("step", ["smoke", "run"])
+def test_sigterm_stops_every_child_of_a_step(zoo, tmp_path, step):
+    """``llmc-wizard smoke|run --answers``: SIGTERM while its child (the smoke test, the engine) works
+    leaves no process of the tree alive 5 s later, and the run is not marked complete."""
+    import shutil
+
+    from wizard.app import demo_answers
+    from wizard.session import Session
+    from wizard.steps import Reporter, onboard
+
+    assets = Path(__file__).resolve().parents[1] / "wizard" / "demo" / "assets"
+    weights = tmp_path / "tiny-llava"
+    shutil.copytree(assets / "tiny-llava", weights)
+    if step == "smoke":  # a template that keeps the smoke test busy for good
+        (weights / "chat_template.jinja").write_text(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x")
+    a = demo_answers(zoo, "tiny-llava")
+    a.source.weights_url, a.source.weights_dir = str(weights), str(weights)
+    a.generate.method = "GPTQ"
+    s = Session(a, tmp_path / "answers.yml", tmp_path / "work", assume_yes=True, device="cpu")
+    onboard(s, ["inspect", "generate"], Reporter())
+    p = subprocess.Popen([sys.executable, "-m", "wizard", step, "--answers", str(s.answers_path), "--workdir",
+                          str(s.workdir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    kids: list[psutil.Process] = []
+    while time.monotonic() < deadline:
+        kids = _descendants(p.pid)
+        if any("smoke" in " ".join(k.cmdline()) or "llmc" in " ".join(k.cmdline()) for k in kids if k.is_running()):
+            break
+        time.sleep(0.2)
+    time.sleep(2)  # the child is at work
+    kids = _descendants(p.pid)
+    assert kids, f"{step} started no child"
+    p.send_signal(signal.SIGTERM)
+    t = time.monotonic()
+    _, err = p.communicate(timeout=60)
+    _, alive = psutil.wait_procs(kids, timeout=max(0.1, 5 - (time.monotonic() - t)))
+    assert not alive, f"still running 5 s after SIGTERM: {[k.cmdline() for k in alive]}"
+    assert p.returncode != 0 and "Traceback" not in err, err[-1500:]
+    assert not list((s.workdir).rglob("COMPLETE"))

@@ -72,6 +72,27 @@ def engine_placement(device):
             cls.from_pretrained = original
 
 
+def default_conv_mode(package: str) -> str | None:
+    """The conversation mode the code itself picks: its ``default_conversation`` when that is one of
+    its ``conv_templates`` and builds a prompt (VILA 1.5's is an "auto" style that does not), under
+    its most specific name (``vicuna_v1`` over its alias ``v1``, never ``default``); else ``vicuna_v1``
+    (LLaVA 1.5's and VILA 1.5's); else its first template."""
+    conv = importlib.import_module(f"{package}.conversation")
+    templates, default = conv.conv_templates, getattr(conv, "default_conversation", None)
+    names = sorted((n for n, t in templates.items() if t is default and default is not None),
+                   key=lambda n: (n == "default", -len(n)))
+    if names:
+        try:
+            probe = default.copy()
+            probe.append_message(probe.roles[0], "?")
+            probe.append_message(probe.roles[1], None)
+            probe.get_prompt()
+            return names[0]
+        except Exception:  # noqa: BLE001, S110 - a style that builds no prompt by itself: not a choice
+            pass
+    return "vicuna_v1" if "vicuna_v1" in templates else next(iter(templates), None)
+
+
 def follows_conventions(package: str) -> list[str]:
     """What ``package`` lacks of the lineage's conventions (``module.name``); empty: it follows them."""
     missing = []
@@ -90,8 +111,8 @@ class LlavaLineage(BaseModel):
 
     __abstract_ok__ = True
     CODE_PACKAGE = "llava"
-    #: key of ``<pkg>.conversation.conv_templates`` (LLaVA 1.5 and VILA 1.5 use ``vicuna_v1``)
-    conv_mode = "vicuna_v1"
+    #: key of ``<pkg>.conversation.conv_templates``; None: the code's own choice (:func:`default_conv_mode`)
+    conv_mode = None
     #: the name the loader sees: it picks its multimodal branch by the name (``llava``/``vila`` in
     #: it); empty: the model folder's name, prefixed with ``llava-`` when it has neither
     loader_model_name = ""
@@ -220,7 +241,8 @@ class LlavaLineage(BaseModel):
     def prompt(self, question: str, answer: str | None = None, with_image: bool = True) -> str:
         """The conversation template's prompt for one question (the image token first)."""
         consts = self._code("constants")
-        conv = self._code("conversation").conv_templates[self.conv_mode].copy()
+        mode = self.conv_mode or default_conv_mode(self.CODE_PACKAGE)
+        conv = self._code("conversation").conv_templates[mode].copy()
         image = consts.DEFAULT_IMAGE_TOKEN
         if getattr(self.mm_model.config, "mm_use_im_start_end", False):
             image = consts.DEFAULT_IM_START_TOKEN + image + consts.DEFAULT_IM_END_TOKEN

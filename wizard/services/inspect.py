@@ -302,32 +302,15 @@ def rotation_refusal(weights_dir: str | Path, code_package: str | None, language
 
 def code_conventions(package: str) -> tuple[str, str | None, list[str]]:
     """Whether a model's code package follows the LLaVA lineage's conventions (the loader,
-    conversation templates and mm_utils of LLaVA and VILA 1.5): ``("llava-lineage", conv_mode, [])``,
-    else ``("llava-lineage", None, missing)``: what it lacks. The conversation mode is the code's own
-    ``default_conversation`` when that is one of its templates and builds a prompt (VILA 1.5's is an
-    "auto" style that does not), else ``vicuna_v1`` (LLaVA 1.5's and VILA 1.5's), else its first."""
-    import importlib
-
-    from llmc.models.llava_lineage import follows_conventions
+    conversation templates and mm_utils of LLaVA and VILA 1.5): ``("llava-lineage", conv_mode, [])``
+    with the conversation mode the code picks (:func:`llmc.models.llava_lineage.default_conv_mode`),
+    else ``("llava-lineage", None, missing)``: what it lacks."""
+    from llmc.models.llava_lineage import default_conv_mode, follows_conventions
 
     missing = follows_conventions(package)
     if missing:
         return "llava-lineage", None, missing
-    conv = importlib.import_module(f"{package}.conversation")
-    templates = conv.conv_templates
-    default = getattr(conv, "default_conversation", None)
-    # its own name rather than the "default" alias, where it has one
-    names = sorted((n for n, t in templates.items() if t is default and default is not None), key=lambda n: n == "default")
-    if names:
-        try:
-            probe = default.copy()
-            probe.append_message(probe.roles[0], "?")
-            probe.append_message(probe.roles[1], None)
-            probe.get_prompt()
-            return "llava-lineage", names[0], []
-        except Exception:  # noqa: BLE001, S110 - a style that builds no prompt by itself: not a choice
-            pass
-    return "llava-lineage", "vicuna_v1" if "vicuna_v1" in templates else next(iter(templates), None), []
+    return "llava-lineage", default_conv_mode(package), []
 
 
 #: where a transformers model folder keeps a chat template (its own file, or a key of a config)

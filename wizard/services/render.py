@@ -311,7 +311,7 @@ def plan(answers, models_dir: Path, configs_dir: Path) -> RenderPlan:
         last_layers=list(ins.projector_last_layers), language_model_path=ins.language_model_path or "",
         vision_tower_path=ins.vision_tower_path or "", projector_path=ins.projector_path or "",
         prompt_format=g.prompt_template or ins.prompt_format or "chat",
-        conv_mode=ins.conv_mode or "vicuna_v1",
+        conv_mode=ins.conv_mode,
         hooks_file=f"hooks/{mod}.py"))
     try:
         check_declaration(split_header(adapter)[1])
