@@ -23,7 +23,6 @@ the four named hooks — :meth:`load`, :meth:`build_inputs`, :meth:`answer`, :me
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import inspect as pyinspect
 import types
@@ -47,29 +46,19 @@ CONVENTIONS = {
 }
 
 
-@contextlib.contextmanager
 def engine_placement(device):
     """While a research loader runs, every transformers ``from_pretrained`` it makes with a
     ``device_map`` gets the engine's device instead (one device; the engine moves and offloads)."""
-    import transformers
-    from transformers.models.auto.auto_factory import _BaseAutoModelClass
-
-    saved = {cls: cls.__dict__["from_pretrained"] for cls in (transformers.PreTrainedModel, _BaseAutoModelClass)}
+    from .skeleton import replaced_from_pretrained
 
     def placed(original):
         def from_pretrained(cls, *args, **kwargs):
             if kwargs.get("device_map") is not None:
                 kwargs["device_map"] = {"": str(device)}
-            return original.__func__(cls, *args, **kwargs)
-        return classmethod(from_pretrained)
+            return original(cls, *args, **kwargs)
+        return from_pretrained
 
-    for cls, original in saved.items():
-        cls.from_pretrained = placed(original)
-    try:
-        yield
-    finally:
-        for cls, original in saved.items():
-            cls.from_pretrained = original
+    return replaced_from_pretrained(placed)
 
 
 def default_conv_mode(package: str) -> str | None:

@@ -146,14 +146,28 @@ def _pick_classes(mod, raw: dict) -> tuple[type, type]:
 
 
 @contextlib.contextmanager
+def replaced_from_pretrained(replace: Callable[[Callable], Callable]):
+    """While the block runs, transformers' ``from_pretrained`` (of models and of Auto classes) is
+    ``replace(original)``: a function ``(cls, *args, **kwargs)``; the originals are put back after."""
+    import transformers
+    from transformers.models.auto.auto_factory import _BaseAutoModelClass
+
+    saved = {cls: cls.__dict__["from_pretrained"] for cls in (transformers.PreTrainedModel, _BaseAutoModelClass)}
+    for cls, original in saved.items():
+        cls.from_pretrained = classmethod(replace(original.__func__))
+    try:
+        yield
+    finally:
+        for cls, original in saved.items():
+            cls.from_pretrained = original
+
+
 def weightless_from_pretrained():
     """While a skeleton is built, a ``from_pretrained`` the model's own code calls (VILA's builds its
     ``llm/``, ``vision_tower/`` and ``mm_projector/`` that way) makes the model from its folder's config
     instead: no weight file is read, and what is built lands on the meta device like the rest."""
     import transformers
     from transformers.models.auto.auto_factory import _BaseAutoModelClass
-
-    plain, auto = transformers.PreTrainedModel.__dict__["from_pretrained"], _BaseAutoModelClass.__dict__["from_pretrained"]
 
     def config_of(cls, path, kwargs):
         cfg = kwargs.get("config")
@@ -164,20 +178,15 @@ def weightless_from_pretrained():
             return own.from_pretrained(cfg or path)
         return transformers.AutoConfig.from_pretrained(cfg or path, trust_remote_code=False)
 
-    def model_from_config(cls, path, *model_args, **kwargs):
-        return cls._from_config(config_of(cls, path, kwargs)) if not model_args else cls(
-            config_of(cls, path, kwargs), *model_args)
+    def from_config(_original):
+        def build(cls, path, *model_args, **kwargs):
+            config = config_of(cls, path, kwargs)
+            if issubclass(cls, _BaseAutoModelClass):
+                return cls.from_config(config)
+            return cls(config, *model_args) if model_args else cls._from_config(config)
+        return build
 
-    def auto_from_config(cls, path, *model_args, **kwargs):
-        return cls.from_config(config_of(cls, path, kwargs))
-
-    transformers.PreTrainedModel.from_pretrained = classmethod(model_from_config)
-    _BaseAutoModelClass.from_pretrained = classmethod(auto_from_config)
-    try:
-        yield
-    finally:
-        transformers.PreTrainedModel.from_pretrained = plain
-        _BaseAutoModelClass.from_pretrained = auto
+    return replaced_from_pretrained(from_config)
 
 
 def _on_meta(build: Callable[[], nn.Module]) -> nn.Module:
