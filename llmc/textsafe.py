@@ -15,6 +15,8 @@ import sys
 #: C0 controls but tab, newline and carriage return (progress bars), DEL, C1 controls, and the
 #: bidirectional embeddings, overrides and isolates
 _UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+#: in text already laid out for the screen nothing is a control, not even tab or newline
+_RENDERED_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*\Z")
 
 
@@ -22,6 +24,11 @@ def shown(text: str) -> str:
     """``text`` with every character a terminal would act on written as a visible escape."""
     return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}",
                        str(text))
+
+
+def rendered_safe(text: str) -> str:
+    """``text`` laid out for the screen, without the characters a terminal would act on."""
+    return _RENDERED_UNSAFE.sub("", text)
 
 
 class EscapingStream(io.TextIOBase):

@@ -174,3 +174,49 @@ def no_weight_loading(monkeypatch):
         for name, real in by_name.items():
             if getattr(mod, name, None) is boom:
                 setattr(mod, name, real)
+
+
+@pytest.fixture
+def sigterm_tree():
+    """``stop(cmd, child_matches, settle)``: start ``cmd``, wait until a descendant whose command line
+    holds ``child_matches`` runs (plus ``settle`` seconds at work), SIGTERM the top process; returns
+    ``(returncode, stderr, alive)``: ``alive`` is every descendant still running 5 s after the signal."""
+    import signal
+    import time
+
+    import psutil
+
+    def descendants(pid: int) -> list:
+        try:
+            return psutil.Process(pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def running(kids, needle: str) -> bool:
+        for k in kids:
+            try:
+                if needle in " ".join(k.cmdline()):
+                    return True
+            except psutil.Error:
+                pass
+        return False
+
+    def stop(cmd: list[str], child_matches: str, settle: float = 0.0, wait_s: float = 180):
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and p.poll() is None and not running(descendants(p.pid), child_matches):
+            time.sleep(0.1)
+        time.sleep(settle)
+        kids = descendants(p.pid)
+        if not running(kids, child_matches):
+            p.kill()
+            out, err = p.communicate()
+            raise AssertionError(f"no child matching {child_matches!r} started: {err[-2000:]}")
+        p.send_signal(signal.SIGTERM)
+        t = time.monotonic()
+        _, err = p.communicate(timeout=60)
+        kids = [k for k in kids if k.is_running()] + descendants(p.pid)
+        _, alive = psutil.wait_procs(kids, timeout=max(0.1, 5 - (time.monotonic() - t)))
+        return p.returncode, err, [" ".join(a.cmdline()) for a in alive if a.is_running()]
+
+    return stop

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("name", ["tiny-llava", "tiny-vila"])
-def test_onboard_demo_model_headless(name, zoo, tmp_path):
+def test_onboard_demo_model_headless(name, zoo, tmp_path, sigterm_tree):
     entry = zoo.models[name]
     a = Answers()
     a.source.weights_url = entry["weights_repo"]
@@ -74,6 +74,9 @@ def test_onboard_demo_model_headless(name, zoo, tmp_path):
     assert [x.split(":")[0] for x in lines] == ["float", "quantized"] and all(x.split(": ", 1)[1] for x in lines)
     opts = ["--answers", str(answers), "--models-dir", str(tmp_path / "adapters"), "--install-target",
             str(tmp_path / "site"), "--device", "cpu"]
+    # SIGTERM while both models load to answer: the child goes with the wizard
+    rc, err, alive = sigterm_tree([sys.executable, "-m", "wizard.cli", "try", *opts], "wizard.services.ask")
+    assert not alive and rc != 0 and "Traceback" not in err, (alive, err[-1500:])
     # the data-parallel evaluation step, headless (one process here): the saved quantized model
     # scores what the engine scored in memory
     ev = subprocess.run([sys.executable, "-m", "wizard.cli", "evaluate", *opts, "--gpus", "1"],

@@ -4,9 +4,7 @@ the connection and never answers, and SIGTERM to the wizard while its children r
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -56,31 +54,39 @@ def test_a_server_that_never_answers_fails_fetch_in_one_line_within_its_bound(si
     assert "\n" not in str(e.value) and "git clone" in str(e.value) and not (tmp_path / "m").exists()
 
 
-def _descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-
-
-def test_sigterm_to_the_wizard_takes_its_children_with_it(silent_server, tmp_path):
+def test_sigterm_to_the_wizard_takes_its_children_with_it(silent_server, tmp_path, sigterm_tree):
     answers = tmp_path / "a.yml"
     answers.write_text(f"source: {{weights_url: '{silent_server}'}}\n")
-    p = subprocess.Popen([sys.executable, "-m", "wizard", "fetch", "--answers", str(answers), "--workdir",
-                          str(tmp_path / "w")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    kids: list[psutil.Process] = []
-    while time.monotonic() < deadline and not any("git" in " ".join(k.cmdline()) for k in kids if k.is_running()):
-        time.sleep(0.2)
-        kids = _descendants(p.pid)
-    assert kids, "git never started"
-    p.send_signal(signal.SIGTERM)
-    t = time.monotonic()
-    _, err = p.communicate(timeout=30)
-    gone, alive = psutil.wait_procs(kids, timeout=max(0.1, 5 - (time.monotonic() - t)))
-    assert not alive, f"still running 5 s after SIGTERM: {[k.cmdline() for k in alive]}"
-    assert p.returncode == 130 and "cancelled" in err and "Traceback" not in err, err[-1000:]
+    rc, err, alive = sigterm_tree([sys.executable, "-m", "wizard", "fetch", "--answers", str(answers), "--workdir",
+                                   str(tmp_path / "w")], "git", wait_s=60)
+    assert not alive, f"still running 5 s after SIGTERM: {alive}"
+    assert rc == 130 and "cancelled" in err and "Traceback" not in err, err[-1000:]
     assert os.path.exists(answers)
+
+
+@pytest.mark.slow
+def test_sigterm_during_install_stops_the_build_of_the_code(tmp_path, sigterm_tree):
+    """``llmc-wizard install``: SIGTERM while the model's environment builds the code (a build that
+    would take ten minutes) leaves no process of the tree, and no consent or environment recorded."""
+    code = tmp_path / "code"
+    (code / "slowcode").mkdir(parents=True)
+    (code / "slowcode" / "__init__.py").write_text("")
+    (code / "setup.py").write_text("import time\ntime.sleep(600)\nfrom setuptools import setup\nsetup()\n")
+    (code / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "slowcode"\nversion = "1"\ndependencies = []\n')
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "config.json").write_text('{"model_type": "slow"}')
+    answers = tmp_path / "a.yml"
+    answers.write_text(f"source: {{weights_url: '{weights}', weights_dir: '{weights}', code_url: '{code}', "
+                       f"code_dir: '{code}', code_commit: 'abc'}}\ninstall: {{needed: true, environment: isolated}}\n")
+    rc, err, alive = sigterm_tree([sys.executable, "-m", "wizard", "install", "--answers", str(answers), "--workdir",
+                                   str(tmp_path / "w"), "--yes"], "pip install", settle=5)
+    assert not alive, f"still running 5 s after SIGTERM: {alive}"
+    assert rc != 0 and "Building slowcode" in err and "Traceback" not in err, err[-1500:]
+    text = answers.read_text()
+    assert "consent" not in text and "env_dir" not in text, text
 
 
 def test_a_chat_template_that_never_ends_stops_the_smoke_test_at_its_bound(zoo, tmp_path, monkeypatch):
@@ -114,7 +120,7 @@ def test_a_chat_template_that_never_ends_stops_the_smoke_test_at_its_bound(zoo, 
 
 
 @pytest.mark.parametrize("step", ["smoke", "run"])
-def test_sigterm_stops_every_child_of_a_step(zoo, tmp_path, step):
+def test_sigterm_stops_every_child_of_a_step(zoo, tmp_path, step, sigterm_tree):
     """``llmc-wizard smoke|run --answers``: SIGTERM while its child (the smoke test, the engine) works
     leaves no process of the tree alive 5 s later, and the run is not marked complete."""
     import shutil
@@ -134,22 +140,9 @@ def test_sigterm_stops_every_child_of_a_step(zoo, tmp_path, step):
     a.generate.method = "GPTQ"
     s = Session(a, tmp_path / "answers.yml", tmp_path / "work", assume_yes=True, device="cpu")
     onboard(s, ["inspect", "generate"], Reporter())
-    p = subprocess.Popen([sys.executable, "-m", "wizard", step, "--answers", str(s.answers_path), "--workdir",
-                          str(s.workdir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    kids: list[psutil.Process] = []
-    while time.monotonic() < deadline:
-        kids = _descendants(p.pid)
-        if any("smoke" in " ".join(k.cmdline()) or "llmc" in " ".join(k.cmdline()) for k in kids if k.is_running()):
-            break
-        time.sleep(0.2)
-    time.sleep(2)  # the child is at work
-    kids = _descendants(p.pid)
-    assert kids, f"{step} started no child"
-    p.send_signal(signal.SIGTERM)
-    t = time.monotonic()
-    _, err = p.communicate(timeout=60)
-    _, alive = psutil.wait_procs(kids, timeout=max(0.1, 5 - (time.monotonic() - t)))
-    assert not alive, f"still running 5 s after SIGTERM: {[k.cmdline() for k in alive]}"
-    assert p.returncode != 0 and "Traceback" not in err, err[-1500:]
+    rc, err, alive = sigterm_tree([sys.executable, "-m", "wizard", step, "--answers", str(s.answers_path),
+                                   "--workdir", str(s.workdir)], "smoke" if step == "smoke" else "llmc", settle=2,
+                                  wait_s=120)
+    assert not alive, f"still running 5 s after SIGTERM: {alive}"
+    assert rc != 0 and "Traceback" not in err, err[-1500:]
     assert not list((s.workdir).rglob("COMPLETE"))

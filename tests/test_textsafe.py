@@ -109,3 +109,37 @@ def test_an_environment_the_wizard_did_not_build_is_never_run(tmp_path):
     assert s.model_python() is None and s.in_model_env()
     (env / ".llmc-wizard-env.json").write_text("{}")
     assert s.model_python() == env / "bin" / "python"
+
+
+async def test_the_tui_never_hands_the_terminal_a_control_sequence(tmp_path):
+    """A hostile path typed into Source, a log line from a child (git's ``remote:`` lines, the
+    engine) and a model's answer: the log shows the escapes, and no rendered line of any widget
+    carries a control character to the terminal."""
+    import asyncio
+
+    from textual.widgets import Input, Log, Static
+
+    from wizard.app import WizardApp
+
+    hostile = "evil\x1b]52;c;SGVsbG8=\x07\x1b[2J\u202eend"
+    app = WizardApp(answers_path=tmp_path / "answers.yml", workdir=tmp_path / "work", models_dir=tmp_path / "m")
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.goto("Source")
+        await pilot.pause()
+        s = app.screen
+        s.query_one("#weights", Input).value = str(tmp_path / hostile)
+        await pilot.click("#clone")
+        for _ in range(200):
+            await pilot.pause(0.05)
+            if "\\x1b]52" in str(s.query_one("#status", Static).render()) or s.query_one("#status").has_class("error"):
+                break
+        await asyncio.to_thread(s.reporter().log, f"remote: {hostile}")
+        await pilot.pause()
+        s.mount(Static(hostile, id="model-answer"))  # any widget, any text
+        await pilot.pause()
+        lines = s.query_one("#log", Log).lines
+        assert any("remote: evil\\x1b]52;c;SGVsbG8=\\x07\\x1b[2J\\u202eend" in x for x in lines), lines
+        svg = app.export_screenshot()
+    assert "remote: evil" in svg.replace("&#160;", " ")
+    for c in "\x1b\x07\u202e":
+        assert c not in svg

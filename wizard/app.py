@@ -12,6 +12,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from .demo.facts import ModelFacts, all_facts
 from .services.answers import Answers, load_answers
+from .widgets.shown import TerminalSafe
 from .session import Session
 
 INTRO = (
@@ -144,6 +145,7 @@ class WizardApp(App):
                  start: str | None = None):
         super().__init__()
         self.zoo_root = zoo_root
+        self._terminal_safe = TerminalSafe()
         self.start = start  #: the step to open on (after a restart in the model's environment)
         answers_path = Path(answers_path) if answers_path else None
         answers = load_answers(answers_path) if answers_path and answers_path.exists() else Answers()
@@ -152,6 +154,10 @@ class WizardApp(App):
         self.session = Session(answers, answers_path, Path(workdir) if workdir else base,
                                Path(models_dir) if models_dir else None,
                                Path(install_target) if install_target else None, device)
+
+    def get_line_filters(self):
+        """Textual's filters, then :class:`TerminalSafe`: no rendered text acts on the terminal."""
+        return [*super().get_line_filters(), self._terminal_safe]
 
     # the session's fields, for the screens
     answers = property(lambda self: self.session.answers,

@@ -9,6 +9,7 @@ from textual.containers import Horizontal
 from textual.widgets import Button, Input, Label, Log, Select, Static
 
 from ..services.errors import WizardError
+from ..widgets.shown import ShownLog
 from .base import StepScreen
 
 
@@ -58,7 +59,7 @@ class GenerateScreen(StepScreen):
             yield Button("Cancel", id="cancel", variant="error", disabled=True)
         yield Static("", id="status")
         yield Static("", id="preview-code")
-        yield Log(id="log", max_lines=500)
+        yield ShownLog(id="log", max_lines=500)
 
     def on_mount(self) -> None:
         super().on_mount()

@@ -10,6 +10,7 @@ from textual.containers import Horizontal
 from textual.widgets import Button, Checkbox, Input, Label, Log, Static
 
 from ..services.errors import WizardError
+from ..widgets.shown import ShownLog
 from .base import StepScreen
 
 
@@ -33,7 +34,7 @@ class InstallScreen(StepScreen):
             yield Button("Confirm and install", id="install", variant="warning")
             yield Button("Cancel", id="cancel", variant="error", disabled=True)
         yield Static("", id="status")
-        yield Log(id="log", max_lines=1000)
+        yield ShownLog(id="log", max_lines=1000)
 
     def on_mount(self) -> None:
         super().on_mount()

@@ -14,6 +14,7 @@ from textual.widgets import Button, DataTable, Input, Label, Log, ProgressBar, S
 from ..services.errors import WizardError
 from ..widgets.charts import ReportScreen, bar_lines, score_bars, score_rows
 from ..services.eta import Eta
+from ..widgets.shown import ShownLog
 from .base import StepScreen
 
 
@@ -54,7 +55,7 @@ class RunScreen(StepScreen):
         yield Label("Per-block output error (every token):")
         yield Static("", id="errors")
         yield Static("", id="status")
-        yield Log(id="log", max_lines=2000)
+        yield ShownLog(id="log", max_lines=2000)
         yield Label("Scores: original vs quantized")
         yield DataTable(id="scores", zebra_stripes=True)
         yield Static("", id="score-bars")

@@ -7,6 +7,7 @@ from textual.containers import Horizontal
 from textual.widgets import Button, Input, Label, Log, ProgressBar, Static
 
 from .base import StepScreen
+from ..widgets.shown import ShownLog
 
 
 class SourceScreen(StepScreen):
@@ -29,7 +30,7 @@ class SourceScreen(StepScreen):
             yield Button("Cancel", id="cancel", variant="error", disabled=True)
         yield ProgressBar(id="progress", show_eta=False, classes="idle")
         yield Static("", id="status")
-        yield Log(id="log", max_lines=500)
+        yield ShownLog(id="log", max_lines=500)
 
     def on_mount(self) -> None:
         super().on_mount()

@@ -7,6 +7,9 @@ from textual.containers import Horizontal
 from textual.widgets import Button, DataTable, Input, Label, Log, Static
 
 from .base import StepScreen
+from llmc.textsafe import shown
+
+from ..widgets.shown import ShownLog
 
 
 class TryScreen(StepScreen):
@@ -30,7 +33,7 @@ class TryScreen(StepScreen):
             yield Button("Cancel", id="cancel", variant="error", disabled=True)
         yield Static("", id="status")
         yield DataTable(id="answers")
-        yield Log(id="log", max_lines=200)
+        yield ShownLog(id="log", max_lines=200)
 
     def on_mount(self) -> None:
         super().on_mount()
@@ -57,6 +60,6 @@ class TryScreen(StepScreen):
     def step_done(self, name: str, result) -> str:
         t = self.query_one("#answers", DataTable)
         t.clear()
-        t.add_row("float (original)", result.float_answer)
-        t.add_row(f"quantized ({self.answers.generate.method} W{self.answers.generate.bit})", result.quantized_answer)
+        t.add_row("float (original)", shown(result.float_answer))
+        t.add_row(f"quantized ({self.answers.generate.method} W{self.answers.generate.bit})", shown(result.quantized_answer))
         return f"asked: {result.question}" + (f" (expected: {result.expected})" if result.expected else "")
