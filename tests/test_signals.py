@@ -146,3 +146,25 @@ def test_sigterm_stops_every_child_of_a_step(zoo, tmp_path, step, sigterm_tree):
     assert not alive, f"still running 5 s after SIGTERM: {alive}"
     assert rc != 0 and "Traceback" not in err, err[-1500:]
     assert not list((s.workdir).rglob("COMPLETE"))
+
+
+@pytest.mark.slow
+def test_a_package_index_that_never_answers_fails_the_environment_within_its_bound(silent_server, tmp_path,
+                                                                                  monkeypatch):
+    """Resolving the model's environment against an index that accepts the connection and never
+    answers: uv gives up after the wizard's stall bound, one line naming the requirement."""
+    from wizard.services.isolate import plan_env
+
+    index = silent_server.rsplit("/", 1)[0] + "/simple"
+    monkeypatch.setenv("LLMC_WIZARD_NET_STALL_S", "2")
+    monkeypatch.setenv("UV_INDEX_URL", index)
+    monkeypatch.setenv("UV_DEFAULT_INDEX", index)
+    monkeypatch.setenv("UV_HTTP_RETRIES", "0")
+    for key in ("UV_EXTRA_INDEX_URL", "UV_FIND_LINKS", "UV_INDEX", "PIP_FIND_LINKS"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("UV_NO_CACHE", "1")
+    t = time.monotonic()
+    with pytest.raises(WizardError) as e:
+        plan_env(None, tmp_path / "env", requirements=["surely-not-here-pkg==1.0"])
+    assert time.monotonic() - t < 60
+    assert "the package index did not answer (http://127.0.0.1:" in str(e.value) and "after 2 s" in str(e.value)

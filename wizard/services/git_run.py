@@ -13,6 +13,7 @@ from .answers import redact
 from .errors import WizardError
 from .git_source import _Source
 from .install import run_streaming
+from .net import stall_seconds
 
 
 @dataclass(frozen=True)
@@ -67,14 +68,6 @@ def _num(v) -> float | None:
         return None if v in (None, "") else float(v)
     except (TypeError, ValueError):
         return None
-
-
-def stall_seconds() -> int:
-    """How long a network transfer may go without a byte (``$LLMC_WIZARD_NET_STALL_S``, default 120)."""
-    try:
-        return max(1, int(os.environ.get("LLMC_WIZARD_NET_STALL_S", "120")))
-    except ValueError:
-        return 120
 
 
 class _Git:

@@ -103,8 +103,10 @@ def run_streaming(cmd: Sequence[str], *, cwd=None, env: dict | None = None,
     """
     check = as_cancel_check(cancelled)
     start = time.monotonic()
+    from .net import net_env
+
     proc = subprocess.Popen(
-        list(cmd), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        list(cmd), cwd=cwd, env=net_env(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace", start_new_session=True,
     )
     lock = threading.Lock()

@@ -149,6 +149,11 @@ def _relax_note(name: str, have: dict[str, str], why: str) -> str:
     return f"{kept} — {why}"
 
 
+#: what uv says when the index itself failed (not a requirement's fault)
+_NET_FAILURE = re.compile(r"operation timed out|error sending request|tcp connect error|dns error|Connection refused|"
+                          r"connection closed before message completed", re.IGNORECASE)
+
+
 def _compile(reqs: list[str], overrides: list[str], work: Path) -> tuple[int, str, list[str]]:
     work.mkdir(parents=True, exist_ok=True)
     (work / "requirements.in").write_text("\n".join(reqs) + "\n")
@@ -158,7 +163,9 @@ def _compile(reqs: list[str], overrides: list[str], work: Path) -> tuple[int, st
     out.write_text("".join(f"{n}=={v}\n" for n, v in sorted(installed_here().items())))
     cmd = uv() + ["pip", "compile", "-q", str(work / "requirements.in"), "--override", str(work / "overrides.txt"),
                   "--python", sys.executable, "--no-header", "--no-annotate", "-o", str(out)]
-    p = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    from .net import net_env
+
+    p = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=net_env())
     pins = [ln.strip() for ln in out.read_text().splitlines() if "==" in ln and not ln.startswith("#")]
     return p.returncode, p.stderr, pins
 
@@ -200,6 +207,13 @@ def plan_env(code_dir: Path | None, env_dir: Path, relax=DEFAULT_RELAX, requirem
                                                                            re.IGNORECASE)}
         culprits = sorted(named - set(PROTECTED))
         cause = " ".join(ln.strip() for ln in err.splitlines() if ln.strip())[:600]
+        if _NET_FAILURE.search(err):
+            from .net import stall_seconds
+
+            url = re.search(r"https?://[^\s)]+", err)
+            raise WizardError(f"the package index did not answer{f' ({url.group()})' if url else ''}: {cause[:300]}",
+                              "check the network and the index uv reads (UV_INDEX_URL / UV_DEFAULT_INDEX); a wait "
+                              f"without a byte is given up after {stall_seconds()} s ($LLMC_WIZARD_NET_STALL_S)")
         if not culprits:
             raise WizardError(f"the code's requirements cannot live with the engine's: {cause}",
                               "relax the pin that conflicts (install.relax in the answers), or install with "
