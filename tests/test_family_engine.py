@@ -25,6 +25,8 @@ def declared(name: str, path):
     assert (rep.language_model_path, rep.vision_tower_path, rep.projector_path) == \
         (info.language_model, info.vision_tower, info.projector)
     assert set(info.projector_last) <= set(rep.proposed_last_layers)
+    # found by following the image rows (Mllama's image goes to cross-attention: by structure)
+    assert rep.proposal_source == "data flow" or name == "mllama", rep.proposal_source
     return type(f"Declared_{name}", (HFVisionLanguageModel,), dict(
         model_cls_name=rep.architecture, language_model_path=rep.language_model_path,
         vision_tower_path=rep.vision_tower_path, projector_path=rep.projector_path,

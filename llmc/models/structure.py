@@ -61,10 +61,11 @@ def _linear_count(m: nn.Module) -> int:
 
 
 def is_block_list(m: nn.Module) -> bool:
-    """A ModuleList of transformer blocks (each with attention and at least four Linears)."""
-    return (isinstance(m, nn.ModuleList) and len(m) > 0
-            and all(_linear_count(b) >= 4 and any("attn" in n or "attention" in n for n, _ in b.named_modules())
-                    for b in m))
+    """A ModuleList of transformer blocks: each with at least four Linears, and attention in them
+    (in every block, or, for a hybrid stack of attention and convolution or state-space blocks
+    such as LFM's, in some of them)."""
+    return (isinstance(m, nn.ModuleList) and len(m) > 0 and all(_linear_count(b) >= 4 for b in m)
+            and any(any("attn" in n or "attention" in n for n, _ in b.named_modules()) for b in m))
 
 
 def find_decoder(lm: nn.Module) -> Decoder:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.markup import escape
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Button, DataTable, Input, Label, SelectionList, Static, Tree
@@ -79,7 +80,8 @@ class InspectScreen(StepScreen):
         self.query_one("#summary", Static).update(
             f"[b]{rep.architecture}[/b] ({rep.model_kind})\n"
             f"language model: {rep.language_model_path} — {rep.num_blocks} blocks, hidden size {rep.hidden_size}\n"
-            f"vision tower: {rep.vision_tower_path}\nprojector: {rep.projector_path}")
+            f"vision tower: {rep.vision_tower_path}\nprojector: {rep.projector_path} "
+            f"(injection points found by {escape(rep.proposal_source)})")
         tree = self.query_one("#projector", Tree)
         tree.clear()
         tree.root.set_label(f"{rep.projector_path}: {(d['projector_tree'] or {}).get('class', '')}")
@@ -89,7 +91,9 @@ class InspectScreen(StepScreen):
         picks.clear_options()
         for c in d["candidates"]:
             name, shape = c["name"], c.get("shape") or ""
-            picks.add_option((f"{name}  {c.get('class', '')} {shape}", name, name in ins.projector_last_layers))
+            role = rep.injection_roles.get(name)
+            picks.add_option((f"{name}  {c.get('class', '')} {shape}" + (f"  — {role}" if role else ""), name,
+                              name in ins.projector_last_layers))
         flags = "\n".join(f"⚠ {f}" for f in rep.flags)
         self.query_one("#flags", Static).update(flags)
         table = self.query_one("#quant-layers", DataTable)

@@ -29,6 +29,7 @@ from typing import Any
 
 from torch import nn
 
+from llmc.models.dataflow import DEEPSTACK, MAIN, RESAMPLER
 from llmc.models.parts import locate_mm_parts
 from llmc.models.projector import (
     CONV_TYPES,
@@ -124,6 +125,11 @@ class ModelReport:
     group_size: int | None = None
     group_size_problems: list[str] = field(default_factory=list)  # quant layers whose in_features % group != 0
     weights_dir: str | None = None
+    #: the role of each proposed injection point (main projector, deepstack injection, resampler
+    #: output, image-newline vector), when data flow found them
+    injection_roles: dict[str, str] = field(default_factory=dict)
+    #: how the proposal was found: "data flow", or "structure" with the reason data flow could not run
+    proposal_source: str = "structure"
     #: "chat" when the model folder ships a chat template, "plain" when it does not (the
     #: processor's own format), None when not read from a folder
     prompt_format: str | None = None
@@ -187,9 +193,36 @@ def _tree(m: nn.Module, name: str, path: str, roles: dict[str, str]) -> Projecto
     return node
 
 
+def _exists(model: nn.Module, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+        return True
+    except AttributeError:
+        try:
+            model.get_parameter(path)
+            return True
+        except AttributeError:
+            return False
+
+
+def _flow_projector(parts, injections) -> str:
+    """The projector module for a data-flow proposal: the structural one when it holds an
+    injection point, else the module holding the main one."""
+    paths = [i.path for i in injections]
+    p = parts.projector_path
+    if p and any(x == p or x.startswith(p + ".") for x in paths):
+        return p
+    main = next((i.path for i in injections if i.role in (MAIN, RESAMPLER)), paths[0])
+    parent = main.rsplit(".", 1)[0] if "." in main else ""
+    return parent
+
+
 def inspect_module(model: nn.Module, architecture: str | None = None, model_kind: str = "transformers",
-                   group_size: int | None = None, weights_dir: str | None = None) -> ModelReport:
-    """Report the structure of an (already built, possibly meta-device) model."""
+                   group_size: int | None = None, weights_dir: str | None = None, trace=None,
+                   trace_note: str | None = None) -> ModelReport:
+    """Report the structure of an (already built, possibly meta-device) model. ``trace`` (a
+    :class:`llmc.models.dataflow.Trace`) gives the injection points found by data flow; without
+    it they are found by structure (``trace_note`` says why)."""
     if group_size is not None and group_size <= 0:
         raise WizardError(f"group size must be a positive integer, got {group_size}", "pass --group-size N with N > 0")
     parts = locate_mm_parts(model)
@@ -202,7 +235,25 @@ def inspect_module(model: nn.Module, architecture: str | None = None, model_kind
     proposed: list[str] = []
     norms: list[str] = []
     tree = None
-    if parts.projector is not None:
+    injection_roles: dict[str, str] = {}
+    source = "structure" + (f" (data flow: {trace_note})" if trace_note else "")
+    if trace is not None:
+        missing = [i.path for i in trace.injections if not _exists(model, i.path)]
+        if missing:
+            source = f"structure (data flow named {missing[0]}, which this model lacks)"
+            trace = None
+    if trace is not None:
+        source = "data flow"
+        proposed = [i.path for i in trace.injections]
+        injection_roles = {i.path: i.role for i in trace.injections}
+        norms = [n for i in trace.injections for n in i.trailing_norms]
+        ppath = _flow_projector(parts, trace.injections)
+        parts.projector_path, parts.projector = ppath, (model.get_submodule(ppath) if ppath else None)
+        flags += _flow_flags(trace.injections)
+        tree_roles = {p: "injection" for p in proposed} | {p: "norm-after" for p in norms}
+        if parts.projector is not None:
+            tree = _tree(parts.projector, "", ppath, tree_roles)
+    elif parts.projector is not None:
         inj = find_injection_layers(parts.projector, hidden, parts.projector_path)
         proposed = [_join(parts.projector_path, n) for n in inj.names]
         norms = [_join(parts.projector_path, n) for n, _ in inj.norms]
@@ -223,8 +274,18 @@ def inspect_module(model: nn.Module, architecture: str | None = None, model_kind
             candidates.append(Candidate(_join(path, n), "Parameter", shape_of(p)))
     for v in parts.hidden_vectors:
         candidates.append(Candidate(v, "Parameter", shape_of(model.get_parameter(v))))
-        if proposed:  # spliced among the image tokens: it enters the stream too (rotated like the projector)
+        if proposed and trace is None:  # spliced among the image tokens: it enters the stream too
             proposed.append(v)
+
+    named = {c.name for c in candidates}
+    for p in proposed:  # what data flow found is offered even where structure saw no candidate
+        if p not in named:
+            try:
+                obj = model.get_submodule(p)
+            except AttributeError:
+                obj = model.get_parameter(p)
+            candidates.append(Candidate(p, "Parameter" if isinstance(obj, nn.Parameter) else type(obj).__name__,
+                                        shape_of(obj)))
 
     quant = []
     for n, m in dec.blocks.named_modules():
@@ -251,7 +312,23 @@ def inspect_module(model: nn.Module, architecture: str | None = None, model_kind
         group_size=group_size,
         group_size_problems=problems,
         weights_dir=weights_dir,
+        injection_roles=injection_roles,
+        proposal_source=source,
     )
+
+
+def _flow_flags(injections) -> list[str]:
+    """What the user must know about injection points that are not one plain layer."""
+    flags = []
+    deep = [i.path for i in injections if i.role == DEEPSTACK]
+    if deep:
+        flags.append(f"{len(deep)} deepstack injection(s) add image features to later decoder layers' inputs "
+                     f"({', '.join(deep)}): rotation must rotate each of them")
+    for i in injections:
+        if i.role == RESAMPLER:
+            flags.append(f"the image rows are written by a resampler's norm ({i.path}), not a Linear: rotation "
+                         "cannot be carried through it")
+    return flags
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,9 +354,24 @@ def inspect_model(weights_dir: str | Path, code_package: str | None = None,
                   group_size: int | None = None) -> ModelReport:
     """Build ``weights_dir``'s skeleton (no weight file is opened) and report its structure."""
     model, arch, kind = build_skeleton(weights_dir, code_package)
-    rep = inspect_module(model, arch, kind, group_size, str(weights_dir))
+    trace, note = injections_by_data_flow(model, kind, weights_dir)
+    rep = inspect_module(model, arch, kind, group_size, str(weights_dir), trace=trace, trace_note=note)
     rep.prompt_format = prompt_format_of(weights_dir)
     return rep
+
+
+def injections_by_data_flow(model: nn.Module, kind: str, weights_dir=None):
+    """``(trace, None)`` from :func:`llmc.models.dataflow.trace_injections` on a small copy of the
+    model, or ``(None, why not)``. Research code (custom-code models) is not run here."""
+    from llmc.models.dataflow import DataFlowUnavailable, trace_injections
+
+    config = getattr(model, "config", None)
+    if kind != "transformers" or config is None:
+        return None, "the model's own code is not run to trace it"
+    try:
+        return trace_injections(config, weights_dir), None
+    except DataFlowUnavailable as e:
+        return None, str(e)
 
 
 def rotation_refusal(weights_dir: str | Path, code_package: str | None, language_model_path: str | None,
@@ -348,7 +440,8 @@ def format_report(r: ModelReport) -> str:
          f"hidden {r.hidden_size})"),
         f"  vision tower   : {r.vision_tower_path or '-'}",
         f"  projector      : {r.projector_path or '-'}",
-        f"  last layer(s)  : {', '.join(r.proposed_last_layers) or '-'}",
+        f"  last layer(s)  : {', '.join(_with_role(r, p) for p in r.proposed_last_layers) or '-'}",
+        f"  found by       : {r.proposal_source}",
     ]
     if r.trailing_norms:
         lines.append(f"  trailing norms : {', '.join(r.trailing_norms)}")
@@ -359,6 +452,11 @@ def format_report(r: ModelReport) -> str:
                         if r.group_size_problems else "every layer divisible"))
     lines += [f"  ! {f}" for f in r.flags]
     return "\n".join(lines)
+
+
+def _with_role(r: ModelReport, path: str) -> str:
+    role = r.injection_roles.get(path)
+    return f"{path} ({role})" if role else path
 
 
 def print_report(model_dir: Path, code: str | None = None, group_size: int | None = None,
