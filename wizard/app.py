@@ -57,6 +57,25 @@ def demo_answers(zoo, name: str) -> Answers:
     return a
 
 
+def _same_source(a: str, b: str) -> bool:
+    """Two spellings of one repository (a trailing slash or ``.git`` apart)."""
+    def norm(u: str) -> str:
+        u = u.strip().rstrip("/")
+        return u[:-4] if u.endswith(".git") else u
+
+    return norm(a) == norm(b)
+
+
+def _model_name(url: str) -> str:
+    """A model name from a repository's URL or path: its last part, or the two last ones when the
+    last is a generic folder name (``weights/repo``)."""
+    parts = [p for p in url.strip().rstrip("/").replace("\\", "/").split("/") if p]
+    parts = [p[:-4] if p.endswith(".git") else p for p in parts] or ["model"]
+    if len(parts) > 1 and parts[-1].lower() in ("repo", "weights", "model", "checkpoint", "main", "hf", "files"):
+        return f"{parts[-2]}-{parts[-1]}"
+    return parts[-1]
+
+
 class WelcomeScreen(Screen):
     BINDINGS = [Binding("q,ctrl+q", "app.quit", "Quit"), Binding("enter", "start", "Onboard the selected demo model"),
                 Binding("c", "new", "Continue / new model"), Binding("f1,question_mark", "help", "Keys")]
@@ -208,11 +227,55 @@ class WizardApp(App):
         self.session.answers_path = path
         self._install_steps()  # fresh screens: nothing of the previous model's forms stays
 
-    def _install_steps(self) -> None:
+    def adopt_weights(self, weights_url: str) -> bool:
+        """The Source step is about to fetch ``weights_url``. When the current answers are another
+        model's (they name other weights), the wizard moves to that model's own answers file
+        (``<workdir>/answers/<name>.yml``, continued when one names these weights, else new) and
+        fresh step screens; the current model's answers, declaration and runs stay as they are.
+        The calibration and evaluation sets carry over: they describe data, not the model.
+        Returns whether it moved."""
+        cur = self.session.answers.source.weights_url
+        if not cur or _same_source(cur, weights_url):
+            return False
+        from .services.answers import Answers, load_answers
+        from .services.render import module_name
+
+        if self.session.answers_path is not None:
+            self.save_answers()
+        folder = self.workdir / "answers"
+        path, answers = None, None
+        for f in sorted(folder.glob("*.yml")) if folder.is_dir() else []:
+            try:
+                other = load_answers(f)
+            except Exception:  # noqa: BLE001 - not an answers file of ours: leave it alone
+                continue
+            if other.source.weights_url and _same_source(other.source.weights_url, weights_url):
+                path, answers = f, other
+                break
+        if answers is None:
+            base = _model_name(weights_url)
+            name, n = base, 1
+            while ((folder / f"{module_name(name)}.yml").exists()
+                   or (self.session.models_dir_resolved() / f"{module_name(name)}.py").exists()):
+                n += 1
+                name = f"{base}-{n}"
+            answers = Answers()
+            answers.source.weights_url = weights_url
+            answers.generate.name = name
+            old = self.session.answers.generate
+            answers.generate.calib_path, answers.generate.eval_path = old.calib_path, old.eval_path
+            path = folder / f"{module_name(name)}.yml"
+        self.session.answers, self.session.answers_path = answers, path
+        self._install_steps(keep=self.screen)
+        return True
+
+    def _install_steps(self, keep=None) -> None:
         from .screens import STEP_SCREENS
 
         # a run in progress goes on in its own process; the Run step reattaches to it on entry
         for name, cls in STEP_SCREENS.items():
+            if keep is not None and self.is_screen_installed(name) and self.get_screen(name) is keep:
+                continue  # the screen on display stays; it reads the new answers
             if self.is_screen_installed(name):
                 self.uninstall_screen(name)
             self.install_screen(cls(), name=name)

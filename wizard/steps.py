@@ -136,10 +136,27 @@ def plan(s: Session):
     g = s.answers.generate
     if not g.name:
         g.name = Path(s.answers.source.weights_dir or s.answers.source.weights_url or "model").name
+    _check_layers(s)
     p = render.plan(s.answers, s.models_dir_resolved(), s.configs_dir())
     if g.method == "Quarot" or (g.rotate and g.method in ("RTN", "GPTQ")):
         _check_rotation(s)
     return p
+
+
+def _check_layers(s: Session) -> None:
+    """A declaration never names a projector layer the model does not have (another model's pick)."""
+    from .services.inspect import missing_layers
+    from .services.render import _code_package
+
+    src, ins = s.answers.source, s.answers.inspect
+    if not ins.projector_last_layers or not src.weights_dir or not Path(src.weights_dir).exists():
+        return
+    s.activate_install_target()
+    code = _code_package(src.code_dir) if ins.model_kind == "custom-code" and src.code_dir else None
+    missing = missing_layers(src.weights_dir, code, ins.projector_last_layers)
+    if missing:
+        raise WizardError(f"inspect.projector_last_layers names {missing[0]}, which the model in {src.weights_dir} "
+                          "does not have", "run the Inspect step again and pick from its proposals")
 
 
 def _check_rotation(s: Session) -> None:

@@ -281,6 +281,9 @@ def fit_processor(processor, config) -> None:
                     setattr(processor, attr, make(height=size, width=size))
                 elif get("shortest_edge") and not get("longest_edge"):
                     setattr(processor, attr, make(shortest_edge=size))
+            tile = getattr(processor, "max_image_size", None)  # image splitting: tiles of the tower's size
+            if isinstance(tile, dict) and "longest_edge" in tile:
+                processor.max_image_size = {"longest_edge": size}
         for mine, theirs in (("patch_size", "patch_size"), ("temporal_patch_size", "temporal_patch_size"),
                              ("merge_size", "spatial_merge_size")):
             v = getattr(c, theirs, None)

@@ -25,11 +25,13 @@ def step_bar(current: str) -> str:
 
 KEYS_HELP = """[b]Keys[/b]
 
-  enter      run this step (in a field: the step's main action)
+  enter      run this step (in a field: the step's main action; on Run
+             it only takes the settings: enter on the Run button starts)
   ctrl+n     next step            ctrl+b   previous step
-  ctrl+o     back to the welcome screen (switch models)
+  ctrl+o     back to the welcome screen (switch models; new weights on
+             Source start a new model with answers of its own)
   ctrl+s     save the answers     ctrl+t   show / hide the answers panel
-  escape     cancel the work in progress
+  escape     cancel the work in progress (on Run: the run; ctrl+x too)
   tab        next field           shift+tab  previous field
   f1 or ?    this help (? outside text fields)
   ctrl+q     quit (asks first while a run is in progress)

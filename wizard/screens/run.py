@@ -29,7 +29,22 @@ class RunScreen(StepScreen):
     def run_in_progress(self) -> int | None:
         """The pid of the engine this screen follows while it runs."""
         return self.handle.pid if getattr(self, "handle", None) is not None and self.handle.poll() is None else None
-    BINDINGS = [*StepScreen.BINDINGS, Binding("ctrl+r", "run", "Run"), Binding("ctrl+x", "stop", "Cancel run")]
+    # priority: a focused text field (where ctrl+x is "cut") never takes the cancel key
+    BINDINGS = [*StepScreen.BINDINGS, Binding("ctrl+r", "run", "Run"),
+                Binding("ctrl+x", "stop", "Cancel run", priority=True)]
+
+    def on_input_submitted(self, event) -> None:
+        """Enter in a field never starts a run: it asks for the Run button (enter there, or ctrl+r)."""
+        event.stop()
+        event.prevent_default()  # not the step's primary action of the base class
+        if self.run_in_progress() is None:
+            self.query_one("#run", Button).focus()
+            self.set_status("Settings taken. Press enter on Run (or ctrl+r) to start the run.")
+
+    def action_cancel(self) -> None:
+        """escape: cancel the run too, whatever has the focus."""
+        super().action_cancel()
+        self.action_stop()
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="settings")

@@ -53,6 +53,8 @@ class SourceScreen(StepScreen):
         if not weights:
             self.set_status("Weights repository is empty — enter a URL or a local path.", error=True)
             return
+        if self.app.adopt_weights(weights):  # another model's answers were loaded: never write over them
+            self.notify(f"new model: its answers go to {self.app.session.answers_path}")
         src = self.answers.source
         src.weights_url = weights
         src.code_url = self.query_one("#code", Input).value.strip() or None

@@ -374,6 +374,13 @@ def injections_by_data_flow(model: nn.Module, kind: str, weights_dir=None):
         return None, str(e)
 
 
+def missing_layers(weights_dir: str | Path, code_package: str | None, layers) -> list[str]:
+    """The names in ``layers`` that the model's skeleton (config.json only) has neither as a module
+    nor as a parameter."""
+    model, _, _ = build_skeleton(weights_dir, code_package)
+    return [p for p in layers if not _exists(model, p)]
+
+
 def rotation_refusal(weights_dir: str | Path, code_package: str | None, language_model_path: str | None,
                      injection: list[str], hidden_size: int | None) -> str | None:
     """Why the engine could not rotate this model (one line), or None when it can: the engine's

@@ -1,0 +1,146 @@
+"""A newcomer cannot break the wizard by keys: switching models never writes over the previous
+model, and a run never starts from enter in a text field and can always be cancelled by key."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import pytest
+from textual.widgets import Button, Input
+
+from wizard.app import WizardApp, demo_answers
+from wizard.services.answers import load_answers, save_answers
+
+pytestmark = pytest.mark.slow
+
+
+async def _until(pilot, cond, timeout=120.0):
+    import time
+
+    t = time.monotonic()
+    while not cond():
+        if time.monotonic() - t > timeout:
+            raise AssertionError("timed out")
+        await pilot.pause(0.1)
+
+
+def _digests(root):
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+async def test_a_new_weights_path_on_source_starts_a_new_model_and_leaves_the_old_one_alone(zoo, tmp_path, size):
+    """Model A (tiny-vila: code, consent, inspect result, name, declaration) is loaded; on Source
+    the user types model B's weights path and presses enter. B gets answers of its own (no code,
+    consent, inspect result or name of A's); A's answers file and declaration are unchanged."""
+    a = demo_answers(zoo, "tiny-vila")
+    a.inspect.projector_last_layers = ["mm_projector.layers.4"]
+    a.inspect.architecture = "LlavaLlamaModel"
+    a.install.consent = a.install.consent_for(a.source)
+    a_path = tmp_path / "answers" / "tiny_vila.yml"
+    save_answers(a, a_path)
+    adapters = tmp_path / "adapters"
+    adapters.mkdir()
+    (adapters / "tiny_vila.py").write_text("# A's declaration\n")
+    before = _digests(tmp_path)
+    app = WizardApp(zoo_root=zoo.root, answers_path=a_path, workdir=tmp_path, models_dir=adapters, device="cpu",
+                    install_target=tmp_path / "site")
+    b_url = zoo.models["tiny-llava"]["weights_repo"]
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        await pilot.press("c")  # continue with the loaded answers (or a new model)
+        await _until(pilot, lambda: app.screen.TITLE_TEXT == "Source")
+        s = app.screen
+        weights = s.query_one("#weights", Input)
+        weights.focus()
+        weights.value = ""
+        await pilot.press(*b_url)
+        code = s.query_one("#code", Input)
+        code.value, s.query_one("#commit", Input).value = "", ""
+        weights.focus()
+        await pilot.press("enter")
+        await _until(pilot, lambda: app.answers.source.weights_dir is not None
+                     or s.query_one("#status").has_class("error"))
+        assert not s.query_one("#status").has_class("error"), str(s.query_one("#status").render())
+    b_path = app.session.answers_path
+    assert b_path != a_path and b_path.parent == a_path.parent
+    b = load_answers(b_path)
+    assert b.source.weights_url == b_url and b.source.code_url is None and b.install.consent is None
+    assert b.inspect.projector_last_layers == [] and b.inspect.architecture is None
+    assert b.generate.name and b.generate.name != "tiny-vila"
+    assert b.generate.calib_path == a.generate.calib_path  # the data carries over
+    after = _digests(tmp_path)
+    for f in ("answers/tiny_vila.yml", "adapters/tiny_vila.py"):
+        assert after[f] == before[f], f
+
+
+async def test_switching_back_to_a_models_weights_continues_its_answers(zoo, tmp_path):
+    a = demo_answers(zoo, "tiny-llava")
+    a.inspect.projector_last_layers = ["model.multi_modal_projector.linear_2"]
+    a_path = tmp_path / "answers" / "tiny_llava.yml"
+    save_answers(a, a_path)
+    app = WizardApp(answers_path=tmp_path / "answers" / "other.yml", workdir=tmp_path, device="cpu")
+    app.answers.source.weights_url = "/elsewhere/other-model"
+    async with app.run_test(size=(120, 40)):
+        assert app.adopt_weights(a.source.weights_url + "/")
+        assert app.session.answers_path == a_path
+        assert app.answers.inspect.projector_last_layers == ["model.multi_modal_projector.linear_2"]
+        assert not app.adopt_weights(a.source.weights_url)  # the same model: nothing moves
+
+
+@pytest.mark.parametrize("key", ["ctrl+x", "escape"])
+async def test_enter_in_a_run_field_does_not_start_a_run_and_a_run_stops_by_key_from_any_field(zoo, tmp_path, key):
+    """On Run, enter in the calibration field asks for the Run button instead of starting a run;
+    a started run is cancelled by ctrl+x or escape while a text field has the focus."""
+    from wizard.session import Session
+    from wizard.steps import Reporter, onboard
+
+    assets = __import__("pathlib").Path(__file__).resolve().parents[1] / "wizard" / "demo" / "assets"
+    weights = tmp_path / "tiny-llava"
+    shutil.copytree(assets / "tiny-llava", weights)
+    a = demo_answers(zoo, "tiny-llava")
+    a.source.weights_url, a.source.weights_dir = str(weights), str(weights)
+    a.generate.method = "GPTQ"
+    sess = Session(a, tmp_path / "answers.yml", tmp_path, tmp_path / "adapters", tmp_path / "site", "cpu",
+                   assume_yes=True)
+    onboard(sess, ["inspect", "generate"], Reporter())
+    app = WizardApp(answers_path=tmp_path / "answers.yml", workdir=tmp_path, models_dir=tmp_path / "adapters",
+                    device="cpu", install_target=tmp_path / "site")
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.goto("Run")
+        await pilot.pause()
+        s = app.screen
+        calib = s.query_one("#calib", Input)
+        calib.focus()
+        await pilot.press("enter")
+        await pilot.pause()
+        assert s.handle is None, "enter in a text field started a run"
+        assert "Run" in str(s.query_one("#status").render()) and app.focused is s.query_one("#run", Button)
+        await pilot.press("enter")  # on the Run button: the confirmation
+        await _until(pilot, lambda: s.handle is not None)
+        calib.focus()
+        await pilot.pause(1.0)
+        await pilot.press(key)
+        await _until(pilot, lambda: s.handle.poll() is not None, timeout=60)
+        await _until(pilot, lambda: not s.query_one("#run", Button).disabled, timeout=30)
+    assert not list(tmp_path.rglob("COMPLETE"))
+
+
+def test_a_declaration_naming_a_layer_the_model_lacks_is_refused_at_write(zoo, tmp_path):
+    """Another model's pick (tiny-vila's ``mm_projector.layers.4``) on tiny-llava: Generate says so
+    in one line and writes nothing."""
+    from wizard.services.errors import WizardError
+    from wizard.session import Session
+    from wizard.steps import generate
+
+    assets = __import__("pathlib").Path(__file__).resolve().parents[1] / "wizard" / "demo" / "assets"
+    a = demo_answers(zoo, "tiny-llava")
+    a.source.weights_dir = str(assets / "tiny-llava")
+    a.inspect.projector_last_layers = ["mm_projector.layers.4"]
+    s = Session(a, tmp_path / "answers.yml", tmp_path, tmp_path / "adapters", device="cpu")
+    with pytest.raises(WizardError) as e:
+        generate(s)
+    assert "mm_projector.layers.4" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "adapters").exists() or not list((tmp_path / "adapters").glob("*.py"))
