@@ -64,6 +64,8 @@ async def test_a_new_weights_path_on_source_starts_a_new_model_and_leaves_the_ol
         await _until(pilot, lambda: app.answers.source.weights_dir is not None
                      or s.query_one("#status").has_class("error"))
         assert not s.query_one("#status").has_class("error"), str(s.query_one("#status").render())
+        await pilot.pause()
+        assert s.query_one("#progress").has_class("idle")  # the fetch is over: no bar animates
     b_path = app.session.answers_path
     assert b_path != a_path and b_path.parent == a_path.parent
     b = load_answers(b_path)
@@ -125,6 +127,8 @@ async def test_enter_in_a_run_field_does_not_start_a_run_and_a_run_stops_by_key_
         await pilot.press(key)
         await _until(pilot, lambda: s.handle.poll() is not None, timeout=60)
         await _until(pilot, lambda: not s.query_one("#run", Button).disabled, timeout=30)
+        assert s.query_one("#phase-progress").has_class("idle")
+        assert str(s.query_one("#phase").render()) == "phase: cancelled"
     assert not list(tmp_path.rglob("COMPLETE"))
 
 
@@ -144,3 +148,21 @@ def test_a_declaration_naming_a_layer_the_model_lacks_is_refused_at_write(zoo, t
         generate(s)
     assert "mm_projector.layers.4" in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "adapters").exists() or not list((tmp_path / "adapters").glob("*.py"))
+
+
+def test_the_wizard_on_an_answers_file_offers_the_zoo_built_before(zoo, monkeypatch, tmp_path):
+    """``llmc-wizard --answers NEW.yml`` with ``$LLMC_WIZARD_CACHE`` at a built zoo: the welcome
+    screen has the zoo (it said "Demo zoo not built")."""
+    from wizard import cli
+    from wizard.app import WizardApp
+
+    monkeypatch.setenv("LLMC_WIZARD_CACHE", str(zoo.root.parent))
+    seen = {}
+    monkeypatch.setattr(cli, "_run_app", lambda app: seen.setdefault("app", app) and 0)
+    assert cli.main(["--answers", str(tmp_path / "new.yml")]) == 0
+    app = seen["app"]
+    assert isinstance(app, WizardApp) and app.zoo_root == zoo.root
+    monkeypatch.setenv("LLMC_WIZARD_CACHE", str(tmp_path / "empty"))  # no zoo there
+    seen.clear()
+    cli.main(["--answers", str(tmp_path / "new.yml")])
+    assert seen["app"].zoo_root is None

@@ -74,6 +74,13 @@ def test_onboard_demo_model_headless(name, zoo, tmp_path, sigterm_tree):
     assert [x.split(":")[0] for x in lines] == ["float", "quantized"] and all(x.split(": ", 1)[1] for x in lines)
     opts = ["--answers", str(answers), "--models-dir", str(tmp_path / "adapters"), "--install-target",
             str(tmp_path / "site"), "--device", "cpu"]
+    # a typed question about an evaluation sample's image: the sample's own answer is not "expected" of it
+    from wizard.session import Session
+    from wizard.steps import ask
+
+    typed = ask(Session.load(answers, tmp_path, models_dir=tmp_path / "adapters", device="cpu",
+                             install_target=tmp_path / "site"), question="Is the sky green?", sample=3)
+    assert typed.question == "Is the sky green?" and typed.expected is None and typed.float_answer
     # SIGTERM while both models load to answer: the child goes with the wizard
     rc, err, alive = sigterm_tree([sys.executable, "-m", "wizard.cli", "try", *opts], "wizard.services.ask")
     assert not alive and rc != 0 and "Traceback" not in err, (alive, err[-1500:])

@@ -61,9 +61,11 @@ def _run_app(app) -> int:
 
 def _cmd_tui(args) -> int:
     from .app import WizardApp
+    from .demo.zoo import built
 
-    return _run_app(WizardApp(answers_path=args.answers, workdir=args.workdir, models_dir=args.models_dir,
-                              device=args.device, start=args.step))
+    zoo = built()  # a zoo built before (its default place or $LLMC_WIZARD_CACHE) is offered on welcome
+    return _run_app(WizardApp(zoo_root=zoo.root if zoo else None, answers_path=args.answers, workdir=args.workdir,
+                              models_dir=args.models_dir, device=args.device, start=args.step))
 
 
 #: subcommands that run where the model's code is installed (fetch, install and onboard run here;

@@ -269,7 +269,9 @@ def ask(s: Session, r: Reporter = Reporter(), question: str | None = None, image
         if not 0 <= sample < len(ds):
             raise WizardError(f"sample {sample} out of range", f"choose 0..{len(ds) - 1}")
         row = ds[sample]
-        image, question, expected = row["image"], question or row["question"], row["answer"]
+        # the sample's answer is expected only of the sample's own question, not of a typed one
+        image, expected = row["image"], (row["answer"] if not question or question == row["question"] else None)
+        question = question or row["question"]
     if not question:
         raise WizardError("no question", "type a question")
     a, b = compare_answers_in_child(class_name(g.class_name or g.name or "model"), Path(s.answers.source.weights_dir),

@@ -218,6 +218,17 @@ class Zoo:
                    Path(d["calib_set"]), d["digest"])
 
 
+def built(cache: Path | None = None) -> Zoo | None:
+    """The zoo already built under ``cache`` (default: ``$LLMC_WIZARD_CACHE`` or
+    ``~/.cache/llmc-wizard``), when it is up to date; nothing is built."""
+    root = Path(cache or default_cache()).resolve() / "demo"
+    try:
+        zoo = Zoo.load(root)
+    except (OSError, ValueError, KeyError):
+        return None
+    return zoo if zoo.digest == assets_digest() else None
+
+
 def build(cache: Path | None = None, *, force: bool = False, lfs: bool | None = None,
           log: Callable[[str], None] = print) -> Zoo:
     """Build the zoo under ``cache`` (default: ``$LLMC_WIZARD_CACHE`` or ``~/.cache/llmc-wizard``).

@@ -10,7 +10,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.css.query import NoMatches
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Footer, Header, Log, Static
+from textual.widgets import Footer, Header, Log, ProgressBar, Static
 from textual.worker import Worker, WorkerState
 
 STEP_TITLES = ("Source", "Install", "Inspect", "Generate", "Run", "Try")
@@ -152,6 +152,8 @@ class StepScreen(Screen):
         """Re-enable the start button, disable Cancel, report, save the answers."""
         self._set_disabled(start_id, False)
         self._set_disabled("#cancel", True)
+        for bar in self.query(ProgressBar):  # finished work does not animate
+            bar.add_class("idle")
         self.set_status(text, error=error)
         self.refresh_answers()
         self.app.save_answers()

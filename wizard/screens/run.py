@@ -332,6 +332,9 @@ class RunScreen(StepScreen):
 
         run_dir = self.handle.run_dir
         data = complete_results(run_dir) if rc == 0 else None  # done only with the completeness marker
+        self.query_one("#phase-progress", ProgressBar).add_class("idle")  # nothing is in progress any more
+        self.query_one("#phase", Static).update(
+            "phase: finished" if data is not None else ("phase: cancelled" if rc == 130 or rc < 0 else "phase: failed"))
         if self.t0:
             self.query_one("#elapsed", Static).update(f"elapsed {time.time() - self.t0:.0f}s (finished)")
         if data is not None:
