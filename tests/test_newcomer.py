@@ -166,3 +166,24 @@ def test_the_wizard_on_an_answers_file_offers_the_zoo_built_before(zoo, monkeypa
     seen.clear()
     cli.main(["--answers", str(tmp_path / "new.yml")])
     assert seen["app"].zoo_root is None
+
+
+def test_a_new_model_without_data_is_told_where_to_choose_it(tmp_path):
+    """Generate's preview and Run name the Run step's Calibration set field (not an answers key
+    alone, not Python's None) when a new model has no calibration set yet."""
+    from wizard.runs import start_run
+    from wizard.services.answers import Answers
+    from wizard.services.errors import WizardError
+    from wizard.session import Session
+    from wizard.steps import plan
+
+    assets = __import__("pathlib").Path(__file__).resolve().parents[1] / "wizard" / "demo" / "assets"
+    a = Answers()
+    a.source.weights_dir, a.generate.name = str(assets / "tiny-llava"), "new-model"
+    a.inspect.projector_last_layers = ["model.multi_modal_projector.linear_2"]
+    a.inspect.architecture, a.inspect.language_model_path = "LlavaForConditionalGeneration", "model.language_model"
+    s = Session(a, tmp_path / "a.yml", tmp_path)
+    for step in (plan, start_run):
+        with pytest.raises(WizardError) as e:
+            step(s)
+        assert "Calibration set field of the Run step" in str(e.value) and "None" not in str(e.value)

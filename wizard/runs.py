@@ -22,8 +22,9 @@ def start_run(s: Session, r: Reporter = Reporter()):
 
     g = s.answers.generate
     if not g.calib_path or not Path(g.calib_path).exists():
-        raise WizardError(f"calibration set {g.calib_path!r} not found", "set generate.calib_path to the "
-                          "custom_mm folder (samples.json + images)")
+        raise WizardError("no calibration set chosen" if not g.calib_path else
+                          f"calibration set {g.calib_path} not found",
+                          f"enter {render.WHERE['calib.path']}: a custom_mm folder (samples.json + images)")
     p = plan(s)
     render.write(p, s.answers)  # the config reflects the current settings
     stored = Path(s.answers.run.run_dir) if s.answers.run.run_dir else None

@@ -332,6 +332,13 @@ def plan(answers, models_dir: Path, configs_dir: Path) -> RenderPlan:
     return RenderPlan(adapter_path, adapter, config_path, config, mod, cls, cls, answers_path, hooks_path=hooks)
 
 
+#: where the user sets what a config key says (the Run step asks for the data; Generate for the rest)
+WHERE = {
+    "calib.path": "the Calibration set field of the Run step (generate.calib_path in the answers)",
+    "eval.path": "the Evaluation set field of the Run step (generate.eval_path in the answers)",
+}
+
+
 def _check_config(text: str) -> None:
     """The engine must accept what we render: its one-line error names the choice to change."""
     import yaml
@@ -341,8 +348,10 @@ def _check_config(text: str) -> None:
     try:
         load_config(yaml.safe_load(text))
     except ConfigError as exc:
+        key = str(exc).split(":", 1)[0].strip()
+        where = next((w for k, w in WHERE.items() if key == k or key.startswith(k + ".")), None)
         raise WizardError(f"the engine rejects these choices: {exc}",
-                          "change the choice it names in this step") from None
+                          f"set {where}" if where else "change the choice it names in the Generate step") from None
 
 
 def _code_package(code_dir) -> str | None:
