@@ -84,3 +84,13 @@ def test_a_phase_run_twice_in_a_run_counts_with_its_total(tmp_path):
     (tmp_path / "r" / "results.json").write_text(json.dumps({"label": "x"}))
     write_marker(tmp_path / "r", run_id="r", started=time.time() - 1, outputs={})
     assert phase_history([tmp_path / "r"]) == {"eval_pretrain": 40}
+
+
+def test_time_left_shrinks_between_reports():
+    """Watching a phase between two reports: the unit in progress counts what it has taken, so the
+    time left goes down second by second (it grew: 3m00s -> 3m56s after block 1 of 2)."""
+    eta = Eta()
+    eta.feed(Phase(t=1000.0, name="quantize", state="start", n_blocks=2))
+    eta.feed(Block(t=1060.0, i=0, n=2, seconds=60, block_error=0.1, last_error=0.1))
+    seen = [eta.phase_left(now=1060.0 + k) for k in range(0, 70, 10)]
+    assert seen[0] == 60 and all(b <= a for a, b in zip(seen, seen[1:])) and seen[-1] == 0

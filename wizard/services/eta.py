@@ -2,7 +2,8 @@
 
 :class:`Eta` is fed the run's typed events (:mod:`llmc.events`) as they arrive, by the Run screen
 and by the headless ``follow_run`` alike. Within a phase that reports i of N (quantized blocks,
-evaluated questions) the time left is ``spent * (N - i) / i``; before its first report, and for
+evaluated questions) the time left is ``spent_at_report * (N - i) / i`` less the time since that
+report (the unit in progress counts what it has taken); before its first report, and for
 every phase not yet started, it is what that phase took in this model's past complete runs
 (:func:`phase_history`, the median of the newest few; a phase that runs several times in a run,
 such as ``eval_pretrain`` with two evaluations, counts with its total). Without history there is
@@ -55,6 +56,7 @@ class Eta:
         self.phase: str | None = None
         self.phase_t0: float | None = None
         self.frac = 0.0
+        self.t_report: float | None = None  #: when the phase last reported i of N
         self.done: set[str] = set()
 
     def feed(self, e) -> None:
@@ -66,16 +68,20 @@ class Eta:
                 if e.name == self.phase:
                     self.phase, self.phase_t0 = None, None
         elif isinstance(e, Block) and e.n:
-            self.frac = (e.i + 1) / e.n
+            self.frac, self.t_report = (e.i + 1) / e.n, float(e.t or time.time())
         elif isinstance(e, EvalProgress) and e.total:
-            self.frac = e.done / e.total
+            self.frac, self.t_report = e.done / e.total, float(e.t or time.time())
 
     def phase_left(self, now: float | None = None) -> float | None:
         if self.phase is None or self.phase_t0 is None:
             return None
-        spent = (time.time() if now is None else now) - self.phase_t0
+        now = time.time() if now is None else now
+        spent = now - self.phase_t0
         if 0 < self.frac < 1:
-            return spent * (1 - self.frac) / self.frac
+            # the pace up to the last report, less what the unit in progress has already taken:
+            # the time left shrinks while you watch, it never grows between reports
+            t = self.t_report if self.t_report is not None else now
+            return max((t - self.phase_t0) * (1 - self.frac) / self.frac - (now - t), 0.0)
         if self.frac >= 1:
             return 0.0
         past = self.history.get(self.phase)
