@@ -187,3 +187,57 @@ def test_a_new_model_without_data_is_told_where_to_choose_it(tmp_path):
         with pytest.raises(WizardError) as e:
             step(s)
         assert "Calibration set field of the Run step" in str(e.value) and "None" not in str(e.value)
+
+
+async def test_reattaching_keeps_the_elapsed_time_and_a_new_run_clears_the_last_ones_results(zoo, tmp_path):
+    """A run started 4 s before the wizard opens: Run reattaches with elapsed >= 4 s (it restarted
+    at 0). A new run after a cancel shows nothing of the previous one (scores, bars, output path)."""
+    import re
+    import time
+
+    from textual.widgets import Static
+
+    from wizard.runs import start_run
+    from wizard.session import Session
+    from wizard.steps import Reporter, onboard
+
+    assets = __import__("pathlib").Path(__file__).resolve().parents[1] / "wizard" / "demo" / "assets"
+    weights = tmp_path / "tiny-llava"
+    shutil.copytree(assets / "tiny-llava", weights)
+    a = demo_answers(zoo, "tiny-llava")
+    a.source.weights_url, a.source.weights_dir = str(weights), str(weights)
+    a.generate.method = "GPTQ"
+    sess = Session(a, tmp_path / "answers.yml", tmp_path, tmp_path / "adapters", tmp_path / "site", "cpu",
+                   assume_yes=True)
+    onboard(sess, ["inspect", "generate"], Reporter())
+    handle = start_run(sess)
+    sess.save()
+    t = time.monotonic()
+    while not (handle.run_dir / "events.jsonl").exists() and time.monotonic() - t < 60:
+        time.sleep(0.2)
+    time.sleep(4)
+    app = WizardApp(answers_path=tmp_path / "answers.yml", workdir=tmp_path, models_dir=tmp_path / "adapters",
+                    device="cpu", install_target=tmp_path / "site")
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            app.goto("Run")
+            await pilot.pause()
+            s = app.screen
+            assert s.TITLE_TEXT == "Run"
+            await _until(pilot, lambda: getattr(s, "handle", None) is not None, timeout=30)
+            await pilot.pause(1.2)
+            elapsed = int(re.search(r"elapsed (\d+)s", str(s.query_one("#elapsed", Static).render())).group(1))
+            assert elapsed >= 4, elapsed
+            await pilot.press("ctrl+x")
+            await _until(pilot, lambda: s.handle.poll() is not None, timeout=60)
+            await _until(pilot, lambda: not s.query_one("#run", Button).disabled, timeout=30)
+            s.query_one("#outdir", Static).update("output: the previous run")
+            s.query_one("#score-bars", Static).update("previous bars")
+            await pilot.press("ctrl+r")
+            await _until(pilot, lambda: s.handle.run_dir != handle.run_dir)
+            assert str(s.query_one("#outdir", Static).render()) == ""
+            assert str(s.query_one("#score-bars", Static).render()) == ""
+            await pilot.press("ctrl+x")
+            await _until(pilot, lambda: s.handle.poll() is not None, timeout=60)
+    finally:
+        handle.cancel()

@@ -247,11 +247,16 @@ class RunScreen(StepScreen):
     def _start_following(self) -> None:
         from ..runs import history
 
-        self.t0 = time.time()
+        self.t0 = float(self.handle.started or time.time())  # a reattached run keeps its elapsed time
         self.eta = Eta(history(self.session, exclude=Path(self.handle.run_dir)))
         self.block_errors = []
         self._log_offset = 0
-        self.query_one("#scores", DataTable).clear()
+        self.report = None
+        self.query_one("#scores", DataTable).clear()  # nothing of the previous run stays on screen
+        for wid in ("#score-bars", "#outdir", "#errors"):
+            self.query_one(wid, Static).update("")
+        self.query_one("#open-report", Button).disabled = True
+        self.query_one("#phase", Static).update("phase: starting")
         self.query_one("#log", Log).clear()
         self.query_one("#run", Button).disabled = True
         self.query_one("#stop", Button).disabled = False

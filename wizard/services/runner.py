@@ -59,6 +59,7 @@ class RunHandle:
     run_dir: Path
     pid: int
     proc: subprocess.Popen | None = None  # None when reattached
+    started: float | None = None  #: when the run started (epoch seconds), where known
     events: EventTail = field(init=False)
 
     def __post_init__(self):
@@ -155,7 +156,7 @@ def launch(config: Path, run_dir: Path, device: str | None = None, env: dict | N
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     log.close()
-    return RunHandle(run_dir, proc.pid, proc)
+    return RunHandle(run_dir, proc.pid, proc, started=time.time())
 
 
 @dataclass
@@ -177,10 +178,13 @@ def list_runs(root: Path, module: str | None = None) -> list[PastRun]:
         if module is not None and not d.name.startswith(f"{module}-"):
             continue
         ev = read_events(d / "events.jsonl") if d.is_dir() else []
-        if not ev:
+        holder = (lock_holder(d) or {}) if d.is_dir() else {}
+        if not ev and not holder.get("pid"):
             continue
         kinds = [e["event"] for e in ev]
-        start = next((e for e in ev if e["event"] == "start"), {})
+        # a run that has not written its first event yet is known by its lock
+        start = next((e for e in ev if e["event"] == "start"), None) or {"pid": holder.get("pid"),
+                                                                          "t": holder.get("started")}
         if is_complete(d):  # the marker, never the events, says a run is done
             state = "done"
         elif _running(d, start.get("pid")):
@@ -200,6 +204,6 @@ def reattach(run_dir: Path) -> RunHandle:
     if start is None:
         holder = lock_holder(run_dir)  # started, no event written yet
         if holder and holder.get("pid"):
-            return RunHandle(run_dir, int(holder["pid"]), None)
+            return RunHandle(run_dir, int(holder["pid"]), None, started=holder.get("started"))
         raise WizardError(f"{run_dir} has no started run", "pick a run from the list of past runs")
-    return RunHandle(run_dir, int(start["pid"]), None)
+    return RunHandle(run_dir, int(start["pid"]), None, started=start.get("t"))
