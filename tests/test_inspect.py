@@ -24,11 +24,11 @@ from llmc.models.projector import (
     find_injection_layers,
 )
 from wizard.services.errors import WizardError
+from wizard.cli import main_inspect
 from wizard.services.inspect import (
     build_skeleton,
     inspect_model,
     inspect_module,
-    main_inspect,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -453,7 +453,7 @@ def _env(**extra):
 
 
 def test_cli_json_subprocess():
-    p = subprocess.run([sys.executable, "-m", "wizard.services.inspect", str(TINY_LLAVA), "--group-size", "48",
+    p = subprocess.run([sys.executable, "-m", "wizard", "inspect", str(TINY_LLAVA), "--group-size", "48",
                         "--json"], capture_output=True, text=True, env=_env(), cwd=REPO, timeout=240, check=False)
     assert p.returncode == 0, p.stderr
     d = json.loads(p.stdout)
@@ -463,7 +463,7 @@ def test_cli_json_subprocess():
 
 
 def test_cli_custom_code_subprocess():
-    p = subprocess.run([sys.executable, "-m", "wizard.services.inspect", str(TINY_VILA), "--code", "tiny_vila",
+    p = subprocess.run([sys.executable, "-m", "wizard", "inspect", str(TINY_VILA), "--code", "tiny_vila",
                         "--json"], capture_output=True, text=True, env=_env(path=[str(TINY_VILA_CODE)]), cwd=REPO,
                        timeout=240, check=False)
     assert p.returncode == 0, p.stderr

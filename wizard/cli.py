@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .services.errors import WizardError
+from .services.errors import WizardError, one_line_error
 
 
 def _cmd_demo(args) -> int:
@@ -202,13 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def one_line_error(e: BaseException) -> str:
-    """An exception as one line, credentials masked; OSErrors name the path (long names elided)."""
-    from llmc.paths import os_error_line
-    from llmc.secrets import redact
-
-    text = os_error_line(e) if isinstance(e, OSError) and e.strerror else (str(e) or type(e).__name__)
-    return redact(" ".join(text.split()))
+def main_inspect(argv: list[str] | None = None) -> int:
+    """``llmc-wizard inspect ...`` with these arguments; returns the exit code."""
+    return main(["inspect", *(argv if argv is not None else sys.argv[1:])])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ def start_run(s: Session, r: Reporter = Reporter()):
     """Write the config for the current settings and launch the engine in a fresh run directory;
     returns the RunHandle (follow it with :func:`follow_run`, or the TUI's timer)."""
     from .services import render, runner
-    from .steps import plan
+    from .planning import plan
 
     g = s.answers.generate
     if not g.calib_path or not Path(g.calib_path).exists():

@@ -16,6 +16,7 @@ from .reporter import Reporter
 from .installs import InstallPlan, consent, install, install_plan
 from .runs import describe_event, evaluate, follow_run, fresh_run_dir, read_results, run, start_run
 from .services.errors import WizardError
+from .planning import plan
 from .session import Session
 
 STEPS = ("fetch", "install", "inspect", "generate", "register", "smoke", "run")
@@ -127,52 +128,6 @@ def check_group_size(rep, group_size: int) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # generate, register, smoke
-
-
-def plan(s: Session):
-    """What Generate would write (the declaration and the config), nothing written."""
-    from .services import render
-
-    g = s.answers.generate
-    if not g.name:
-        g.name = Path(s.answers.source.weights_dir or s.answers.source.weights_url or "model").name
-    _check_layers(s)
-    p = render.plan(s.answers, s.models_dir_resolved(), s.configs_dir())
-    if g.method == "Quarot" or (g.rotate and g.method in ("RTN", "GPTQ")):
-        _check_rotation(s)
-    return p
-
-
-def _check_layers(s: Session) -> None:
-    """A declaration never names a projector layer the model does not have (another model's pick)."""
-    from .services.inspect import missing_layers
-    from .services.render import _code_package
-
-    src, ins = s.answers.source, s.answers.inspect
-    if not ins.projector_last_layers or not src.weights_dir or not Path(src.weights_dir).exists():
-        return
-    s.activate_install_target()
-    code = _code_package(src.code_dir) if ins.model_kind == "custom-code" and src.code_dir else None
-    missing = missing_layers(src.weights_dir, code, ins.projector_last_layers)
-    if missing:
-        raise WizardError(f"inspect.projector_last_layers names {missing[0]}, which the model in {src.weights_dir} "
-                          "does not have", "run the Inspect step again and pick from its proposals")
-
-
-def _check_rotation(s: Session) -> None:
-    """Refuse a rotation the engine could not do, now rather than in the middle of the run."""
-    from .services.inspect import rotation_refusal
-    from .services.render import _code_package
-
-    src, ins = s.answers.source, s.answers.inspect
-    if not src.weights_dir or not Path(src.weights_dir).exists():
-        return  # nothing to check against yet; the engine checks again before it rotates
-    s.activate_install_target()
-    code = _code_package(src.code_dir) if ins.model_kind == "custom-code" and src.code_dir else None
-    why = rotation_refusal(src.weights_dir, code, ins.language_model_path, ins.projector_last_layers, ins.hidden_size)
-    if why:
-        raise WizardError(f"this model cannot be rotated: {why}",
-                          "choose no rotation (generate.rotate: null) and a method other than Quarot")
 
 
 def generate(s: Session, r: Reporter = Reporter()):

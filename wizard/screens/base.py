@@ -198,7 +198,7 @@ class StepScreen(Screen):
         if w.state == WorkerState.SUCCESS:
             self.work_finished(start_id, self.step_done(w.name, w.result) or f"{w.name}: done", False)
         elif w.state == WorkerState.ERROR:
-            from ..cli import one_line_error
+            from ..services.errors import one_line_error
 
             self.work_finished(start_id, one_line_error(w.error), True)
             self.step_failed(w.name, w.error)

@@ -26,7 +26,7 @@ from llmc.secrets import MASK, TOKEN_ENV_VARS, redact, scrub, strip_userinfo  # 
 from llmc.yamlload import BoundedLoader
 
 from .errors import WizardError
-from .isolate import DEFAULT_RELAX
+from .pins import DEFAULT_RELAX
 
 ANSWERS_VERSION = 1
 

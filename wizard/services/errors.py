@@ -28,3 +28,12 @@ class WizardError(Exception):
 
     def __repr__(self) -> str:
         return f"WizardError({self.message!r}, {self.fix!r})"
+
+
+def one_line_error(e: BaseException) -> str:
+    """An exception as one line, credentials masked; OSErrors name the path (long names elided)."""
+    from llmc.paths import os_error_line
+    from llmc.secrets import redact
+
+    text = os_error_line(e) if isinstance(e, OSError) and e.strerror else (str(e) or type(e).__name__)
+    return redact(" ".join(text.split()))

@@ -14,7 +14,7 @@ The structural analysis (where the language model, vision tower and projector ar
 projector layers inject into the residual stream) lives in :mod:`llmc.models.projector`;
 :func:`inspect_module` turns it into a JSON-serialisable :class:`ModelReport`.
 
-CLI: ``llmc-wizard inspect <model_dir> [--code <pkg>] [--group-size N] [--json]`` (:func:`main_inspect`).
+CLI: ``llmc-wizard inspect <model_dir> [--code <pkg>] [--group-size N] [--json]`` (:func:`print_report`).
 No Textual imports here: the TUI and the CLI both use this module.
 """
 
@@ -60,7 +60,6 @@ __all__ = [
     "format_report",
     "inspect_model",
     "inspect_module",
-    "main_inspect",
 ]
 
 
@@ -477,14 +476,3 @@ def print_report(model_dir: Path, code: str | None = None, group_size: int | Non
         return 1
     print(report.to_json() if as_json else format_report(report))
     return 0
-
-
-def main_inspect(argv: list[str] | None = None) -> int:
-    """``llmc-wizard inspect ...`` with these arguments; returns the exit code."""
-    from ..cli import main
-
-    return main(["inspect", *(argv if argv is not None else sys.argv[1:])])
-
-
-if __name__ == "__main__":
-    sys.exit(main_inspect())

@@ -50,10 +50,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .errors import WizardError
-from .pins import declared_requirements
-
-DEFAULT_RELAX = ("torch", "torchvision", "torchaudio", "triton", "bitsandbytes", "xformers", "flash-attn",
-                 "deepspeed")
+from .pins import DEFAULT_RELAX, declared_requirements
 #: the libraries that define how the model computes: their pins are the reason for the environment
 PROTECTED = ("transformers", "tokenizers")
 #: what the engine needs at run time beyond its own requirements (lmms-eval is installed without its

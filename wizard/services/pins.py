@@ -12,6 +12,11 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+#: packages built against the local CUDA / torch: an isolated environment keeps this environment's
+#: version of them (or leaves them out) unless the answers keep the code's pin
+DEFAULT_RELAX = ("torch", "torchvision", "torchaudio", "triton", "bitsandbytes", "xformers", "flash-attn",
+                 "deepspeed")
+
 
 @dataclass(frozen=True)
 class Conflict:
