@@ -241,3 +241,16 @@ async def test_reattaching_keeps_the_elapsed_time_and_a_new_run_clears_the_last_
             await _until(pilot, lambda: s.handle.poll() is not None, timeout=60)
     finally:
         handle.cancel()
+
+
+async def test_the_run_header_says_the_activation_bits_chosen(tmp_path):
+    """W4A8 chosen on Generate reads W4A8 on Run (it always said A16)."""
+    from textual.widgets import Static
+
+    app = WizardApp(answers_path=tmp_path / "answers.yml", workdir=tmp_path, device="cpu")
+    app.answers.generate.method, app.answers.generate.bit, app.answers.generate.act_bit = "RTN", 4, 8
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.goto("Run")
+        await pilot.pause()
+        text = str(app.screen.query_one("#settings", Static).render())
+    assert "W4A8" in text and "A16" not in text

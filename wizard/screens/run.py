@@ -99,7 +99,8 @@ class RunScreen(StepScreen):
     def on_enter(self) -> None:
         g = self.answers.generate
         self.query_one("#settings", Static).update(
-            f"method [b]{g.method}[/b], W{g.bit}A16, group size {g.group_size}, device {self.app.device or 'auto'}")
+            f"method [b]{g.method}[/b], W{g.bit}A{g.act_bit or 16}, "
+            f"group size {g.group_size or 'none (per channel)'}, device {self.app.device or 'auto'}")
         past = self.refresh_past()
         # follow this model's run in progress (started here or by another wizard) without a key press
         if (self.handle is None or self.handle.poll() is not None) and past and past[0].state == "running":
