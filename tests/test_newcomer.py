@@ -254,3 +254,21 @@ async def test_the_run_header_says_the_activation_bits_chosen(tmp_path):
         await pilot.pause()
         text = str(app.screen.query_one("#settings", Static).render())
     assert "W4A8" in text and "A16" not in text
+
+
+async def test_hiding_the_answers_panel_holds_across_steps(tmp_path):
+    """ctrl+t at 80×24 hides the answers panel on every step until pressed again (it came back on
+    the next step)."""
+    app = WizardApp(answers_path=tmp_path / "answers.yml", workdir=tmp_path, device="cpu")
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.goto("Source")
+        await pilot.pause()
+        await pilot.press("ctrl+t")
+        assert not app.screen.query_one("#side").display
+        await pilot.press("ctrl+n")  # Install
+        await pilot.pause()
+        assert app.screen.TITLE_TEXT == "Install" and not app.screen.query_one("#side").display
+        await pilot.press("ctrl+t")
+        await pilot.press("ctrl+b")
+        await pilot.pause()
+        assert app.screen.TITLE_TEXT == "Source" and app.screen.query_one("#side").display

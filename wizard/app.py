@@ -165,6 +165,7 @@ class WizardApp(App):
         super().__init__()
         self.zoo_root = zoo_root
         self._terminal_safe = TerminalSafe()
+        self.show_answers = True  #: the answers panel (ctrl+t), the same on every step
         self.start = start  #: the step to open on (after a restart in the model's environment)
         answers_path = Path(answers_path) if answers_path else None
         answers = load_answers(answers_path) if answers_path and answers_path.exists() else Answers()

@@ -101,6 +101,7 @@ class StepScreen(Screen):
         self.focus_main()
 
     def on_screen_resume(self) -> None:
+        self.query_one("#side").display = getattr(self.app, "show_answers", True)  # ctrl+t holds across steps
         self.refresh_answers()
         self.on_enter()
         self.focus_main()
@@ -238,6 +239,7 @@ class StepScreen(Screen):
     def action_toggle_answers(self) -> None:
         side = self.query_one("#side")
         side.display = not side.display
+        self.app.show_answers = bool(side.display)  # every step shows it the same way until toggled again
 
     def _child_started(self, pid: int) -> None:
         self.child_pid = pid
