@@ -272,3 +272,39 @@ async def test_hiding_the_answers_panel_holds_across_steps(tmp_path):
         await pilot.press("ctrl+b")
         await pilot.pause()
         assert app.screen.TITLE_TEXT == "Source" and app.screen.query_one("#side").display
+
+
+async def test_generate_is_preview_write_smoke_by_enter_alone(zoo, tmp_path):
+    """From the Name field at 80×24: enter previews, enter writes (focus moved to Write), enter
+    starts the smoke test (focus moved to Smoke test); f1 lists that order and its keys."""
+    from textual.widgets import Static
+
+    from wizard.services.fetch import fetch_repo
+
+    a = demo_answers(zoo, "tiny-llava")
+    a.source.weights_dir = str(fetch_repo(a.source.weights_url, tmp_path / "weights" / "tiny-llava").path)
+    a.inspect.model_kind, a.inspect.architecture = "transformers", "LlavaForConditionalGeneration"
+    a.inspect.projector_last_layers = ["model.multi_modal_projector.linear_2"]
+    app = WizardApp(answers_path=tmp_path / "answers.yml", workdir=tmp_path, models_dir=tmp_path / "adapters",
+                    device="cpu", install_target=tmp_path / "site")
+    app.answers = a
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.goto("Generate")
+        await pilot.pause()
+        s = app.screen
+        assert app.focused is s.query_one("#name", Input)
+        await pilot.press("f1")
+        await pilot.pause()
+        help_text = str(app.screen.query_one("#help-text", Static).render())
+        assert "Preview → Write → Smoke test" in help_text and "ctrl+g" in help_text
+        await pilot.press("escape")
+        await pilot.pause()
+        await pilot.press("enter")
+        await _until(pilot, lambda: app.focused is s.query_one("#write", Button))
+        await pilot.press("enter")
+        await _until(pilot, lambda: (tmp_path / "adapters" / "tiny_llava.py").exists()
+                     and app.focused is s.query_one("#smoke", Button))
+        await pilot.press("enter")
+        await _until(pilot, lambda: "smoke test passed" in str(s.query_one("#status").render())
+                     or s.query_one("#status").has_class("error"), timeout=240)
+        assert "smoke test passed" in str(s.query_one("#status").render()), str(s.query_one("#status").render())

@@ -44,14 +44,21 @@ class HelpScreen(ModalScreen):
 
     BINDINGS = [Binding("escape,question_mark,f1,q", "app.pop_screen", "Close")]
 
+    def __init__(self, step_help: str = ""):
+        super().__init__()
+        self.step_help = step_help
+
     def compose(self) -> ComposeResult:
-        yield Static(KEYS_HELP, id="help-text")
+        yield Static(KEYS_HELP + (f"\n\n{self.step_help}" if self.step_help else ""), id="help-text")
 
 
 class StepScreen(Screen):
     """A wizard step. Subclasses implement ``compose_body``, name their main input
     (:attr:`FOCUS`, focused on entry and after every action) and their main action
     (:meth:`action_primary`, run by enter), and may override ``on_enter``."""
+
+    #: this step's own keys and order of work, shown under the common keys (f1)
+    STEP_HELP = ""
 
     TITLE_TEXT = ""
     #: the widget focused when the step opens and after each action
@@ -234,7 +241,7 @@ class StepScreen(Screen):
         self.app.goto_welcome()
 
     def action_help(self) -> None:
-        self.app.push_screen(HelpScreen())
+        self.app.push_screen(HelpScreen(self.STEP_HELP))
 
     def action_toggle_answers(self) -> None:
         side = self.query_one("#side")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Group
 from rich.syntax import Syntax
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Button, Input, Label, Log, Select, Static
 
@@ -27,6 +28,18 @@ HESSIAN_CHOICES = [("GPTQ: true-sequential", "sequential"), ("GPTQ: Hessians fro
 class GenerateScreen(StepScreen):
     TITLE_TEXT = "Generate"
     FOCUS = "#name"
+    STEP_HELP = ("[b]Generate[/b]: Preview → Write → Smoke test\n"
+                 "  enter      Preview (from any field); then enter on Write, then on Smoke test\n"
+                 "  ctrl+g     Write the previewed declaration and config\n"
+                 "  ctrl+l     Smoke test the written declaration")
+    # keys no text field uses (its ctrl+w / ctrl+e edit the text)
+    BINDINGS = [*StepScreen.BINDINGS, Binding("ctrl+g", "press('#write')", "Write"),
+                Binding("ctrl+l", "press('#smoke')", "Smoke test")]
+
+    def action_press(self, selector: str) -> None:
+        b = self.query_one(selector, Button)
+        if not b.disabled:
+            b.press()
 
     def action_primary(self) -> None:
         self.query_one("#preview", Button).press()
@@ -140,8 +153,10 @@ class GenerateScreen(StepScreen):
                 Syntax(self.plan.adapter_text, "python", line_numbers=True, word_wrap=False),
                 f"[b]{self.plan.config_path}[/b]",
                 Syntax(self.plan.config_text, "yaml", line_numbers=True, word_wrap=False)))
-            self.set_status(f"preview of {self.plan.adapter_path.name} and {self.plan.config_path.name}")
+            self.set_status(f"preview of {self.plan.adapter_path.name} and {self.plan.config_path.name} — "
+                            "enter writes them")
             self.query_one("#write", Button).disabled = False
+            self.query_one("#write", Button).focus()  # the next thing to do, one key away
             self.refresh_answers()
         elif event.button.id == "write" and self.plan is not None:
             session = self.session
@@ -173,3 +188,5 @@ class GenerateScreen(StepScreen):
         super().work_finished(start_id, text, error)
         self.query_one("#preview", Button).disabled = False
         self.query_one("#write", Button).disabled = self.plan is None
+        if start_id == "#write" and not error:  # written: the smoke test is next, one key away
+            self.query_one("#smoke", Button).focus()
