@@ -30,6 +30,23 @@ def _digests(root):
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def _generated_gptq(zoo, tmp_path):
+    """A session for a copy of tiny-llava with GPTQ, inspected and generated (ready to run)."""
+    from wizard.session import Session
+    from wizard.steps import Reporter, onboard
+
+    assets = __import__("pathlib").Path(__file__).resolve().parents[1] / "wizard" / "demo" / "assets"
+    weights = tmp_path / "tiny-llava"
+    shutil.copytree(assets / "tiny-llava", weights)
+    a = demo_answers(zoo, "tiny-llava")
+    a.source.weights_url, a.source.weights_dir = str(weights), str(weights)
+    a.generate.method = "GPTQ"
+    sess = Session(a, tmp_path / "answers.yml", tmp_path, tmp_path / "adapters", tmp_path / "site", "cpu",
+                   assume_yes=True)
+    onboard(sess, ["inspect", "generate"], Reporter())
+    return sess
+
+
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)])
 async def test_a_new_weights_path_on_source_starts_a_new_model_and_leaves_the_old_one_alone(zoo, tmp_path, size):
     """Model A (tiny-vila: code, consent, inspect result, name, declaration) is loaded; on Source
@@ -96,18 +113,7 @@ async def test_switching_back_to_a_models_weights_continues_its_answers(zoo, tmp
 async def test_enter_in_a_run_field_does_not_start_a_run_and_a_run_stops_by_key_from_any_field(zoo, tmp_path, key):
     """On Run, enter in the calibration field asks for the Run button instead of starting a run;
     a started run is cancelled by ctrl+x or escape while a text field has the focus."""
-    from wizard.session import Session
-    from wizard.steps import Reporter, onboard
-
-    assets = __import__("pathlib").Path(__file__).resolve().parents[1] / "wizard" / "demo" / "assets"
-    weights = tmp_path / "tiny-llava"
-    shutil.copytree(assets / "tiny-llava", weights)
-    a = demo_answers(zoo, "tiny-llava")
-    a.source.weights_url, a.source.weights_dir = str(weights), str(weights)
-    a.generate.method = "GPTQ"
-    sess = Session(a, tmp_path / "answers.yml", tmp_path, tmp_path / "adapters", tmp_path / "site", "cpu",
-                   assume_yes=True)
-    onboard(sess, ["inspect", "generate"], Reporter())
+    _generated_gptq(zoo, tmp_path)
     app = WizardApp(answers_path=tmp_path / "answers.yml", workdir=tmp_path, models_dir=tmp_path / "adapters",
                     device="cpu", install_target=tmp_path / "site")
     async with app.run_test(size=(80, 24)) as pilot:
@@ -198,18 +204,7 @@ async def test_reattaching_keeps_the_elapsed_time_and_a_new_run_clears_the_last_
     from textual.widgets import Static
 
     from wizard.runs import start_run
-    from wizard.session import Session
-    from wizard.steps import Reporter, onboard
-
-    assets = __import__("pathlib").Path(__file__).resolve().parents[1] / "wizard" / "demo" / "assets"
-    weights = tmp_path / "tiny-llava"
-    shutil.copytree(assets / "tiny-llava", weights)
-    a = demo_answers(zoo, "tiny-llava")
-    a.source.weights_url, a.source.weights_dir = str(weights), str(weights)
-    a.generate.method = "GPTQ"
-    sess = Session(a, tmp_path / "answers.yml", tmp_path, tmp_path / "adapters", tmp_path / "site", "cpu",
-                   assume_yes=True)
-    onboard(sess, ["inspect", "generate"], Reporter())
+    sess = _generated_gptq(zoo, tmp_path)
     handle = start_run(sess)
     sess.save()
     t = time.monotonic()
