@@ -303,3 +303,20 @@ async def test_generate_is_preview_write_smoke_by_enter_alone(zoo, tmp_path):
         await _until(pilot, lambda: "smoke test passed" in str(s.query_one("#status").render())
                      or s.query_one("#status").has_class("error"), timeout=240)
         assert "smoke test passed" in str(s.query_one("#status").render()), str(s.query_one("#status").render())
+
+
+async def test_install_offers_nothing_when_nothing_needs_installing(zoo, tmp_path):
+    """A transformers model: Install says no install is needed and shows no install button,
+    options or command (it offered "Confirm and install")."""
+    from wizard.services.fetch import fetch_repo
+
+    a = demo_answers(zoo, "tiny-llava")
+    a.source.weights_dir = str(fetch_repo(a.source.weights_url, tmp_path / "weights" / "tiny-llava").path)
+    app = WizardApp(answers_path=tmp_path / "answers.yml", workdir=tmp_path, device="cpu")
+    app.answers = a
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.goto("Install")
+        await pilot.pause()
+        s = app.screen
+        assert "No install needed" in str(s.query_one("#detect").render())
+        assert not any(s.query_one(w).display for w in ("#install", "#install-options", "#command"))

@@ -25,10 +25,10 @@ class InstallScreen(StepScreen):
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="detect")
-        with Horizontal(classes="row"):
+        with Horizontal(classes="row", id="install-options"):
             yield Checkbox("--no-deps", id="no-deps")
             yield Input(placeholder="extra packages, space separated", id="extra")
-        yield Label("Command (runs code from the cloned repository — review it first):")
+        yield Label("Command (runs code from the cloned repository — review it first):", id="command-label")
         yield Static("", id="command")
         with Horizontal(classes="row buttons"):
             yield Button("Confirm and install", id="install", variant="warning")
@@ -60,9 +60,11 @@ class InstallScreen(StepScreen):
             button.disabled = True
             return
         self.answers.inspect.model_kind = "custom-code" if plan.needed else "transformers"
+        for wid in ("#install", "#install-options", "#command-label", "#command"):  # nothing to offer then
+            self.query_one(wid).display = plan.needed
         if not plan.needed:
-            self.query_one("#detect", Static).update(f"[green]No install needed[/]: {plan.reason}")
-            self.query_one("#command", Static).update("(skipped)")
+            self.query_one("#detect", Static).update(f"[green]No install needed[/]: {plan.reason} — "
+                                                     "ctrl+n goes on to Inspect")
             button.disabled = True
             return
         self.query_one("#detect", Static).update(f"[yellow]Custom code[/]: {plan.reason}")
