@@ -320,3 +320,16 @@ async def test_install_offers_nothing_when_nothing_needs_installing(zoo, tmp_pat
         s = app.screen
         assert "No install needed" in str(s.query_one("#detect").render())
         assert not any(s.query_one(w).display for w in ("#install", "#install-options", "#command"))
+
+
+@pytest.mark.parametrize("url, name", [("/data/weights/repo", "weights-repo"), ("/data/llava-1.5/", "llava-1.5"),
+                                       ("git@github.com:org/model.git", "org-model"),
+                                       ("https://huggingface.co/Efficient-Large-Model/VILA1.5-3b", "VILA1.5-3b")])
+def test_a_clone_is_named_after_its_model_not_a_generic_folder(tmp_path, url, name):
+    """``weights/repo`` was cloned into ``repo``: the name says which model it holds."""
+    from wizard.services.fetch import destination
+
+    if url.startswith("/"):
+        url = str(tmp_path) + url
+        __import__("git").Repo.init(url, mkdir=True)  # a real local repository at that path
+    assert destination(url, tmp_path / "clones") == tmp_path / "clones" / name

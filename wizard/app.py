@@ -66,16 +66,6 @@ def _same_source(a: str, b: str) -> bool:
     return norm(a) == norm(b)
 
 
-def _model_name(url: str) -> str:
-    """A model name from a repository's URL or path: its last part, or the two last ones when the
-    last is a generic folder name (``weights/repo``)."""
-    parts = [p for p in url.strip().rstrip("/").replace("\\", "/").split("/") if p]
-    parts = [p[:-4] if p.endswith(".git") else p for p in parts] or ["model"]
-    if len(parts) > 1 and parts[-1].lower() in ("repo", "weights", "model", "checkpoint", "main", "hf", "files"):
-        return f"{parts[-2]}-{parts[-1]}"
-    return parts[-1]
-
-
 class WelcomeScreen(Screen):
     BINDINGS = [Binding("q,ctrl+q", "app.quit", "Quit"), Binding("enter", "start", "Onboard the selected demo model"),
                 Binding("c", "new", "Continue / new model"), Binding("f1,question_mark", "help", "Keys")]
@@ -254,7 +244,9 @@ class WizardApp(App):
                 path, answers = f, other
                 break
         if answers is None:
-            base = _model_name(weights_url)
+            from .services.fetch import repo_name
+
+            base = repo_name(weights_url)
             name, n = base, 1
             while ((folder / f"{module_name(name)}.yml").exists()
                    or (self.session.models_dir_resolved() / f"{module_name(name)}.py").exists()):

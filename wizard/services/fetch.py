@@ -87,6 +87,22 @@ def _check_dest(dest: Path, src: _Source) -> bool:
     return True
 
 
+#: folder names that say nothing about the model: the one above them is named too
+GENERIC_NAMES = ("repo", "weights", "model", "checkpoint", "main", "hf", "files", "code")
+
+
+def repo_name(url_or_path) -> str:
+    """A repository's name from its URL or path: the last part without ``.git``, or the two last
+    ones when the last is a generic folder name (``weights/repo`` -> ``weights-repo``)."""
+    parts = [p for p in str(url_or_path).strip().replace("\\", "/").rstrip("/").split("/") if p]
+    parts = [p.rsplit(":", 1)[-1] for p in parts]
+    parts = [p[:-4] if p.endswith(".git") else p for p in parts]
+    parts = [p for p in parts if p] or ["repo"]
+    if len(parts) > 1 and parts[-1].lower() in GENERIC_NAMES:
+        return f"{parts[-2]}-{parts[-1]}"
+    return parts[-1]
+
+
 def destination(url_or_path, root: Path, stored: str | None = None) -> Path:
     """Where a clone of ``url_or_path`` goes: ``stored`` when it holds a clone of that very
     repository (or nothing yet), else ``root/<repo name>``, suffixed with a digest of the URL when
@@ -104,8 +120,7 @@ def destination(url_or_path, root: Path, stored: str | None = None) -> Path:
 
     if stored and fits(Path(stored).expanduser()):
         return Path(stored).expanduser()
-    name = str(url_or_path).rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
-    name = (name[:-4] if name.endswith(".git") else name) or "repo"
+    name = repo_name(url_or_path)
     dest = Path(root) / name
     if fits(dest):
         return dest
