@@ -333,3 +333,30 @@ def test_a_clone_is_named_after_its_model_not_a_generic_folder(tmp_path, url, na
         url = str(tmp_path) + url
         __import__("git").Repo.init(url, mkdir=True)  # a real local repository at that path
     assert destination(url, tmp_path / "clones") == tmp_path / "clones" / name
+
+
+async def test_a_group_size_changed_on_generate_is_checked_at_preview_and_empty_means_per_channel(zoo, tmp_path):
+    """Group 48 typed on Generate: Preview names a layer it does not divide (it was found when the
+    engine met the layer). An empty field means per channel (0), as on Inspect (it meant 32)."""
+    from wizard.services.fetch import fetch_repo
+
+    a = demo_answers(zoo, "tiny-llava")
+    a.source.weights_dir = str(fetch_repo(a.source.weights_url, tmp_path / "weights" / "tiny-llava").path)
+    a.inspect.model_kind, a.inspect.architecture = "transformers", "LlavaForConditionalGeneration"
+    a.inspect.projector_last_layers = ["model.multi_modal_projector.linear_2"]
+    app = WizardApp(answers_path=tmp_path / "answers.yml", workdir=tmp_path, models_dir=tmp_path / "adapters",
+                    device="cpu", install_target=tmp_path / "site")
+    app.answers = a
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.goto("Generate")
+        await pilot.pause()
+        s = app.screen
+        s.query_one("#group", Input).value = "48"
+        await pilot.click("#preview")
+        await pilot.pause()
+        status = str(s.query_one("#status").render())
+        assert "group size 48 does not divide" in status and s.query_one("#write", Button).disabled, status
+        s.query_one("#group", Input).value = ""
+        await pilot.click("#preview")
+        await pilot.pause()
+        assert app.answers.generate.group_size == 0 and "preview of" in str(s.query_one("#status").render())

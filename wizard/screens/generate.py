@@ -54,7 +54,7 @@ class GenerateScreen(StepScreen):
             yield Label(" bits ")
             yield Input(id="bit", type="integer", classes="narrow", placeholder="bits")
             yield Label(" group ")
-            yield Input(id="group", type="integer", classes="narrow", placeholder="group")
+            yield Input(id="group", type="integer", classes="narrow", placeholder="0: per channel")
             yield Select([("no rotation", "none"), ("rotate: Hadamard", "hadamard"), ("rotate: random", "random")],
                          id="rotate", allow_blank=False, value="none")
         with Horizontal(classes="row"):
@@ -125,7 +125,7 @@ class GenerateScreen(StepScreen):
         g.name = self.query_one("#name", Input).value.strip() or None
         g.method = self.query_one("#method", Select).value
         g.bit = int(self.query_one("#bit", Input).value or 4)
-        g.group_size = int(self.query_one("#group", Input).value or 32)
+        g.group_size = int(self.query_one("#group", Input).value or 0)  # empty: per channel, as on Inspect
         rot = self.query_one("#rotate", Select).value
         g.rotate = None if rot == "none" else rot
         g.act_bit = self.query_one("#act", Select).value or None

@@ -286,11 +286,7 @@ def inspect_module(model: nn.Module, architecture: str | None = None, model_kind
             candidates.append(Candidate(p, "Parameter" if isinstance(obj, nn.Parameter) else type(obj).__name__,
                                         shape_of(obj)))
 
-    quant = []
-    for n, m in dec.blocks.named_modules():
-        if isinstance(m, nn.Linear):
-            ok = None if group_size is None else m.in_features % group_size == 0
-            quant.append(QuantLayer(_join(blocks_path, n), m.in_features, m.out_features, ok))
+    quant = _quant_layers(model, group_size)[1]
     problems = [q.name for q in quant if q.divisible_by_group is False]
 
     return ModelReport(
@@ -371,6 +367,28 @@ def injections_by_data_flow(model: nn.Module, kind: str, weights_dir=None):
         return trace_injections(config, weights_dir), None
     except DataFlowUnavailable as e:
         return None, str(e)
+
+
+def _quant_layers(model: nn.Module, group_size: int | None) -> tuple[str, list[QuantLayer]]:
+    """The decoder blocks' path and their Linears, each with whether ``group_size`` divides its width."""
+    parts = locate_mm_parts(model)
+    lm = model.get_submodule(parts.language_model_path) if parts.language_model_path else model
+    dec = find_decoder(lm)
+    blocks_path = _join(parts.language_model_path, dec.blocks_path)
+    out = []
+    for n, m in dec.blocks.named_modules():
+        if isinstance(m, nn.Linear):
+            ok = None if not group_size else m.in_features % group_size == 0
+            out.append(QuantLayer(_join(blocks_path, n), m.in_features, m.out_features, ok))
+    return blocks_path, out
+
+
+def group_size_problems(weights_dir: str | Path, code_package: str | None, group_size: int | None) -> list[str]:
+    """The quantized layers (config.json only) whose input width ``group_size`` does not divide."""
+    if not group_size:
+        return []
+    model, _, _ = build_skeleton(weights_dir, code_package)
+    return [q.name for q in _quant_layers(model, group_size)[1] if q.divisible_by_group is False]
 
 
 def missing_layers(weights_dir: str | Path, code_package: str | None, layers) -> list[str]:
