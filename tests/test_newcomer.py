@@ -47,6 +47,20 @@ def _generated_gptq(zoo, tmp_path):
     return sess
 
 
+def _app_on_generate_ready(zoo, tmp_path) -> WizardApp:
+    """The wizard on tiny-llava, cloned and inspected: ready for the Generate step."""
+    from wizard.services.fetch import fetch_repo
+
+    a = demo_answers(zoo, "tiny-llava")
+    a.source.weights_dir = str(fetch_repo(a.source.weights_url, tmp_path / "weights" / "tiny-llava").path)
+    a.inspect.model_kind, a.inspect.architecture = "transformers", "LlavaForConditionalGeneration"
+    a.inspect.projector_last_layers = ["model.multi_modal_projector.linear_2"]
+    app = WizardApp(answers_path=tmp_path / "answers.yml", workdir=tmp_path, models_dir=tmp_path / "adapters",
+                    device="cpu", install_target=tmp_path / "site")
+    app.answers = a
+    return app
+
+
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)])
 async def test_a_new_weights_path_on_source_starts_a_new_model_and_leaves_the_old_one_alone(zoo, tmp_path, size):
     """Model A (tiny-vila: code, consent, inspect result, name, declaration) is loaded; on Source
@@ -274,15 +288,7 @@ async def test_generate_is_preview_write_smoke_by_enter_alone(zoo, tmp_path):
     starts the smoke test (focus moved to Smoke test); f1 lists that order and its keys."""
     from textual.widgets import Static
 
-    from wizard.services.fetch import fetch_repo
-
-    a = demo_answers(zoo, "tiny-llava")
-    a.source.weights_dir = str(fetch_repo(a.source.weights_url, tmp_path / "weights" / "tiny-llava").path)
-    a.inspect.model_kind, a.inspect.architecture = "transformers", "LlavaForConditionalGeneration"
-    a.inspect.projector_last_layers = ["model.multi_modal_projector.linear_2"]
-    app = WizardApp(answers_path=tmp_path / "answers.yml", workdir=tmp_path, models_dir=tmp_path / "adapters",
-                    device="cpu", install_target=tmp_path / "site")
-    app.answers = a
+    app = _app_on_generate_ready(zoo, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
         app.goto("Generate")
         await pilot.pause()
@@ -338,15 +344,7 @@ def test_a_clone_is_named_after_its_model_not_a_generic_folder(tmp_path, url, na
 async def test_a_group_size_changed_on_generate_is_checked_at_preview_and_empty_means_per_channel(zoo, tmp_path):
     """Group 48 typed on Generate: Preview names a layer it does not divide (it was found when the
     engine met the layer). An empty field means per channel (0), as on Inspect (it meant 32)."""
-    from wizard.services.fetch import fetch_repo
-
-    a = demo_answers(zoo, "tiny-llava")
-    a.source.weights_dir = str(fetch_repo(a.source.weights_url, tmp_path / "weights" / "tiny-llava").path)
-    a.inspect.model_kind, a.inspect.architecture = "transformers", "LlavaForConditionalGeneration"
-    a.inspect.projector_last_layers = ["model.multi_modal_projector.linear_2"]
-    app = WizardApp(answers_path=tmp_path / "answers.yml", workdir=tmp_path, models_dir=tmp_path / "adapters",
-                    device="cpu", install_target=tmp_path / "site")
-    app.answers = a
+    app = _app_on_generate_ready(zoo, tmp_path)
     async with app.run_test(size=(120, 40)) as pilot:
         app.goto("Generate")
         await pilot.pause()
