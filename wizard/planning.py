@@ -26,7 +26,7 @@ def plan(s: Session):
 def _check_layers(s: Session) -> None:
     """A declaration never names a projector layer the model does not have (another model's pick),
     and its group size divides every quantized layer's width (checked from config.json alone)."""
-    from .services.inspect import group_size_problems, missing_layers
+    from .services.inspect import layer_problems
     from .services.render import _code_package
 
     src, ins = s.answers.source, s.answers.inspect
@@ -34,12 +34,11 @@ def _check_layers(s: Session) -> None:
         return
     s.activate_install_target()
     code = _code_package(src.code_dir) if ins.model_kind == "custom-code" and src.code_dir else None
-    missing = missing_layers(src.weights_dir, code, ins.projector_last_layers) if ins.projector_last_layers else []
+    group = s.answers.generate.group_size
+    missing, bad = layer_problems(src.weights_dir, code, ins.projector_last_layers, group)
     if missing:
         raise WizardError(f"inspect.projector_last_layers names {missing[0]}, which the model in {src.weights_dir} "
                           "does not have", "run the Inspect step again and pick from its proposals")
-    group = s.answers.generate.group_size
-    bad = group_size_problems(src.weights_dir, code, group)
     if bad:  # checked where the group size is chosen, not when the engine meets the layer
         raise WizardError(f"group size {group} does not divide the input width of {len(bad)} layer(s), e.g. {bad[0]}",
                           "choose a group size that divides every layer's input width, or 0 (per channel)")

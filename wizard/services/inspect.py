@@ -192,16 +192,15 @@ def _tree(m: nn.Module, name: str, path: str, roles: dict[str, str]) -> Projecto
     return node
 
 
-def _exists(model: nn.Module, path: str) -> bool:
+def _lookup(model: nn.Module, path: str) -> nn.Module | nn.Parameter | None:
+    """The module or parameter at ``path``, or None."""
     try:
-        model.get_submodule(path)
-        return True
+        return model.get_submodule(path)
     except AttributeError:
         try:
-            model.get_parameter(path)
-            return True
+            return model.get_parameter(path)
         except AttributeError:
-            return False
+            return None
 
 
 def _flow_projector(parts, injections) -> str:
@@ -237,7 +236,7 @@ def inspect_module(model: nn.Module, architecture: str | None = None, model_kind
     injection_roles: dict[str, str] = {}
     source = "structure" + (f" (data flow: {trace_note})" if trace_note else "")
     if trace is not None:
-        missing = [i.path for i in trace.injections if not _exists(model, i.path)]
+        missing = [i.path for i in trace.injections if _lookup(model, i.path) is None]
         if missing:
             source = f"structure (data flow named {missing[0]}, which this model lacks)"
             trace = None
@@ -279,14 +278,11 @@ def inspect_module(model: nn.Module, architecture: str | None = None, model_kind
     named = {c.name for c in candidates}
     for p in proposed:  # what data flow found is offered even where structure saw no candidate
         if p not in named:
-            try:
-                obj = model.get_submodule(p)
-            except AttributeError:
-                obj = model.get_parameter(p)
+            obj = _lookup(model, p)
             candidates.append(Candidate(p, "Parameter" if isinstance(obj, nn.Parameter) else type(obj).__name__,
                                         shape_of(obj)))
 
-    quant = _quant_layers(model, group_size)[1]
+    quant = _quant_layers(dec.blocks, blocks_path, group_size)
     problems = [q.name for q in quant if q.divisible_by_group is False]
 
     return ModelReport(
@@ -369,33 +365,30 @@ def injections_by_data_flow(model: nn.Module, kind: str, weights_dir=None):
         return None, str(e)
 
 
-def _quant_layers(model: nn.Module, group_size: int | None) -> tuple[str, list[QuantLayer]]:
-    """The decoder blocks' path and their Linears, each with whether ``group_size`` divides its width."""
-    parts = locate_mm_parts(model)
-    lm = model.get_submodule(parts.language_model_path) if parts.language_model_path else model
-    dec = find_decoder(lm)
-    blocks_path = _join(parts.language_model_path, dec.blocks_path)
+def _quant_layers(blocks: nn.Module, blocks_path: str, group_size: int | None) -> list[QuantLayer]:
+    """The Linears of the decoder blocks, each with whether ``group_size`` divides its width."""
     out = []
-    for n, m in dec.blocks.named_modules():
+    for n, m in blocks.named_modules():
         if isinstance(m, nn.Linear):
             ok = None if not group_size else m.in_features % group_size == 0
             out.append(QuantLayer(_join(blocks_path, n), m.in_features, m.out_features, ok))
-    return blocks_path, out
+    return out
 
 
-def group_size_problems(weights_dir: str | Path, code_package: str | None, group_size: int | None) -> list[str]:
-    """The quantized layers (config.json only) whose input width ``group_size`` does not divide."""
+def layer_problems(weights_dir: str | Path, code_package: str | None, layers,
+                   group_size: int | None) -> tuple[list[str], list[str]]:
+    """From the model's skeleton (config.json only), built once: the names in ``layers`` it has
+    neither as a module nor as a parameter, and the quantized layers whose input width
+    ``group_size`` does not divide."""
+    model, _, _ = build_skeleton(weights_dir, code_package)
+    missing = [p for p in layers if _lookup(model, p) is None]
     if not group_size:
-        return []
-    model, _, _ = build_skeleton(weights_dir, code_package)
-    return [q.name for q in _quant_layers(model, group_size)[1] if q.divisible_by_group is False]
-
-
-def missing_layers(weights_dir: str | Path, code_package: str | None, layers) -> list[str]:
-    """The names in ``layers`` that the model's skeleton (config.json only) has neither as a module
-    nor as a parameter."""
-    model, _, _ = build_skeleton(weights_dir, code_package)
-    return [p for p in layers if not _exists(model, p)]
+        return missing, []
+    parts = locate_mm_parts(model)
+    lm = model.get_submodule(parts.language_model_path) if parts.language_model_path else model
+    dec = find_decoder(lm)
+    quant = _quant_layers(dec.blocks, _join(parts.language_model_path, dec.blocks_path), group_size)
+    return missing, [q.name for q in quant if q.divisible_by_group is False]
 
 
 def rotation_refusal(weights_dir: str | Path, code_package: str | None, language_model_path: str | None,
