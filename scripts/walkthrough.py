@@ -3,7 +3,8 @@
     .venv/bin/python scripts/walkthrough.py [--out docs/screens] [--model tiny-llava]
 
 Keys only, as a newcomer would press them: enter on the model, enter in the URL field (clone),
-ctrl+n through the steps, enter to preview, tab to Write, enter on Run and Try. Needs tmux; uses a
+ctrl+n through the steps, enter to preview and enter again to write (the focus moves to Write),
+enter on Run and Try. Needs tmux; uses a
 fresh cache in a temporary folder, so nothing of yours is touched.
 """
 
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
         wait_for("Preview")
         keys("Enter")  # in the name field: preview both files
         shots["05-generate-preview"] = wait_for("preview of")
-        keys(*["Tab"] * 9, "Enter")  # name → method, bits, group, rotation, activations, export, blocks, Preview → Write
+        keys("Enter")  # the focus moved to Write: write both files
         shots["05-generate"] = wait_for("wrote ")
         keys("C-n")
         wait_for(re.escape("Run (ctrl+r)"))

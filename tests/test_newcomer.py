@@ -266,12 +266,13 @@ async def test_the_run_header_says_the_activation_bits_chosen(tmp_path):
 
 
 async def test_hiding_the_answers_panel_holds_across_steps(tmp_path):
-    """ctrl+t at 80×24 hides the answers panel on every step until pressed again (it came back on
-    the next step)."""
+    """ctrl+t hides (or shows) the answers panel on every step until pressed again (it came back
+    on the next step). At 120×40 it starts shown."""
     app = WizardApp(answers_path=tmp_path / "answers.yml", workdir=tmp_path, device="cpu")
-    async with app.run_test(size=(80, 24)) as pilot:
+    async with app.run_test(size=(120, 40)) as pilot:
         app.goto("Source")
         await pilot.pause()
+        assert app.screen.query_one("#side").display
         await pilot.press("ctrl+t")
         assert not app.screen.query_one("#side").display
         await pilot.press("ctrl+n")  # Install
@@ -281,6 +282,9 @@ async def test_hiding_the_answers_panel_holds_across_steps(tmp_path):
         await pilot.press("ctrl+b")
         await pilot.pause()
         assert app.screen.TITLE_TEXT == "Source" and app.screen.query_one("#side").display
+        await pilot.resize_terminal(80, 24)  # a choice made by key holds whatever the size
+        await pilot.pause()
+        assert app.screen.query_one("#side").display
 
 
 async def test_generate_is_preview_write_smoke_by_enter_alone(zoo, tmp_path):
@@ -343,7 +347,7 @@ def test_a_clone_is_named_after_its_model_not_a_generic_folder(tmp_path, url, na
 
 async def test_a_group_size_changed_on_generate_is_checked_at_preview_and_empty_means_per_channel(zoo, tmp_path):
     """Group 48 typed on Generate: Preview names a layer it does not divide (it was found when the
-    engine met the layer). An empty field means per channel (0), as on Inspect (it meant 32)."""
+    engine met the layer). An empty field means per channel (None), as on Inspect (it meant 32)."""
     app = _app_on_generate_ready(zoo, tmp_path)
     async with app.run_test(size=(120, 40)) as pilot:
         app.goto("Generate")
@@ -357,4 +361,68 @@ async def test_a_group_size_changed_on_generate_is_checked_at_preview_and_empty_
         s.query_one("#group", Input).value = ""
         await pilot.click("#preview")
         await pilot.pause()
-        assert app.answers.generate.group_size == 0 and "preview of" in str(s.query_one("#status").render())
+        assert app.answers.generate.group_size is None and "preview of" in str(s.query_one("#status").render())
+
+
+def test_a_group_size_has_one_form(tmp_path):
+    """None is per channel wherever a group size is held: an answers file's 0 or -1 (older files,
+    the engine's old marker) reads as None, a field's text goes through one parser that names bad
+    input, and the config written for None is per channel."""
+    from wizard.services.answers import Answers, group_size_from_text
+    from wizard.services.errors import WizardError
+
+    p = tmp_path / "answers.yml"
+    for old in (0, -1):
+        p.write_text(f"generate:\n  group_size: {old}\n")
+        assert load_answers(p).generate.group_size is None
+    p.write_text("generate:\n  group_size: -5\n")
+    with pytest.raises(WizardError, match="group_size"):
+        load_answers(p)
+    assert [group_size_from_text(t) for t in ("", " 0 ", "128")] == [None, None, 128]
+    for bad in ("-8", "abc", "3.5"):
+        with pytest.raises(WizardError, match=f"group size '{bad}'"):
+            group_size_from_text(bad)
+    a = Answers()
+    a.generate.group_size = None
+    save_answers(a, p)
+    assert "group_size: null" in p.read_text() and load_answers(p).generate.group_size is None
+
+
+async def test_the_run_screen_starts_and_follows_a_run_on_the_headless_path_off_the_ui_thread(zoo, tmp_path,
+                                                                                            monkeypatch):
+    """Run's start and follow are :func:`wizard.runs.start_run` and :func:`wizard.runs.follow_run`,
+    the functions ``llmc-wizard run`` uses, called from a worker thread (the screen had a timer of
+    its own and started the run on the UI thread); the engine's events reach the screen through
+    the reporter."""
+    import threading
+
+    from textual.widgets import Static
+
+    from wizard import runs
+
+    calls: list[tuple[str, bool]] = []
+
+    def spy(name, real):
+        def call(*args, **kwargs):
+            calls.append((name, threading.current_thread() is threading.main_thread()))
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(runs, "start_run", spy("start_run", runs.start_run))
+    monkeypatch.setattr(runs, "follow_run", spy("follow_run", runs.follow_run))
+    _generated_gptq(zoo, tmp_path)
+    app = WizardApp(answers_path=tmp_path / "answers.yml", workdir=tmp_path, models_dir=tmp_path / "adapters",
+                    device="cpu", install_target=tmp_path / "site")
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.goto("Run")
+        await pilot.pause()
+        s = app.screen
+        await pilot.press("ctrl+r")
+        await _until(pilot, lambda: len(calls) == 2)
+        assert calls == [("start_run", False), ("follow_run", False)]
+        await _until(pilot, lambda: "phase: " in str(s.query_one("#phase", Static).render())
+                     and "starting" not in str(s.query_one("#phase", Static).render()), timeout=60)
+        await pilot.press("ctrl+x")
+        await _until(pilot, lambda: not s.query_one("#run", Button).disabled, timeout=60)
+        assert str(s.query_one("#phase").render()) == "phase: cancelled"
+        assert s.handle.poll() is not None

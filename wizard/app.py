@@ -155,7 +155,9 @@ class WizardApp(App):
         super().__init__()
         self.zoo_root = zoo_root
         self._terminal_safe = TerminalSafe()
-        self.show_answers = True  #: the answers panel (ctrl+t), the same on every step
+        #: the answers panel (ctrl+t), the same on every step; None until toggled: shown where the
+        #: terminal is wide enough for it next to a step's widest row (:data:`WIDE_ENOUGH`)
+        self.show_answers: bool | None = None
         self.start = start  #: the step to open on (after a restart in the model's environment)
         answers_path = Path(answers_path) if answers_path else None
         answers = load_answers(answers_path) if answers_path and answers_path.exists() else Answers()
@@ -193,7 +195,9 @@ class WizardApp(App):
         self.exit(Restart(self.session.model_python(), [str(a) for a in argv]))
 
     def goto(self, step: str) -> None:
-        if step.lower() not in ("source", "install") and not self.session.in_model_env():
+        from .steptable import screen_in_model_env
+
+        if screen_in_model_env(step) and not self.session.in_model_env():
             self.restart_in_model_env(step)  # the model's code lives in its own environment
             return
         if isinstance(self.screen, WelcomeScreen):

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import steptable
 from .services.errors import WizardError, one_line_error
 
 
@@ -70,7 +71,7 @@ def _cmd_tui(args) -> int:
 
 #: subcommands that run where the model's code is installed (fetch, install and onboard run here;
 #: onboard hands its later steps over by itself)
-IN_MODEL_ENV = {None, "inspect", "generate", "register", "smoke", "run", "evaluate", "try"}
+IN_MODEL_ENV = {None, *steptable.IN_MODEL_ENV}
 
 
 def _in_model_env(args, argv: list[str]) -> None:
@@ -148,6 +149,34 @@ def _step_options(p: argparse.ArgumentParser, answers_required: bool = True) -> 
                    help="pip-install the model's code into this folder instead of the environment")
 
 
+def _evaluate_options(e: argparse.ArgumentParser) -> None:
+    e.add_argument("--gpus", type=int, default=1, help="processes, one per GPU (default 1)")
+    e.set_defaults(func=_cmd_evaluate)
+
+
+def _try_options(t: argparse.ArgumentParser) -> None:
+    t.add_argument("--question", default=None, help="the question (default: the evaluation sample's own)")
+    t.add_argument("--image", default=None, help="an image file (default: the evaluation sample's image)")
+    t.add_argument("--sample", type=int, default=0, help="the evaluation sample to ask about")
+    t.set_defaults(func=_cmd_try)
+
+
+def _inspect_options(i: argparse.ArgumentParser) -> None:
+    i.add_argument("model_dir", nargs="?", type=Path, default=None, help="model folder (with config.json)")
+    i.add_argument("--code", metavar="PKG", default=None,
+                   help="the model's own code package (VILA-style custom code), e.g. tiny_vila")
+    i.add_argument("--group-size", metavar="N", type=int, default=None,
+                   help="list the decoder Linears whose in_features is not divisible by N")
+    i.add_argument("--json", action="store_true", help="print the report as JSON")
+    i.set_defaults(func=_cmd_inspect)
+
+
+#: subcommands with options beyond the answers file's
+_OWN_OPTIONS = {"evaluate": _evaluate_options, "try": _try_options, "inspect": _inspect_options}
+_DESCRIPTIONS = {"inspect": "Report a model's structure from its config.json (no weights read): "
+                 "`inspect MODEL_DIR [--code PKG] [--json]`, or run the inspect step of `--answers FILE`."}
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="llmc-wizard", description="Onboard, quantize and evaluate a (vision-)language model.")
     sub = ap.add_subparsers(dest="command")
@@ -165,39 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--models-dir", type=Path, default=None, help="where the TUI writes model declarations")
     ap.add_argument("--device", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--step", default=None, help=argparse.SUPPRESS)  # the step the TUI opens on
-    for name, help_ in [("onboard", "run every step headless from an answers file"),
-                        ("fetch", "clone/fetch the weights and code repositories"),
-                        ("install", "pip-install the model's code (custom-code models)"),
-                        ("generate", "render the model declaration and config"),
-                        ("register", "check that the engine discovers the generated declaration"),
-                        ("smoke", "smoke-test the generated declaration"),
-                        ("run", "quantize and evaluate with the engine")]:
-        p = sub.add_parser(name, help=help_)
-        _step_options(p)
-        p.set_defaults(func=_cmd_steps)
-    e = sub.add_parser("evaluate", help="evaluate the latest run's quantized model data-parallel "
-                       "(accelerate, one process per GPU)")
-    _step_options(e)
-    e.add_argument("--gpus", type=int, default=1, help="processes, one per GPU (default 1)")
-    e.set_defaults(func=_cmd_evaluate)
-    t = sub.add_parser("try", help="ask the float and the quantized model one question (the latest run)")
-    _step_options(t)
-    t.add_argument("--question", default=None, help="the question (default: the evaluation sample's own)")
-    t.add_argument("--image", default=None, help="an image file (default: the evaluation sample's image)")
-    t.add_argument("--sample", type=int, default=0, help="the evaluation sample to ask about")
-    t.set_defaults(func=_cmd_try)
-    i = sub.add_parser("inspect", help="report a model's structure: from a folder, or the inspect step of an "
-                       "answers file", description="Report a model's structure from its config.json (no weights "
-                       "read): `inspect MODEL_DIR [--code PKG] [--json]`, or run the inspect step of "
-                       "`--answers FILE`.")
-    i.add_argument("model_dir", nargs="?", type=Path, default=None, help="model folder (with config.json)")
-    i.add_argument("--code", metavar="PKG", default=None,
-                   help="the model's own code package (VILA-style custom code), e.g. tiny_vila")
-    i.add_argument("--group-size", metavar="N", type=int, default=None,
-                   help="list the decoder Linears whose in_features is not divisible by N")
-    i.add_argument("--json", action="store_true", help="print the report as JSON")
-    _step_options(i, answers_required=False)
-    i.set_defaults(func=_cmd_inspect)
+    p = sub.add_parser("onboard", help="run every step headless from an answers file")
+    _step_options(p)
+    p.set_defaults(func=_cmd_steps)
+    for step in steptable.TABLE:  # in the table's order; some steps have options of their own
+        p = sub.add_parser(step.name, help=step.help, description=_DESCRIPTIONS.get(step.name))
+        _step_options(p, answers_required=step.name != "inspect")
+        _OWN_OPTIONS.get(step.name, lambda p: p.set_defaults(func=_cmd_steps))(p)
     ap.set_defaults(func=_cmd_tui)
     return ap
 

@@ -41,7 +41,7 @@ def _check_layers(s: Session) -> None:
                           "does not have", "run the Inspect step again and pick from its proposals")
     if bad:  # checked where the group size is chosen, not when the engine meets the layer
         raise WizardError(f"group size {group} does not divide the input width of {len(bad)} layer(s), e.g. {bad[0]}",
-                          "choose a group size that divides every layer's input width, or 0 (per channel)")
+                          "choose a group size that divides every layer's input width, or none (an empty field: per channel)")
 
 
 def _check_rotation(s: Session) -> None:

@@ -15,3 +15,5 @@ class Reporter:
     cancelled: Callable[[], bool] = lambda: False
     #: the pid of a child process the step started (so a UI can show or stop it)
     child_started: Callable[[int], None] = lambda pid: None
+    #: each typed engine event (:mod:`llmc.events`) of a run being followed, as it arrives
+    event: Callable[[object], None] = lambda e: None

@@ -16,7 +16,7 @@ from .session import Session
 
 def start_run(s: Session, r: Reporter = Reporter()):
     """Write the config for the current settings and launch the engine in a fresh run directory;
-    returns the RunHandle (follow it with :func:`follow_run`, or the TUI's timer)."""
+    returns the RunHandle (follow it with :func:`follow_run`)."""
     from .services import render, runner
     from .planning import plan
 
@@ -58,36 +58,53 @@ def describe_event(e) -> str | None:
     return None
 
 
-def follow_run(h, r: Reporter = Reporter(), poll_s: float = 0.2, history: dict[str, float] | None = None) -> dict:
-    """Wait for a launched run, reporting its events (each phase's end with the time left, from
-    ``history``: :func:`wizard.services.eta.phase_history`); cancel stops its process tree. Returns
-    the results of the complete run, or raises WizardError."""
+def follow_run(h, r: Reporter = Reporter(), poll_s: float = 0.2, history: dict[str, float] | None = None,
+               eta: Eta | None = None, engine_log: bool = False, detached=lambda: False) -> dict:
+    """Wait for a launched run, handing each engine event to ``r.event`` and reporting it (each
+    phase's end with the time left, from ``eta`` or ``history``:
+    :func:`wizard.services.eta.phase_history`); ``engine_log``: the engine's own log lines go to
+    ``r.log`` instead of those summaries. Cancel (``r.cancelled``) stops the run's process tree;
+    ``detached()`` true stops following and leaves the run going (the TUI quitting). Returns the
+    results of the complete run, or raises WizardError. The TUI's Run screen runs this in a
+    worker thread; ``llmc-wizard run`` in the foreground."""
     from llmc.events import Block, Phase
     from llmc.runner import format_table
 
-    eta = Eta(history)
+    from .services.runner import LineTail
+
+    eta = eta if eta is not None else Eta(history)
+    engine = LineTail(Path(h.run_dir) / "run.log") if engine_log else None
+
+    def drain() -> None:
+        for e in h.events.poll():
+            eta.feed(e)
+            r.event(e)
+            line = describe_event(e)
+            if line and engine is None:
+                if isinstance(e, Phase) and e.state == "end":
+                    line += eta.text()
+                r.log(f"  {line}")
+            if isinstance(e, Block):
+                r.progress(e.i + 1, e.n, "quantize")
+        for line in engine.poll() if engine is not None else ():
+            r.log(line)
+
     try:
         while True:
-            for e in h.events.poll():
-                eta.feed(e)
-                line = describe_event(e)
-                if line:
-                    if isinstance(e, Phase) and e.state == "end":
-                        line += eta.text()
-                    r.log(f"  {line}")
-                if isinstance(e, Block):
-                    r.progress(e.i + 1, e.n, "quantize")
+            drain()
             rc = h.poll()
             if rc is not None:
                 break
-            if r.cancelled():
-                h.cancel()
+            if r.cancelled() and h.cancel():  # False: it had finished by then
+                drain()
                 raise WizardError("run cancelled", f"the incomplete run stays in {h.run_dir}; run again when ready")
+            if detached():
+                raise WizardError(f"stopped following the run in {h.run_dir}", "it goes on; the Run step reattaches")
             time.sleep(poll_s)
     except KeyboardInterrupt:
         h.cancel()
         raise
-    h.events.poll()
+    drain()
     results = read_results(h.run_dir, rc)
     r.log(format_table(results, results["label"]))
     return results

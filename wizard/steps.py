@@ -19,7 +19,7 @@ from .services.errors import WizardError
 from .planning import plan
 from .session import Session
 
-STEPS = ("fetch", "install", "inspect", "generate", "register", "smoke", "run")
+from .steptable import ONBOARD as STEPS
 
 __all__ = ["STEPS", "STEP_FUNCS", "InstallPlan", "Reporter", "ask", "consent", "describe_event", "evaluate", "fetch", "follow_run",
            "fresh_run_dir", "generate", "inspect", "install", "install_plan", "onboard", "plan", "read_results",
@@ -94,7 +94,7 @@ def inspect(s: Session, r: Reporter = Reporter()):
     if not src.weights_dir or not Path(src.weights_dir).exists():
         raise WizardError("no weights to inspect", "fetch them first (the Source step)")
     code_pkg = _code_package(src.code_dir) if ins.model_kind == "custom-code" and src.code_dir else None
-    rep = inspect_model(Path(src.weights_dir), code_package=code_pkg, group_size=g.group_size or None)
+    rep = inspect_model(Path(src.weights_dir), code_package=code_pkg, group_size=g.group_size)
     ins.architecture, ins.model_kind = rep.architecture, rep.model_kind
     ins.hidden_size, ins.num_blocks = rep.hidden_size, rep.num_blocks
     ins.language_model_path, ins.vision_tower_path = rep.language_model_path, rep.vision_tower_path
@@ -249,19 +249,21 @@ def _inspect_checked(s: Session, r: Reporter):
     return rep
 
 
-STEP_FUNCS: dict[str, Callable[[Session, Reporter], Any]] = {
-    "fetch": fetch, "install": install, "inspect": _inspect_checked, "generate": generate, "register": register,
-    "smoke": smoke, "run": run}
+_FUNCS = {"fetch": fetch, "install": install, "inspect": _inspect_checked, "generate": generate,
+          "register": register, "smoke": smoke, "run": run}
+#: the onboard steps' functions, in :data:`wizard.steptable.ONBOARD` order
+STEP_FUNCS: dict[str, Callable[[Session, Reporter], Any]] = {name: _FUNCS[name] for name in STEPS}
 
 
 def onboard(s: Session, steps=STEPS, r: Reporter = Reporter()) -> Any:
     """Run ``steps`` in order; returns the last step's result."""
     from .installs import handover
+    from .steptable import by_name
 
     out = None
     steps = list(steps)
     for i, name in enumerate(steps):
-        if name not in ("fetch", "install") and not s.in_model_env():
+        if by_name(name).model_env and not s.in_model_env():
             return handover(s, steps[i:], r)  # the model's own environment runs the rest
         r.log(f"== {name}")
         out = STEP_FUNCS[name](s, r)

@@ -13,7 +13,11 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Header, Log, ProgressBar, Static
 from textual.worker import Worker, WorkerState
 
-STEP_TITLES = ("Source", "Install", "Inspect", "Generate", "Run", "Try")
+from ..steptable import SCREENS as STEP_TITLES
+
+#: columns from which the answers panel is shown until ctrl+t says otherwise: below, the panel's 30
+#: columns would push a step's buttons past the body's right edge
+WIDE_ENOUGH = 100
 
 
 def step_bar(current: str) -> str:
@@ -104,11 +108,20 @@ class StepScreen(Screen):
         yield from ()
 
     def on_mount(self) -> None:
+        self._show_side()
         self.refresh_answers()
         self.focus_main()
 
+    def on_resize(self) -> None:
+        self._show_side()
+
+    def _show_side(self) -> None:
+        """The answers panel as ctrl+t last left it on any step, else by the terminal's width."""
+        chosen = getattr(self.app, "show_answers", None)
+        self.query_one("#side").display = self.app.size.width >= WIDE_ENOUGH if chosen is None else chosen
+
     def on_screen_resume(self) -> None:
-        self.query_one("#side").display = getattr(self.app, "show_answers", True)  # ctrl+t holds across steps
+        self._show_side()
         self.refresh_answers()
         self.on_enter()
         self.focus_main()

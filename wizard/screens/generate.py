@@ -9,6 +9,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Button, Input, Label, Log, Select, Static
 
+from ..services.answers import group_size_from_text
 from ..services.errors import WizardError
 from ..widgets.shown import ShownLog
 from .base import StepScreen
@@ -80,7 +81,7 @@ class GenerateScreen(StepScreen):
         self.query_one("#name", Input).value = g.name or ""
         self.query_one("#method", Select).value = g.method
         self.query_one("#bit", Input).value = str(g.bit)
-        self.query_one("#group", Input).value = str(g.group_size)
+        self.query_one("#group", Input).value = str(g.group_size or "")
         self.query_one("#rotate", Select).value = g.rotate or "none"
         act = self.query_one("#act", Select)
         if g.act_bit and g.act_bit not in {bits for _, bits in ACT_CHOICES}:  # from an answers file
@@ -116,7 +117,7 @@ class GenerateScreen(StepScreen):
             return
         try:
             self._read_form()
-        except ValueError:
+        except (ValueError, WizardError):
             return  # a half-typed number: the Preview reports it
         self.refresh_answers()
 
@@ -125,7 +126,7 @@ class GenerateScreen(StepScreen):
         g.name = self.query_one("#name", Input).value.strip() or None
         g.method = self.query_one("#method", Select).value
         g.bit = int(self.query_one("#bit", Input).value or 4)
-        g.group_size = int(self.query_one("#group", Input).value or 0)  # empty: per channel, as on Inspect
+        g.group_size = group_size_from_text(self.query_one("#group", Input).value)  # empty: per channel
         rot = self.query_one("#rotate", Select).value
         g.rotate = None if rot == "none" else rot
         g.act_bit = self.query_one("#act", Select).value or None

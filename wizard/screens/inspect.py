@@ -9,6 +9,9 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Button, DataTable, Input, Label, SelectionList, Static, Tree
 
+from ..services.answers import group_size_from_text
+from ..services.errors import WizardError
+from ..widgets.marks import TickList
 from .base import StepScreen
 
 WHY = ("Why the pick matters: rotation methods (QuaRot) rotate the language model's residual stream, "
@@ -33,7 +36,7 @@ class InspectScreen(StepScreen):
         yield Label("Projector (class, shape, bias, parameters):")
         yield Tree("projector", id="projector")
         yield Label("Projector last layer(s) — the layers whose output enters the language model:")
-        yield SelectionList(id="picks")
+        yield TickList(id="picks")
         yield Static(WHY, id="why")
         yield Static("", id="flags")
         yield Label("Linear layers to quantize:")
@@ -41,7 +44,7 @@ class InspectScreen(StepScreen):
 
     def on_mount(self) -> None:
         super().on_mount()
-        self.query_one("#group-size", Input).value = str(self.answers.generate.group_size)
+        self.query_one("#group-size", Input).value = str(self.answers.generate.group_size or "")
         table = self.query_one("#quant-layers", DataTable)
         table.add_columns("layer", "in", "out", "group size divides")
 
@@ -63,9 +66,9 @@ class InspectScreen(StepScreen):
             self.set_status("No weights to inspect — clone them in the Source step.", error=True)
             return
         try:
-            self.answers.generate.group_size = int(self.query_one("#group-size", Input).value or 0)
-        except ValueError:
-            self.set_status("Group size must be an integer.", error=True)
+            self.answers.generate.group_size = group_size_from_text(self.query_one("#group-size", Input).value)
+        except WizardError as e:
+            self.set_status(str(e), error=True)
             return
         session = self.session
         self.start_step("inspect", lambda r: steps.inspect(session, r), "#inspect", "inspecting (no weights are read)…")

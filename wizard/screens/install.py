@@ -10,6 +10,7 @@ from textual.containers import Horizontal
 from textual.widgets import Button, Checkbox, Input, Label, Log, Static
 
 from ..services.errors import WizardError
+from ..widgets.marks import Tickbox
 from ..widgets.shown import ShownLog
 from .base import StepScreen
 
@@ -26,7 +27,7 @@ class InstallScreen(StepScreen):
     def compose_body(self) -> ComposeResult:
         yield Static("", id="detect")
         with Horizontal(classes="row", id="install-options"):
-            yield Checkbox("--no-deps", id="no-deps")
+            yield Tickbox("--no-deps", id="no-deps")
             yield Input(placeholder="extra packages, space separated", id="extra")
         yield Label("Command (runs code from the cloned repository — review it first):", id="command-label")
         yield Static("", id="command")

@@ -74,8 +74,8 @@ class RunScreen(StepScreen):
         yield Label("Scores: original vs quantized")
         yield DataTable(id="scores", zebra_stripes=True)
         yield Static("", id="score-bars")
+        yield Static("", id="outdir")
         with Horizontal(classes="row buttons"):
-            yield Static("", id="outdir")
             yield Button("Open report", id="open-report", disabled=True)
         yield Label("Past runs:")
         yield DataTable(id="past", cursor_type="row")
@@ -86,14 +86,14 @@ class RunScreen(StepScreen):
         self.t0 = None
         self.eta = Eta()
         self.block_errors: list[float] = []
-        self._log_offset = 0
         g = self.answers.generate
         self.query_one("#calib", Input).value = g.calib_path or ""
         self.query_one("#eval", Input).value = g.eval_path or ""
         self.query_one("#eval-n", Input).value = str(g.eval_samples or "")
         self.query_one("#scores", DataTable).add_columns("score", "original", "quantized", "delta")
         self.query_one("#past", DataTable).add_columns("run", "state", "command")
-        self.timer = self.set_interval(0.25, self.poll, pause=True)
+        self.following = False  #: a worker follows a run (started here or reattached)
+        self.clock = self.set_interval(0.5, self.tick, pause=True)
         self.on_enter()
 
     def on_enter(self) -> None:
@@ -103,7 +103,7 @@ class RunScreen(StepScreen):
             f"group size {g.group_size or 'none (per channel)'}, device {self.app.device or 'auto'}")
         past = self.refresh_past()
         # follow this model's run in progress (started here or by another wizard) without a key press
-        if (self.handle is None or self.handle.poll() is not None) and past and past[0].state == "running":
+        if not self.following and past and past[0].state == "running":
             self.reattach(past[0].run_dir)
 
     def _module(self) -> str | None:
@@ -203,30 +203,20 @@ class RunScreen(StepScreen):
             self.app.push_screen(ReportScreen(self.report))
 
     def action_run(self) -> None:
-        from .. import steps
-
-        if self.handle is not None and self.handle.poll() is None:
+        if self.run_in_progress() is not None or self.following:
             self.set_status("a run is already in progress", error=True)
             return
         self.answers.generate.calib_path = self.query_one("#calib", Input).value.strip() or None
         self._take_eval_inputs()
-        notes: list[str] = []
-        try:
-            self.handle = steps.start_run(self.session, steps.Reporter(log=notes.append))
-        except WizardError as e:
-            self.set_status(str(e), error=True)
-            return
-        self._start_following()
-        log = self.query_one("#log", Log)
-        log.write_lines(notes)
-        command = self.handle.run_dir / "command.txt"  # what the launcher ran
-        if command.exists():
-            log.write_line(command.read_text().strip())
+        self._follow(None)
 
     def reattach(self, run_dir: Path | None = None) -> None:
         """Follow the selected past run of this model (the newest unless another row is picked)."""
         from ..services import runner
 
+        if self.following:
+            self.set_status("a run is already being followed here", error=True)
+            return
         table = self.query_one("#past", DataTable)
         if run_dir is not None:
             key = str(run_dir)
@@ -236,72 +226,97 @@ class RunScreen(StepScreen):
         else:
             key = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
         try:
-            self.handle = runner.reattach(Path(key))
+            handle = runner.reattach(Path(key))
         except WizardError as e:
             self.set_status(str(e), error=True)
             return
         self.answers.run.run_dir = key
-        self._start_following()
-        if self.handle.poll() is not None:
-            self.poll()
+        self._follow(handle)
 
-    def _start_following(self) -> None:
-        from ..runs import history
+    def _follow(self, handle) -> None:
+        """Start (``handle`` None) or follow a run in a worker thread, on the headless path
+        (:func:`wizard.runs.start_run`, :func:`wizard.runs.follow_run`)."""
+        self.following = True
+        self.cancel_event.clear()
+        self.query_one("#run", Button).disabled = True
+        self.query_one("#stop", Button).disabled = False
+        self.set_status("starting the run…" if handle is None else f"following {handle.run_dir}")
+        self.follow_worker(handle)
 
-        self.t0 = float(self.handle.started or time.time())  # a reattached run keeps its elapsed time
-        self.eta = Eta(history(self.session, exclude=Path(self.handle.run_dir)))
+    @work(thread=True, exclusive=True, group="run", exit_on_error=False)
+    def follow_worker(self, handle) -> None:
+        from textual.worker import get_current_worker
+
+        from .. import runs
+        from ..reporter import Reporter
+
+        worker = get_current_worker()
+
+        def call(fn, *args) -> None:
+            if not worker.is_cancelled:  # the screen or the app is gone: the run goes on alone
+                self.app.call_from_thread(fn, *args)
+
+        log = self.query_one("#log", Log)
+        r = Reporter(log=lambda m: call(log.write_line, m), cancelled=self.cancel_event.is_set,
+                     event=lambda e: call(self.handle_engine_event, e))
+        try:
+            if handle is None:
+                notes: list[str] = []
+                handle = runs.start_run(self.session, Reporter(log=notes.append))
+                call(self._following, handle, notes)
+            else:
+                call(self._following, handle, [])
+            self.eta.history = runs.history(self.session, exclude=Path(handle.run_dir))
+            results = runs.follow_run(handle, r, eta=self.eta, engine_log=True,
+                                      detached=lambda: worker.is_cancelled)
+            call(self.finish, 0, results)
+        except WizardError as e:
+            if handle is None:  # nothing was started
+                call(self._not_started, str(e))
+            else:
+                call(self.finish, handle.poll(), None, e)
+
+    def _not_started(self, error: str) -> None:
+        self.following = False
+        self.query_one("#run", Button).disabled = False
+        self.query_one("#stop", Button).disabled = True
+        self.set_status(error, error=True)
+
+    def _following(self, handle, notes: list[str]) -> None:
+        """What the screen shows when it starts following ``handle``: nothing of the previous run."""
+        from ..services.eta import Eta
+
+        self.handle = handle
+        self.t0 = float(handle.started or time.time())  # a reattached run keeps its elapsed time
+        self.eta = Eta()
         self.block_errors = []
-        self._log_offset = 0
         self.report = None
         self.query_one("#scores", DataTable).clear()  # nothing of the previous run stays on screen
         for wid in ("#score-bars", "#outdir", "#errors"):
             self.query_one(wid, Static).update("")
         self.query_one("#open-report", Button).disabled = True
         self.query_one("#phase", Static).update("phase: starting")
-        self.query_one("#log", Log).clear()
-        self.query_one("#run", Button).disabled = True
-        self.query_one("#stop", Button).disabled = False
-        self.set_status(f"running in {self.handle.run_dir}")
+        log = self.query_one("#log", Log)
+        log.clear()
+        log.write_lines(notes)
+        command = handle.run_dir / "command.txt"  # what the launcher ran
+        if command.exists():
+            log.write_line(command.read_text().strip())
+        self.set_status(f"running in {handle.run_dir}")
         self.query_one("#phase-progress", ProgressBar).remove_class("idle")
-        self.timer.resume()
+        self.clock.resume()
 
     def action_stop(self) -> None:
-        self.cancel_event.set()  # a data-parallel evaluation, if one runs
-        if self.handle is None or self.handle.poll() is not None:
-            return
-        self.handle.cancel()
-        self.poll()
+        """Cancel: the following worker stops the run's process tree (and a data-parallel
+        evaluation, if one runs)."""
+        self.cancel_event.set()
+        if self.following:
+            self.set_status("cancelling the run…")
 
-    def poll(self) -> None:
-        h = self.handle
-        if h is None:
-            return
-        for e in h.events.poll():
-            self.handle_engine_event(e)
-        self._tail_log()
+    def tick(self) -> None:
+        """The elapsed time and time left, between the run's events."""
         if self.t0:
             self.query_one("#elapsed", Static).update(self._elapsed_text())
-        rc = h.poll()
-        if rc is not None:
-            for e in h.events.poll():
-                self.handle_engine_event(e)
-            self._tail_log()
-            self.timer.pause()
-            self.query_one("#run", Button).disabled = False
-            self.query_one("#stop", Button).disabled = True
-            self.finish(rc)
-
-    def _tail_log(self) -> None:
-        path = self.handle.run_dir / "run.log"
-        if not path.exists():
-            return
-        with open(path, "rb") as f:
-            f.seek(self._log_offset)
-            data = f.read()
-        if b"\n" in data:
-            data = data[: data.rindex(b"\n") + 1]
-            self._log_offset += len(data)
-            self.query_one("#log", Log).write_lines(data.decode(errors="replace").splitlines())
 
     def _elapsed_text(self) -> str:
         """Elapsed time, and the time left (:class:`wizard.services.eta.Eta`: the phase at its pace
@@ -312,7 +327,6 @@ class RunScreen(StepScreen):
         """One typed engine event (:mod:`llmc.events`)."""
         from llmc import events as ev
 
-        self.eta.feed(e)
         bar = self.query_one("#phase-progress", ProgressBar)
         if isinstance(e, ev.Phase) and e.state == "start":
             self.query_one("#phase", Static).update(f"phase: [b]{e.name}[/b]")
@@ -333,14 +347,17 @@ class RunScreen(StepScreen):
         elif isinstance(e, ev.Warned):
             self.query_one("#log", Log).write_line(f"WARNING: {e.message}")
 
-    def finish(self, rc: int) -> None:
-        from llmc.rundir import complete_results
-
+    def finish(self, rc: int | None, data: dict | None, error: WizardError | None = None) -> None:
+        """The run ended (``data``: its complete results) or following it stopped (``error``)."""
+        self.following = False
+        self.clock.pause()
+        self.query_one("#run", Button).disabled = False
+        self.query_one("#stop", Button).disabled = True
         run_dir = self.handle.run_dir
-        data = complete_results(run_dir) if rc == 0 else None  # done only with the completeness marker
+        cancelled = data is None and (rc is None or rc == 130 or rc < 0)
         self.query_one("#phase-progress", ProgressBar).add_class("idle")  # nothing is in progress any more
         self.query_one("#phase", Static).update(
-            "phase: finished" if data is not None else ("phase: cancelled" if rc == 130 or rc < 0 else "phase: failed"))
+            "phase: finished" if data is not None else ("phase: cancelled" if cancelled else "phase: failed"))
         if self.t0:
             self.query_one("#elapsed", Static).update(f"elapsed {time.time() - self.t0:.0f}s (finished)")
         if data is not None:
@@ -354,9 +371,11 @@ class RunScreen(StepScreen):
             self.report = run_dir / "report.md" if (run_dir / "report.md").exists() else None
             self.query_one("#open-report", Button).disabled = self.report is None
             self.set_status(f"done in {data['timings']['total']:.1f}s — {data['label']}")
-        elif rc == 130 or rc < 0:
-            self.set_status("run cancelled", error=True)
+        elif cancelled:
+            self.set_status("run cancelled" + (f" ({run_dir} stays as it is)" if rc is None else ""), error=True)
         else:
+            if error is not None:
+                self.query_one("#log", Log).write_line(error.message)
             self.set_status(f"run failed (exit {rc}); see {run_dir / 'process.log'}", error=True)
         self.refresh_past()
         self.app.save_answers()

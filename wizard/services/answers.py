@@ -143,7 +143,9 @@ class Generate(_Section):
     out_dir: str | None = None
     method: Literal["RTN", "Awq", "GPTQ", "SmoothQuant", "Quarot"] = "Awq"
     bit: int = Field(4, ge=WEIGHT_BITS[0], le=WEIGHT_BITS[1])  #: the engine's own range
-    group_size: int = Field(32, ge=0)  #: 0: per-channel (no groups)
+    #: weights per scale; None: one scale per output channel (no groups). The only form a group size
+    #: takes in the wizard; 0 and -1 (older answers files, the engine's old marker) read as None
+    group_size: int | None = Field(32, gt=0)
     #: None: chosen for the method/export (symmetric for SmoothQuant and the vLLM export)
     symmetric: bool | None = None
     act_bit: int | None = Field(None, ge=ACT_BITS[0], le=ACT_BITS[1])  #: dynamic per-token activations; None: A16
@@ -166,6 +168,11 @@ class Generate(_Section):
     #: GPTQ: each layer's Hessian from inputs that went through the block's already quantized
     #: layers (True), or every Hessian from the float block (False)
     true_sequential: bool = True
+
+    @field_validator("group_size", mode="before")
+    @classmethod
+    def _no_groups(cls, v):
+        return None if v in (0, -1) else v
 
     @field_validator("prompt_template")
     @classmethod
@@ -208,6 +215,20 @@ class Answers(_Section):
         copy = self.model_copy(deep=True)
         _scrub_model(copy)
         return copy
+
+
+def group_size_from_text(text: str) -> int | None:
+    """A group-size field as typed (Inspect, Generate): empty or 0 is None (per channel), else a
+    whole number > 0; anything else a WizardError naming what was typed."""
+    text = text.strip()
+    try:
+        value = int(text) if text else None
+    except ValueError:
+        value = -2
+    if value is not None and value < 0:
+        raise WizardError(f"group size {text!r} is not a whole number ≥ 0",
+                          "type a group size such as 32 or 128, or leave the field empty for per channel")
+    return value or None
 
 
 def _scrub_model(model: BaseModel) -> None:

@@ -33,25 +33,34 @@ def engine_command(config: Path, run_dir: Path, device: str | None = None, pytho
     return cmd
 
 
-class EventTail:
-    """Incremental reader of a growing events.jsonl: the complete lines, as typed events
-    (:mod:`llmc.events`)."""
+class LineTail:
+    """Incremental reader of a growing text file: its complete lines since the last poll."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.offset = 0
         self._partial = b""
 
-    def poll(self) -> list[Event]:
+    def _complete(self) -> bytes:
         if not self.path.exists():
-            return []
+            return b""
         with open(self.path, "rb") as f:
             f.seek(self.offset)
             data = f.read()
         self.offset += len(data)
-        data = self._partial + data
-        complete, _, self._partial = data.rpartition(b"\n")
-        return decode_lines(complete)
+        complete, newline, self._partial = (self._partial + data).rpartition(b"\n")
+        return complete + newline
+
+    def poll(self) -> list[str]:
+        return self._complete().decode(errors="replace").splitlines()
+
+
+class EventTail(LineTail):
+    """Incremental reader of a growing events.jsonl: the complete lines, as typed events
+    (:mod:`llmc.events`)."""
+
+    def poll(self) -> list[Event]:
+        return decode_lines(self._complete())
 
 
 @dataclass
