@@ -426,3 +426,66 @@ async def test_the_run_screen_starts_and_follows_a_run_on_the_headless_path_off_
         await _until(pilot, lambda: not s.query_one("#run", Button).disabled, timeout=60)
         assert str(s.query_one("#phase").render()) == "phase: cancelled"
         assert s.handle.poll() is not None
+
+
+async def test_onboarding_a_second_model_in_the_same_session_leaves_the_first_byte_identical(zoo, tmp_path):
+    """Model A (tiny-llava) onboarded to a score table; in the same wizard session the user types
+    model B's weights on Source and onboards B by keys (clone, inspect, preview, write, run). B has
+    answers, a declaration and runs of its own; A's answers, declaration, configs and runs are
+    byte-identical to before."""
+    import git
+    from textual.widgets import Select, Static
+
+    from wizard.session import Session
+    from wizard.steps import Reporter, onboard
+
+    a = demo_answers(zoo, "tiny-llava")
+    a.generate.method, a.generate.n_calib, a.generate.eval_samples = "RTN", 4, 8
+    a_path = tmp_path / "answers" / "tiny_llava.yml"
+    sess = Session(a, a_path, tmp_path, tmp_path / "adapters", tmp_path / "site", "cpu", assume_yes=True)
+    onboard(sess, ["fetch", "inspect", "generate", "run"], Reporter())
+    sess.save()
+    a_runs = sorted((tmp_path / "runs").iterdir())
+    assert len(a_runs) == 1 and (a_runs[0] / "COMPLETE").exists()
+    before = _digests(tmp_path)
+    b_url = str(tmp_path / "elsewhere" / "tiny-llava-b")
+    git.Repo.clone_from(zoo.models["tiny-llava"]["weights_repo"], b_url)
+
+    app = WizardApp(zoo_root=zoo.root, answers_path=a_path, workdir=tmp_path, models_dir=tmp_path / "adapters",
+                    device="cpu", install_target=tmp_path / "site")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        await pilot.press("c")
+        await _until(pilot, lambda: app.screen.TITLE_TEXT == "Source")
+        s = app.screen
+        s.query_one("#weights", Input).value = b_url
+        s.query_one("#weights", Input).focus()
+        await pilot.press("enter")  # clone B
+        await _until(pilot, lambda: "weights:" in str(s.query_one("#status").render())
+                     or s.query_one("#status").has_class("error"))
+        assert app.session.answers_path != a_path
+        await pilot.press("ctrl+n", "ctrl+n")  # Install (nothing to do), Inspect (runs on entry)
+        s = app.screen
+        await _until(pilot, lambda: "layers to quantize" in str(s.query_one("#status").render()), timeout=120)
+        await pilot.press("ctrl+n")
+        s = app.screen
+        s.query_one("#method", Select).value = "RTN"
+        await pilot.pause()
+        s.query_one("#name", Input).focus()
+        await pilot.press("enter")  # preview
+        await _until(pilot, lambda: "preview of" in str(s.query_one("#status").render()))
+        await pilot.press("enter")  # the focus moved to Write
+        await _until(pilot, lambda: "wrote" in str(s.query_one("#status").render()))
+        await pilot.press("ctrl+n")
+        s = app.screen
+        s.query_one("#eval-n", Input).value = "8"
+        s.query_one("#run", Button).focus()
+        await pilot.press("enter")
+        await _until(pilot, lambda: "done in" in str(s.query_one("#status", Static).render())
+                     or "failed" in str(s.query_one("#status", Static).render()), timeout=600)
+        assert "done in" in str(s.query_one("#status", Static).render())
+    b_name = app.answers.generate.name
+    assert b_name and b_name != "tiny-llava" and (tmp_path / "adapters" / "tiny_llava_b.py").exists()
+    after = _digests(tmp_path)
+    assert {f: d for f, d in after.items() if f in before} == before  # nothing of A's changed
+    assert len(sorted((tmp_path / "runs").iterdir())) == 2
