@@ -47,6 +47,19 @@ def _generated_gptq(zoo, tmp_path):
     return sess
 
 
+def _app_ready_to_run(zoo, tmp_path) -> WizardApp:
+    """The wizard on a copy of tiny-llava with GPTQ, generated: ready for the Run step."""
+    _generated_gptq(zoo, tmp_path)
+    return WizardApp(answers_path=tmp_path / "answers.yml", workdir=tmp_path, models_dir=tmp_path / "adapters",
+                     device="cpu", install_target=tmp_path / "site")
+
+
+async def _on_step(pilot, step: str):
+    pilot.app.goto(step)
+    await pilot.pause()
+    return pilot.app.screen
+
+
 def _app_on_generate_ready(zoo, tmp_path) -> WizardApp:
     """The wizard on tiny-llava, cloned and inspected: ready for the Generate step."""
     from wizard.services.fetch import fetch_repo
@@ -127,13 +140,9 @@ async def test_switching_back_to_a_models_weights_continues_its_answers(zoo, tmp
 async def test_enter_in_a_run_field_does_not_start_a_run_and_a_run_stops_by_key_from_any_field(zoo, tmp_path, key):
     """On Run, enter in the calibration field asks for the Run button instead of starting a run;
     a started run is cancelled by ctrl+x or escape while a text field has the focus."""
-    _generated_gptq(zoo, tmp_path)
-    app = WizardApp(answers_path=tmp_path / "answers.yml", workdir=tmp_path, models_dir=tmp_path / "adapters",
-                    device="cpu", install_target=tmp_path / "site")
+    app = _app_ready_to_run(zoo, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
-        app.goto("Run")
-        await pilot.pause()
-        s = app.screen
+        s = await _on_step(pilot, "Run")
         calib = s.query_one("#calib", Input)
         calib.focus()
         await pilot.press("enter")
@@ -410,13 +419,9 @@ async def test_the_run_screen_starts_and_follows_a_run_on_the_headless_path_off_
 
     monkeypatch.setattr(runs, "start_run", spy("start_run", runs.start_run))
     monkeypatch.setattr(runs, "follow_run", spy("follow_run", runs.follow_run))
-    _generated_gptq(zoo, tmp_path)
-    app = WizardApp(answers_path=tmp_path / "answers.yml", workdir=tmp_path, models_dir=tmp_path / "adapters",
-                    device="cpu", install_target=tmp_path / "site")
+    app = _app_ready_to_run(zoo, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
-        app.goto("Run")
-        await pilot.pause()
-        s = app.screen
+        s = await _on_step(pilot, "Run")
         await pilot.press("ctrl+r")
         await _until(pilot, lambda: len(calls) == 2)
         assert calls == [("start_run", False), ("follow_run", False)]
