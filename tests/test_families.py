@@ -90,8 +90,8 @@ def test_family_info_paths_resolve(family):
     assert len(model.get_submodule(info.language_model).layers) >= 2
     model.get_submodule(info.vision_tower)
     projector = model.get_submodule(info.projector)
+    assert info.projector_last[0].startswith(info.projector)  # the main one; Qwen3-VL's deepstack is beside it
     for path in info.projector_last:
-        assert path.startswith(info.projector)
         try:
             target = model.get_submodule(path)
             assert any(True for _ in target.parameters())

@@ -61,7 +61,8 @@ def answer_tail(adapter: BaseModel, first: int, device) -> Callable[[list[torch.
         out = []
         for h, bi in zip(hidden, inputs):
             for j in range(first, len(blocks)):
-                h = run_block(blocks[j], [bi.for_block(j, h)], _device_of(blocks[j], device))[0]
+                x = bi.for_block(j, h) if j == first else bi.into_block(j, h)
+                h = run_block(blocks[j], [x], _device_of(blocks[j], device))[0]
             h = last_positions(h)
             for norm in norms:
                 h = norm(h.to(_device_of(norm, device)))
@@ -187,7 +188,7 @@ def _advance(block: nn.Module, inputs: list[BlockInput], fp_out: dict[int, torch
             sums.append(torch.stack([d.pow(2).sum(), f32.pow(2).sum(), last_positions(d).pow(2).sum(),
                                      last_positions(f32).pow(2).sum()]))
         if nxt is not None:
-            inputs[k] = bi.for_block(nxt, q if quant_out else f)
+            inputs[k] = bi.into_block(nxt, q if quant_out else f)
     num, den, num_last, den_last = torch.stack([t.to(sums[0].device) for t in sums]).sum(0).tolist()
     return (num / max(den, 1e-24)) ** 0.5, (num_last / max(den_last, 1e-24)) ** 0.5
 

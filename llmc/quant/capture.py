@@ -21,19 +21,28 @@ class BlockInput:
     """One calibration batch at a block's input: the hidden states and the block's own positional
     and keyword inputs. ``calls[j]`` holds block ``j``'s ``(args, kwargs)`` for this batch: blocks
     differ (sliding-window vs global masks and rotary tables, cross-attention states), and the
-    decoder loop computed each one's; ``None`` when every block takes the same."""
+    decoder loop computed each one's; ``None`` when every block takes the same. ``adds[j]`` is what
+    the decoder loop adds to block ``j - 1``'s output before block ``j`` reads it (Qwen3-VL's
+    deepstack: image features at the image positions), as the capture saw it; absent: nothing."""
 
     hidden: torch.Tensor
     args: tuple
     kwargs: dict
     calls: list[tuple[tuple, dict]] | None = None
+    adds: dict[int, torch.Tensor] | None = None
 
     def for_block(self, j: int, hidden: torch.Tensor) -> BlockInput:
         """``hidden`` as the input of block ``j``, with that block's own arguments."""
         if self.calls is None:
-            return BlockInput(hidden, self.args, self.kwargs)
+            return BlockInput(hidden, self.args, self.kwargs, None, self.adds)
         args, kwargs = self.calls[j]
-        return BlockInput(hidden, args, kwargs, self.calls)
+        return BlockInput(hidden, args, kwargs, self.calls, self.adds)
+
+    def into_block(self, j: int, out: torch.Tensor) -> BlockInput:
+        """Block ``j - 1``'s output ``out`` as the input of block ``j``: with what the decoder loop
+        adds between them, and block ``j``'s own arguments."""
+        add = self.adds.get(j) if self.adds else None
+        return self.for_block(j, out if add is None else out + add.to(out.device, out.dtype))
 
 
 def _to(obj, device):
@@ -61,21 +70,37 @@ class _Catcher(nn.Module):
     states on unchanged (the decoder loop computes every block's own masks and rotary tables
     without needing real outputs); the last one stops the forward pass."""
 
-    def __init__(self, inner: nn.Module, index: int, store: list, last: bool, run: bool = False):
+    def __init__(self, inner: nn.Module, index: int, store: list, last: bool, run: bool = False,
+                 passed: dict | None = None):
         super().__init__()
         self.inner, self.index, self.store, self.last, self.run = inner, index, store, last, run
+        #: shared by the recorders of one pass: the hidden states the previous block handed on
+        self.passed = passed if passed is not None else {}
         # decoder loops may read attributes of their layers (e.g. attention_type)
         for attr in ("attention_type", "layer_idx", "is_sliding"):
             if hasattr(inner, attr):
                 setattr(self, attr, getattr(inner, attr))
 
     def forward(self, hidden_states, *args, **kwargs):
-        self.store.append((self.index, hidden_states.detach() if self.index == 0 else None, args, _keep(kwargs)))
+        self.store.append((self.index, hidden_states.detach() if self.index == 0 else None, args, _keep(kwargs),
+                           self._added(hidden_states)))
         if self.last:
             raise _Stop
         # ``run``: the real block (a decoder loop that reads its layers' outputs, e.g. the
         # (hidden, cache) tuples of transformers 4.3x, gets exactly what it expects)
-        return self.inner(hidden_states, *args, **kwargs) if self.run else hidden_states
+        out = self.inner(hidden_states, *args, **kwargs) if self.run else hidden_states
+        self.passed["out"] = out[0] if isinstance(out, (tuple, list)) else out
+        return out
+
+    def _added(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        """What the decoder loop added to the previous block's output before this block (None:
+        it handed the very tensor on, or an equal one)."""
+        prev = self.passed.get("out")
+        if self.index == 0 or prev is None or hidden_states is prev or not torch.is_tensor(prev) \
+                or prev.shape != hidden_states.shape:
+            return None
+        delta = (hidden_states - prev).detach()
+        return delta if bool(delta.any()) else None
 
 
 @torch.no_grad()
@@ -97,8 +122,9 @@ def capture_block_inputs(adapter: BaseModel, batches: list[dict],
     for inputs in batches:
         for _ in (False, True):
             store: list = []
+            passed: dict = {}
             for j in range(n):
-                blocks[j] = _Catcher(originals[j], j, store, last=j == n - 1, run=run)
+                blocks[j] = _Catcher(originals[j], j, store, last=j == n - 1, run=run, passed=passed)
             try:
                 adapter.forward_calib(inputs)
                 break
@@ -122,9 +148,10 @@ def capture_block_inputs(adapter: BaseModel, batches: list[dict],
                     blocks[j] = originals[j]
         if not store or store[0][0] != 0:
             raise RuntimeError("the first decoder block was not reached for every calibration batch")
-        _, hidden, args, kwargs = store[0]
-        calls = [(a, k) for _, _, a, k in store] if len(store) == n else None
-        out.append(BlockInput(hidden, args, kwargs, calls))
+        _, hidden, args, kwargs, _ = store[0]
+        calls = [(a, k) for _, _, a, k, _ in store] if len(store) == n else None
+        adds = {j: add for j, _, _, _, add in store if add is not None} if calls is not None else {}
+        out.append(BlockInput(hidden, args, kwargs, calls, adds or None))
     return out
 
 

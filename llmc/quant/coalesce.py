@@ -36,12 +36,14 @@ def _joinable(a: BlockInput, b: BlockInput) -> bool:
         return False
     calls_a = a.calls if a.calls is not None else [(a.args, a.kwargs)]
     calls_b = b.calls if b.calls is not None else [(b.args, b.kwargs)]
-    return (a.calls is None) == (b.calls is None) and _equal(calls_a, calls_b)
+    return (a.calls is None) == (b.calls is None) and _equal(calls_a, calls_b) \
+        and (a.adds or {}).keys() == (b.adds or {}).keys()
 
 
 def _cat(group: list[BlockInput]) -> BlockInput:
     first = group[0]
-    return BlockInput(torch.cat([g.hidden for g in group]), first.args, first.kwargs, first.calls)
+    adds = {j: torch.cat([g.adds[j] for g in group]) for j in first.adds} if first.adds else None
+    return BlockInput(torch.cat([g.hidden for g in group]), first.args, first.kwargs, first.calls, adds)
 
 
 def coalesce(inputs: list[BlockInput], block: torch.nn.Module, device, most: int | None = None) -> list[BlockInput]:

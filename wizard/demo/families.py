@@ -57,6 +57,15 @@ _INFO = {
         "As Qwen2-VL, but RMSNorm + SwiGLU vision blocks with window attention; block 0 uses "
         "windows, block 1 (fullatt_block_indexes) full attention. 4 <|image_pad|> tokens per 64x64 image.",
     ),
+    "qwen3_vl": FamilyInfo(
+        "qwen3_vl", "Qwen3VLForConditionalGeneration", "model.language_model", "model.visual",
+        "model.visual.merger", ("model.visual.merger.linear_fc2", "model.visual.deepstack_merger_list.0.linear_fc2"),
+        True,
+        "Two projectors: the merger writes the <|image_pad|> rows of the input embeddings, and a "
+        "deepstack merger adds vision block 0's features to the image positions of the hidden states "
+        "after decoder layer 0. 16 px patches, 2x2 merge, interpolated position embeddings; "
+        "interleaved M-RoPE. 4 <|image_pad|> tokens per 64x64 image.",
+    ),
     "idefics3": FamilyInfo(
         "idefics3", "Idefics3ForConditionalGeneration", "model.text_model", "model.vision_model",
         "model.connector", ("model.connector.modality_projection.proj",), True,
@@ -103,6 +112,7 @@ _RECIPES = {
     "llava_onevision": (R.LLAVA_ONEVISION_TOKENIZER, R.llava_onevision),
     "qwen2_vl": (R.QWEN_TOKENIZER, R.qwen2_vl),
     "qwen2_5_vl": (R.QWEN_TOKENIZER, R.qwen2_5_vl),
+    "qwen3_vl": (R.QWEN_TOKENIZER, R.qwen3_vl),
     "idefics3": (R.IDEFICS3_TOKENIZER, R.idefics3),
     "gemma3": (R.GEMMA3_TOKENIZER, R.gemma3),
     "paligemma": (R.PALIGEMMA_TOKENIZER, R.paligemma),

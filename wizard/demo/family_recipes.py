@@ -104,6 +104,31 @@ def qwen2_5_vl(tok):
     return cfg, _qwen_processor(Qwen2_5_VLProcessor, tok)
 
 
+def qwen3_vl(tok):
+    from transformers import Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+    # Two vision blocks; block 0's features also go, through a deepstack merger of their own, into
+    # the language model's hidden states after its decoder layer 0 (the released models inject
+    # three). 16 px patches merged 2x2: a 64x64 image is 4 <|image_pad|> tokens; a 4x4 grid of
+    # learned position embeddings, interpolated to the image's grid.
+    text = dict(TEXT, head_dim=TEXT["hidden_size"] // TEXT["num_attention_heads"], vocab_size=vocab_size(tok),
+                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [2, 3, 3],
+                                 "mrope_interleaved": True})
+    cfg = Qwen3VLConfig(
+        text_config=text,
+        vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                       "out_hidden_size": HIDDEN, "patch_size": 16, "spatial_merge_size": 2,
+                       "temporal_patch_size": 2, "num_position_embeddings": 16, "deepstack_visual_indexes": [0]},
+        **_qwen_token_ids(tok),
+    )
+    px = {"patch_size": 16, "temporal_patch_size": 2, "merge_size": 2,
+          "size": {"shortest_edge": 32 * 32, "longest_edge": 64 * 64}}
+    proc = Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(**px), tokenizer=tok,
+                            video_processor=Qwen3VLVideoProcessor(**px), chat_template=tok.chat_template)
+    return cfg, proc
+
+
 # --------------------------------------------------------------------------------------------
 # LLaVA-OneVision (SigLIP + Qwen2)
 

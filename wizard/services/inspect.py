@@ -204,15 +204,14 @@ def _lookup(model: nn.Module, path: str) -> nn.Module | nn.Parameter | None:
 
 
 def _flow_projector(parts, injections) -> str:
-    """The projector module for a data-flow proposal: the structural one when it holds an
-    injection point, else the module holding the main one."""
-    paths = [i.path for i in injections]
+    """The projector module for a data-flow proposal: the structural one when it holds the main
+    injection point (or the resampler's), else the module holding that point (Qwen3-VL: the
+    merger, not the deepstack mergers next to it)."""
+    main = next((i.path for i in injections if i.role in (MAIN, RESAMPLER)), injections[0].path)
     p = parts.projector_path
-    if p and any(x == p or x.startswith(p + ".") for x in paths):
+    if p and (main == p or main.startswith(p + ".")):
         return p
-    main = next((i.path for i in injections if i.role in (MAIN, RESAMPLER)), paths[0])
-    parent = main.rsplit(".", 1)[0] if "." in main else ""
-    return parent
+    return main.rsplit(".", 1)[0] if "." in main else ""
 
 
 def inspect_module(model: nn.Module, architecture: str | None = None, model_kind: str = "transformers",
