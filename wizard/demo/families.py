@@ -66,6 +66,14 @@ _INFO = {
         "after decoder layer 0. 16 px patches, 2x2 merge, interpolated position embeddings; "
         "interleaved M-RoPE. 4 <|image_pad|> tokens per 64x64 image.",
     ),
+    "glm4v": FamilyInfo(
+        "glm4v", "Glm4vForConditionalGeneration", "model.language_model", "model.visual", "model.visual.merger",
+        ("model.visual.merger.down_proj",), True,
+        "The vision tower ends in a conv downsample (2x2 patches to the LM width) and a SwiGLU "
+        "merger whose down_proj writes the <|image|> rows; no module is named projector. Half of "
+        "each head rotates (M-RoPE). A 64x64 image is resized to 56x56: 4 <|image|> tokens between "
+        "<|begin_of_image|> and <|end_of_image|>. Prompts start with [gMASK]<sop>.",
+    ),
     "idefics3": FamilyInfo(
         "idefics3", "Idefics3ForConditionalGeneration", "model.text_model", "model.vision_model",
         "model.connector", ("model.connector.modality_projection.proj",), True,
@@ -113,6 +121,7 @@ _RECIPES = {
     "qwen2_vl": (R.QWEN_TOKENIZER, R.qwen2_vl),
     "qwen2_5_vl": (R.QWEN_TOKENIZER, R.qwen2_5_vl),
     "qwen3_vl": (R.QWEN_TOKENIZER, R.qwen3_vl),
+    "glm4v": (R.GLM4V_TOKENIZER, R.glm4v),
     "idefics3": (R.IDEFICS3_TOKENIZER, R.idefics3),
     "gemma3": (R.GEMMA3_TOKENIZER, R.gemma3),
     "paligemma": (R.PALIGEMMA_TOKENIZER, R.paligemma),

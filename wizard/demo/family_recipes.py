@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .family_tokenizer import (
     GEMMA3_TEMPLATE,
+    GLM4V_TEMPLATE,
     IDEFICS3_TEMPLATE,
     LLAVA_ONEVISION_TEMPLATE,
     MLLAMA_TEMPLATE,
@@ -126,6 +127,45 @@ def qwen3_vl(tok):
           "size": {"shortest_edge": 32 * 32, "longest_edge": 64 * 64}}
     proc = Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(**px), tokenizer=tok,
                             video_processor=Qwen3VLVideoProcessor(**px), chat_template=tok.chat_template)
+    return cfg, proc
+
+
+# --------------------------------------------------------------------------------------------
+# GLM-4.1V (vision tower with a conv downsample and a SwiGLU merger + GLM-4 LM)
+
+GLM4V_TOKENIZER = TokenizerSpec(
+    specials=("<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>",
+              "<|begin_of_image|>", "<|end_of_image|>", "<|image|>", "<|begin_of_video|>", "<|end_of_video|>",
+              "<|video|>"),
+    named={"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"},
+    extra={"image_token": "<|image|>", "video_token": "<|video|>"},
+    chat_template=GLM4V_TEMPLATE,
+    stops=("<|user|>", "<|observation|>"),
+)
+
+
+def glm4v(tok):
+    from transformers import Glm4vConfig, Glm4vImageProcessor, Glm4vProcessor, Glm4vVideoProcessor
+
+    # Half of each head's dimensions rotate (partial_rotary_factor 0.5): 4 frequencies over
+    # (temporal, height, width). A 64x64 image is resized to 56x56: 16 patches of 14 px, merged
+    # 2x2 by the conv downsample into 4 <|image|> tokens; a 4x4 grid of position embeddings.
+    text = dict(TEXT, vocab_size=vocab_size(tok), pad_token_id=tok.pad_token_id,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [1, 1, 2],
+                                 "partial_rotary_factor": 0.5})
+    cfg = Glm4vConfig(
+        text_config=text,
+        vision_config={"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                       "out_hidden_size": HIDDEN, "patch_size": 14, "image_size": 56, "spatial_merge_size": 2,
+                       "temporal_patch_size": 2},
+        **ids(tok, image_token_id="<|image|>", video_token_id="<|video|>", image_start_token_id="<|begin_of_image|>",
+              image_end_token_id="<|end_of_image|>", video_start_token_id="<|begin_of_video|>",
+              video_end_token_id="<|end_of_video|>"),
+    )
+    px = {"patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+          "size": {"shortest_edge": 28 * 28, "longest_edge": 112 * 112}}
+    proc = Glm4vProcessor(image_processor=Glm4vImageProcessor(**px), tokenizer=tok,
+                          video_processor=Glm4vVideoProcessor(**px), chat_template=tok.chat_template)
     return cfg, proc
 
 
