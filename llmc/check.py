@@ -292,9 +292,10 @@ def _width_problem(obj, hidden: int) -> str | None:
     out = linear_out(obj)
     if out is not None:
         return None if out == hidden else f"writes width {out}, not the language model's hidden size {hidden}"
-    if is_norm(obj):
-        return (f"is a norm ({type(obj).__name__}): its scale does not commute with a rotation; "
-                "pick the layer before it")
+    if is_norm(obj):  # a resampler's output norm writes the image rows (rotation refuses it on its own)
+        w = getattr(obj, "weight", None)
+        width = w.shape[-1] if w is not None else getattr(obj, "normalized_shape", (None,))[-1]
+        return None if width == hidden else f"is a norm of width {width}, not the language model's hidden size {hidden}"
     mats = [p for _, p in obj.named_parameters(recurse=False) if p.dim() == 2]
     if len(mats) == 1:
         return None if hidden in mats[0].shape else (

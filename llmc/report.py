@@ -112,6 +112,7 @@ def gptq_loss_lines(run_dir: Path) -> list[str]:
 
 def write_report(run_dir: Path, results: dict, config_yaml: str) -> dict[str, Path]:
     """Write ``report.md`` and its charts into ``run_dir``; returns ``{name: path}`` of what was written."""
+    from .events import Warned, load_events
     from .rundir import atomic_write_text
 
     run_dir = Path(run_dir)
@@ -119,6 +120,9 @@ def write_report(run_dir: Path, results: dict, config_yaml: str) -> dict[str, Pa
     lines = [f"# Run report: {results.get('label', '')}", "",
              f"Device: {results.get('device', '?')}; run id `{results.get('run_id', '')}`.", "",
              "## Scores: original vs quantized", "", results.get("table", "").strip() or "(no evaluation)", ""]
+    warned = [e.message for e in load_events(run_dir / "events.jsonl") if isinstance(e, Warned)]
+    if warned:  # what the run said before these scores were computed
+        lines[-1:-1] = ["", "Warnings of this run:", "", *(f"- {m}" for m in warned)]
     scores = score_rows(results)
     if scores:
         img = _chart([(c, [(o or 0.0, _ORIG), (q or 0.0, _QUANT)]) for c, o, q in scores], 200.0,

@@ -184,6 +184,7 @@ def run(cfg: Config, run_dir: Path, *, device: str | None = None, progress: Prog
 
 def _run(cfg: Config, run_dir: Path, *, device: str | None, progress: Progress, cancelled,
          keep: dict | None = None) -> dict:
+    from .context import batch_warning, config_warnings, context_length
     from .models import get_model_class
 
     device = device or default_device()
@@ -211,6 +212,14 @@ def _run(cfg: Config, run_dir: Path, *, device: str | None, progress: Progress, 
         progress.event("placement", mode=mode, summary=placement.summary(),
                        block_devices=[str(d) for d in placement.block_devices])
         results["timings"]["load_model"] = time.time() - t
+    context = context_length(adapter.mm_model.config)
+
+    def warn(message: str) -> None:
+        progress.log(f"WARNING: {message}")
+        progress.event("warning", message=message)
+
+    for message in config_warnings(cfg, context):
+        warn(message)
 
     def run_evals(pos: str) -> None:
         for ev in cfg.evals:
@@ -250,6 +259,8 @@ def _run(cfg: Config, run_dir: Path, *, device: str | None, progress: Progress, 
 
             batches = load_calib(cfg.calib, adapter)
             progress.log(f"{len(batches)} calibration batch(es) from {cfg.calib.name}")
+            if too_long := batch_warning(batches, context):
+                warn(too_long)
 
     rotate = getattr(cfg.quant.special, "rotate", None)
     if rotate:

@@ -300,3 +300,42 @@ def test_no_forward_of_a_run_records_an_autograd_graph(corpus, tmp_path, method,
         hook.remove()
     assert len(calls) > 50
     assert not [c for c in calls if c[1]], sorted({c[0] for c in calls if c[1]})
+
+
+def test_a_run_past_the_models_context_says_so_before_it_scores(corpus, tmp_path):
+    """A 256-position model evaluated on 512-token windows and calibrated on 300-token sequences:
+    the run warns (events, log, report) naming both lengths and the context, instead of a silent
+    meaningless perplexity."""
+    from llmc.events import Warned, load_events
+
+    path = _tiny_lm("Llama", tmp_path / "lm")
+    long_lines = [" ".join([line] * 40) for line in json.loads((corpus / "samples.json").read_text())[:4]]
+    (tmp_path / "long.json").write_text(json.dumps(long_lines))
+    cfg = {
+        "model": {"type": "Llama", "path": str(path), "torch_dtype": "float32"},
+        "calib": {"name": "custom_txt", "path": str(tmp_path / "long.json"), "n_samples": 4, "seq_len": 300},
+        "eval": {"eval_pos": ["fake_quant"], "type": "ppl", "name": "wikitext2",
+                 "path": str(corpus / "test.txt"), "seq_len": 512, "num_samples": 1},
+        "quant": {"method": "RTN", "weight": {"bit": 8, "group_size": 32, "granularity": "per_group"}},
+    }
+    run(load_config(cfg), tmp_path / "out", device="cpu")
+    warned = [e.message for e in load_events(tmp_path / "out" / "events.jsonl") if isinstance(e, Warned)]
+    assert any("seq_len 512" in m and "context of 256" in m for m in warned), warned
+    assert any("4 of 4 calibration sequences" in m and "longest 300" in m for m in warned), warned
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "Warnings of this run:" in report and "seq_len 512" in report
+
+
+def test_a_run_within_the_context_warns_of_nothing(corpus, tmp_path):
+    from llmc.context import batch_warning, config_warnings, context_length
+    from transformers import AutoConfig
+
+    path = _tiny_lm("Qwen2", tmp_path / "lm")
+    limit = context_length(AutoConfig.from_pretrained(path))
+    assert limit == 256
+    cfg = load_config({"model": {"type": "Qwen2", "path": str(path)},
+                       "eval": {"eval_pos": ["pretrain"], "type": "ppl", "name": "wikitext2",
+                                "path": str(corpus / "test.txt"), "seq_len": 256},
+                       "quant": {"method": "RTN", "weight": {"bit": 4, "group_size": 32}}})
+    assert config_warnings(cfg, limit) == []
+    assert batch_warning([{"input_ids": torch.zeros(1, 256, dtype=torch.long)}], limit) is None

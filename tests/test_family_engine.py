@@ -122,7 +122,7 @@ def test_gptq_beats_rtn_at_w3(family, zoo):
 
 
 #: families whose language model the rotation cannot take, and why
-NOT_ROTATABLE = {"gemma3": "post-norm", "glm4v": "post-norm", "mllama": "cross-attention"}
+NOT_ROTATABLE = {"gemma3": "post-norm", "glm4v": "post-norm", "idefics2": "is a norm", "mllama": "cross-attention"}
 
 
 def test_rotation_keeps_the_logits_or_is_refused_before_the_run(family, zoo):

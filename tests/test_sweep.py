@@ -170,3 +170,19 @@ def test_inspect_of_a_config_only_folder_follows_the_image_rows(tmp_path, model_
     if model_type == "idefics2":  # rotation cannot go through the resampler's norm: refused in one line
         why = rotation_refusal(tmp_path, None, rep.language_model_path, rep.proposed_last_layers, rep.hidden_size)
         assert why and "norm" in why and "\n" not in why
+
+
+def test_a_norm_after_the_writing_layer_is_flagged_by_data_flow_as_by_structure(tmp_path):
+    """ERNIE-4.5-VL's resampler ends in a Linear and a norm: data flow proposes the Linear, lists
+    the norm as trailing, and says what rotation must do with it (only the structural search said so)."""
+    from transformers import AutoConfig
+
+    from llmc.models.projector import FLAG_NORM_AFTER
+    from wizard.services.inspect import inspect_model
+
+    AutoConfig.for_model("ernie4_5_vl_moe").save_pretrained(tmp_path)
+    rep = inspect_model(tmp_path)
+    assert rep.proposal_source == "data flow"
+    assert rep.proposed_last_layers == ["model.resampler_model.mlp"]
+    assert rep.trailing_norms == ["model.resampler_model.after_norm"]
+    assert f"{FLAG_NORM_AFTER} (model.resampler_model.after_norm)" in rep.flags

@@ -178,14 +178,15 @@ _DESCRIPTIONS = {"inspect": "Report a model's structure from its config.json (no
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .demo.families import FAMILIES
+
     ap = argparse.ArgumentParser(prog="llmc-wizard", description="Onboard, quantize and evaluate a (vision-)language model.")
     sub = ap.add_subparsers(dest="command")
     d = sub.add_parser("demo", help="the demo zoo: build it (if needed) and open the wizard on it")
     d.add_argument("action", nargs="?", choices=["launch", "build", "info", "family"], default="launch",
                    help="launch (default): open the wizard; build: only build the zoo; info: print model facts; "
                    "family NAME: a tiny checkpoint of a transformers VLM family as a local git repository")
-    d.add_argument("family", nargs="?", default=None, help="with `family`: llava_onevision, qwen2_vl, qwen2_5_vl, "
-                   "idefics3, gemma3, paligemma, smolvlm or mllama")
+    d.add_argument("family", nargs="?", default=None, help="with `family`: " + ", ".join(FAMILIES))
     d.add_argument("--cache", type=Path, default=None, help="cache folder (default $LLMC_WIZARD_CACHE or ~/.cache/llmc-wizard)")
     d.add_argument("--force", action="store_true", help="rebuild the zoo even if it is up to date")
     d.set_defaults(func=_cmd_demo)

@@ -74,6 +74,14 @@ _INFO = {
         "each head rotates (M-RoPE). A 64x64 image is resized to 56x56: 4 <|image|> tokens between "
         "<|begin_of_image|> and <|end_of_image|>. Prompts start with [gMASK]<sop>.",
     ),
+    "idefics2": FamilyInfo(
+        "idefics2", "Idefics2ForConditionalGeneration", "model.text_model", "model.vision_model", "model.connector",
+        ("model.connector.perceiver_resampler.norm",), True,
+        "The connector's MLP (modality_projection) writes the LM width, but a perceiver resampler "
+        "reads it into 4 latents; the resampler's RMSNorm writes the <image> rows (rotation cannot "
+        "pass a norm). 4 <image> tokens per image wrapped in <fake_token_around_image>; prompts "
+        "'<s>User:...<end_of_utterance>\\nAssistant:'.",
+    ),
     "idefics3": FamilyInfo(
         "idefics3", "Idefics3ForConditionalGeneration", "model.text_model", "model.vision_model",
         "model.connector", ("model.connector.modality_projection.proj",), True,
@@ -122,6 +130,7 @@ _RECIPES = {
     "qwen2_5_vl": (R.QWEN_TOKENIZER, R.qwen2_5_vl),
     "qwen3_vl": (R.QWEN_TOKENIZER, R.qwen3_vl),
     "glm4v": (R.GLM4V_TOKENIZER, R.glm4v),
+    "idefics2": (R.IDEFICS2_TOKENIZER, R.idefics2),
     "idefics3": (R.IDEFICS3_TOKENIZER, R.idefics3),
     "gemma3": (R.GEMMA3_TOKENIZER, R.gemma3),
     "paligemma": (R.PALIGEMMA_TOKENIZER, R.paligemma),

@@ -12,6 +12,7 @@ from __future__ import annotations
 from .family_tokenizer import (
     GEMMA3_TEMPLATE,
     GLM4V_TEMPLATE,
+    IDEFICS2_TEMPLATE,
     IDEFICS3_TEMPLATE,
     LLAVA_ONEVISION_TEMPLATE,
     MLLAMA_TEMPLATE,
@@ -253,6 +254,40 @@ def idefics3(tok):
                                     max_image_size={"longest_edge": SIGLIP["image_size"]},
                                     do_image_splitting=True)
     return cfg, Idefics3Processor(image_processor=improc, tokenizer=tok, image_seq_len=IDEFICS3_SEQ,
+                                  chat_template=tok.chat_template)
+
+
+# --------------------------------------------------------------------------------------------
+# Idefics2 (SigLIP-style tower + MLP modality projection + perceiver resampler + Mistral)
+
+IDEFICS2_TOKENIZER = TokenizerSpec(
+    specials=("<unk>", "<s>", "</s>", "<fake_token_around_image>", "<image>", "<end_of_utterance>"),
+    named={"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>"},
+    extra={"image_token": "<image>", "image_boundary_token": "<fake_token_around_image>",
+           "end_of_utterance_token": "<end_of_utterance>"},
+    chat_template=IDEFICS2_TEMPLATE,
+    stops=("<end_of_utterance>",),
+)
+#: the perceiver's latents: the <image> tokens per image, whatever its size
+IDEFICS2_LATENTS = 4
+
+
+def idefics2(tok):
+    from transformers import Idefics2Config, Idefics2ImageProcessor, Idefics2Processor
+
+    # The modality projection (an MLP) writes the LM width; a one-layer perceiver resampler then
+    # reads it into 4 latents, and the resampler's final norm writes the <image> rows.
+    cfg = Idefics2Config(
+        text_config=dict(TEXT, model_type="mistral", vocab_size=vocab_size(tok), bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, sliding_window=None),
+        vision_config=dict(SIGLIP),
+        perceiver_config={"hidden_size": HIDDEN, "resampler_n_latents": IDEFICS2_LATENTS, "resampler_depth": 1,
+                          "resampler_n_heads": 2, "resampler_head_dim": 16, "num_key_value_heads": 1},
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+    )
+    side = SIGLIP["image_size"]
+    improc = Idefics2ImageProcessor(size={"shortest_edge": side, "longest_edge": side}, do_image_splitting=False)
+    return cfg, Idefics2Processor(image_processor=improc, tokenizer=tok, image_seq_len=IDEFICS2_LATENTS,
                                   chat_template=tok.chat_template)
 
 

@@ -144,6 +144,9 @@ IDEFICS3_TEMPLATE = (
     "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
 )
 
+# Idefics2: Idefics3's turns with the tokenizer's own BOS.
+IDEFICS2_TEMPLATE = IDEFICS3_TEMPLATE.replace("<|begin_of_text|>", "{{ bos_token }}")
+
 # Gemma 3: <start_of_turn>user/model turns; the processor expands <start_of_image>.
 GEMMA3_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"

@@ -21,6 +21,7 @@ No Textual imports here: the TUI and the CLI both use this module.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import sys
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from llmc.models.dataflow import DEEPSTACK, MAIN, RESAMPLER
 from llmc.models.parts import locate_mm_parts
 from llmc.models.projector import (
     CONV_TYPES,
+    FLAG_NORM_AFTER,
     find_injection_layers,
     norm_width,
     raw_params,
@@ -207,11 +209,18 @@ def _flow_projector(parts, injections) -> str:
     """The projector module for a data-flow proposal: the structural one when it holds the main
     injection point (or the resampler's), else the module holding that point (Qwen3-VL: the
     merger, not the deepstack mergers next to it)."""
-    main = next((i.path for i in injections if i.role in (MAIN, RESAMPLER)), injections[0].path)
-    p = parts.projector_path
+    first = next((i for i in injections if i.role in (MAIN, RESAMPLER)), injections[0])
+    main, p = first.path, parts.projector_path
     if p and (main == p or main.startswith(p + ".")):
         return p
-    return main.rsplit(".", 1)[0] if "." in main else ""
+    owner = main.rsplit(".", 1)[0] if "." in main else ""
+    if first.role == RESAMPLER and p:  # the structural projector feeds the resampler: both (Idefics2's connector)
+        common = ".".join(a for a, _ in itertools.takewhile(lambda ab: ab[0] == ab[1], zip(p.split("."),
+                                                                                       owner.split("."))))
+        tower = parts.vision_tower_path or ""
+        if common.count(".") >= 1 and not (tower + ".").startswith(common + ".") and owner.startswith(common):
+            return common
+    return owner
 
 
 def inspect_module(model: nn.Module, architecture: str | None = None, model_kind: str = "transformers",
@@ -314,6 +323,9 @@ def _flow_flags(injections) -> list[str]:
     if deep:
         flags.append(f"{len(deep)} deepstack injection(s) add image features to later decoder layers' inputs "
                      f"({', '.join(deep)}): rotation must rotate each of them")
+    after = [n for i in injections for n in i.trailing_norms]
+    if after:  # as the structural search says it
+        flags.append(f"{FLAG_NORM_AFTER} ({', '.join(after)})")
     for i in injections:
         if i.role == RESAMPLER:
             flags.append(f"the image rows are written by a resampler's norm ({i.path}), not a Linear: rotation "
