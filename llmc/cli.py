@@ -2,6 +2,7 @@
 
     llmc run CONFIG.yml [--run-dir DIR] [--device cpu|cuda] [--overwrite]
     llmc check CONFIG.yml [--print-config]
+    llmc calib-preview CONFIG.yml [--n 3] [--json]
     python -m llmc --config_path CONFIG.yml      (the original toolkit's spelling)
 """
 
@@ -106,6 +107,28 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_calib_preview(args) -> int:
+    """What the model will see of the config's calibration set (:mod:`llmc.data.preview`)."""
+    import json
+
+    from .data.preview import preview_calib
+    from .models import get_model_class
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    if args.n < 1:
+        return _error(f"--n must be at least 1, got {args.n}")
+    try:
+        cls = get_model_class(cfg.model.type, [cfg.model.adapters] if cfg.model.adapters else [])
+        adapter = cls(cfg.model.path, cfg.model.torch_dtype, args.device or "cpu")
+        view = preview_calib(cfg, adapter, args.n)
+    except (ValueError, KeyError, FileNotFoundError, ImportError) as e:
+        return _error(" ".join(str(e).split()) or type(e).__name__)
+    print(json.dumps(view.as_dict(), indent=1) if args.json else "\n".join(view.lines()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="llmc", description="Quantize and evaluate (vision-)language models.")
     ap.add_argument("--config_path", help="run this config (same as `llmc run CONFIG`)")
@@ -126,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("config")
     c.add_argument("--print-config", action="store_true", help="also print the effective config (defaults filled)")
     c.set_defaults(func=cmd_check)
+    p = sub.add_parser("calib-preview", help="show what the model sees of the config's calibration set: "
+                       "rendered prompts, image tokens, lengths against the context")
+    p.add_argument("config")
+    p.add_argument("--n", type=int, default=3, help="samples shown in full (default 3); every sample's length counts")
+    p.add_argument("--json", action="store_true", help="print it as JSON")
+    p.add_argument("--device", default=None, help="where the model runs (default cpu)")
+    p.set_defaults(func=cmd_calib_preview)
     return ap
 
 

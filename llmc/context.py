@@ -30,7 +30,11 @@ def config_warnings(cfg, limit: int | None) -> list[str]:
 
 def batch_warning(batches: list[dict], limit: int | None, what: str = "calibration") -> str | None:
     """One line when some of ``batches`` (model inputs) are longer than ``limit`` positions."""
-    lengths = [int(b["input_ids"].shape[-1]) for b in batches if "input_ids" in b]
+    return lengths_warning([int(b["input_ids"].shape[-1]) for b in batches if "input_ids" in b], limit, what)
+
+
+def lengths_warning(lengths: list[int], limit: int | None, what: str = "calibration") -> str | None:
+    """One line when some of ``lengths`` are more than ``limit`` positions."""
     over = [n for n in lengths if limit and n > limit]
     if not over:
         return None

@@ -62,8 +62,11 @@ async def test_with_the_answers_panel_on_a_small_terminal_a_focused_control_scro
                 if not w.can_focus or w.disabled:
                     continue
                 w.focus()
-                await pilot.pause(0.2)
-                r = w.region
+                for _ in range(30):  # the scroll may animate
+                    await pilot.pause(0.1)
+                    r = w.region
+                    if body.x <= r.x and r.right <= body.right:
+                        break
                 assert body.x <= r.x and r.right <= body.right, (step, w.id, r, body)
 
 

@@ -71,7 +71,7 @@ def _cmd_tui(args) -> int:
 
 #: subcommands that run where the model's code is installed (fetch, install and onboard run here;
 #: onboard hands its later steps over by itself)
-IN_MODEL_ENV = {None, *steptable.IN_MODEL_ENV}
+IN_MODEL_ENV = {None, "calib", *steptable.IN_MODEL_ENV}
 
 
 def _in_model_env(args, argv: list[str]) -> None:
@@ -121,6 +121,14 @@ def _cmd_try(args) -> int:
     s = _session(args)
     out = ask(s, Reporter(log=lambda m: print(m, file=sys.stderr)), args.question, args.image, args.sample)
     print(f"float: {out.float_answer}\nquantized: {out.quantized_answer}")
+    return 0
+
+
+def _cmd_calib(args) -> int:
+    from .reporter import Reporter
+    from .runs import calib_preview
+
+    calib_preview(_session(args), Reporter(log=print), args.n)
     return 0
 
 
@@ -202,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(step.name, help=step.help, description=_DESCRIPTIONS.get(step.name))
         _step_options(p, answers_required=step.name != "inspect")
         _OWN_OPTIONS.get(step.name, lambda p: p.set_defaults(func=_cmd_steps))(p)
+    c = sub.add_parser("calib", help="preview what the model sees of the calibration set: rendered prompts, "
+                       "image tokens, lengths against its context (the run's own batches)")
+    c.add_argument("action", choices=["preview"])
+    c.add_argument("--n", type=int, default=3, help="samples shown in full (default 3)")
+    _step_options(c)
+    c.set_defaults(func=_cmd_calib)
     ap.set_defaults(func=_cmd_tui)
     return ap
 

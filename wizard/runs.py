@@ -17,16 +17,9 @@ from .session import Session
 def start_run(s: Session, r: Reporter = Reporter()):
     """Write the config for the current settings and launch the engine in a fresh run directory;
     returns the RunHandle (follow it with :func:`follow_run`)."""
-    from .services import render, runner
-    from .planning import plan
+    from .services import runner
 
-    g = s.answers.generate
-    if not g.calib_path or not Path(g.calib_path).exists():
-        raise WizardError("no calibration set chosen" if not g.calib_path else
-                          f"calibration set {g.calib_path} not found",
-                          f"enter {render.WHERE['calib.path']}: a custom_mm folder (samples.json + images)")
-    p = plan(s)
-    render.write(p, s.answers)  # the config reflects the current settings
+    p = _current_config(s)
     stored = Path(s.answers.run.run_dir) if s.answers.run.run_dir else None
     run_dir = stored
     if run_dir is None or _holds_anything(run_dir):
@@ -39,6 +32,37 @@ def start_run(s: Session, r: Reporter = Reporter()):
     r.log(f"run: {run_dir} (pid {h.pid})")
     r.child_started(h.pid)
     return h
+
+
+def _current_config(s: Session):
+    """The plan of the current settings, its config written (a hand-edited one kept with a backup
+    and a diff: :func:`wizard.services.render.write`); a missing calibration set is refused."""
+    from .planning import plan
+    from .services import render
+
+    g = s.answers.generate
+    if not g.calib_path or not Path(g.calib_path).exists():
+        raise WizardError("no calibration set chosen" if not g.calib_path else
+                          f"calibration set {g.calib_path} not found",
+                          f"enter {render.WHERE['calib.path']}: a custom_mm folder (samples.json + images)")
+    p = plan(s)
+    render.write(p, s.answers)  # the config reflects the current settings
+    return p
+
+
+def calib_preview(s: Session, r: Reporter = Reporter(), n: int = 3) -> None:
+    """What the model will see of the calibration set, as the run will build it (``llmc
+    calib-preview`` on the current config, in a child process of the model's environment that
+    cancel kills): for ``n`` samples the rendered prompt, image tokens and length; every sample's
+    length against the model's context, with a warning past it. Reported line by line."""
+    from .services.child import run_child
+
+    if not isinstance(n, int) or n < 1:
+        raise WizardError(f"samples to show must be a whole number >= 1, got {n!r}", "give --n N with N >= 1")
+    p = _current_config(s)
+    args = ["calib-preview", str(p.config_path), "--n", str(n), "--device", s.device or s.answers.run.device or "cpu"]
+    run_child("llmc", args, what="calibration preview", needs_result=False, on_line=r.log, env=s.engine_env(),
+              cancelled=r.cancelled, on_start=r.child_started)
 
 
 def describe_event(e) -> str | None:

@@ -51,6 +51,7 @@ class RunScreen(StepScreen):
         with Horizontal(classes="row"):
             yield Label("Calibration set ")
             yield Input(id="calib", placeholder="custom_mm folder (samples.json + images)")
+            yield Button("Preview", id="calib-preview")
         with Horizontal(classes="row"):
             yield Label("Evaluation set  ")
             yield Input(id="eval", placeholder="MME-format dataset folder")
@@ -175,8 +176,41 @@ class RunScreen(StepScreen):
         except (WizardError, OSError, ValueError, KeyError) as e:
             self.app.call_from_thread(self._dp_done, str(e), True)
 
-    def _dp_done(self, text: str, error: bool) -> None:
-        self.query_one("#dp-run", Button).disabled = False
+    def start_calib_preview(self) -> None:
+        """What the model will see of the calibration set (:func:`wizard.runs.calib_preview`) in the log."""
+        self.answers.generate.calib_path = self.query_one("#calib", Input).value.strip() or None
+        self._take_eval_inputs()
+        self.cancel_event.clear()
+        self.query_one("#calib-preview", Button).disabled = True
+        self.query_one("#stop", Button).disabled = False
+        self.query_one("#log", Log).clear()
+        self.set_status("previewing the calibration set (the model loads; ctrl+x cancels)…")
+        self.calib_preview_worker()
+
+    @work(thread=True, exclusive=True, group="calib-preview", exit_on_error=False)
+    def calib_preview_worker(self) -> None:
+        from .. import runs
+        from ..reporter import Reporter
+
+        log = self.query_one("#log", Log)
+        lines: list[str] = []
+
+        def line(m: str) -> None:
+            lines.append(m)
+            self.app.call_from_thread(log.write_line, m)
+
+        try:
+            runs.calib_preview(self.session, Reporter(log=line, cancelled=self._stopping,
+                                                      child_started=self._child_started))
+            head = next((m for m in lines if m.startswith("calibration set ")), "calibration preview done")
+            warned = next((m for m in lines if m.startswith("WARNING: ")), None)
+            self.app.call_from_thread(self._dp_done, warned or head, warned is not None, "#calib-preview")
+        except WizardError as e:
+            self.app.call_from_thread(self._dp_done, str(e), True, "#calib-preview")
+
+    def _dp_done(self, text: str, error: bool, button: str = "#dp-run") -> None:
+        """A side task of the step ended (data-parallel evaluation, calibration preview)."""
+        self.query_one(button, Button).disabled = False
         if self.handle is None or self.handle.poll() is not None:
             self.query_one("#stop", Button).disabled = True
         self.set_status(text, error=error)
@@ -195,7 +229,8 @@ class RunScreen(StepScreen):
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         {"run": self.action_run, "stop": self.action_stop, "reattach": lambda: self.reattach(),
-         "dp-run": self.start_dp_eval, "open-report": self.open_report}[event.button.id]()
+         "dp-run": self.start_dp_eval, "open-report": self.open_report,
+         "calib-preview": self.start_calib_preview}[event.button.id]()
 
     def open_report(self) -> None:
         """The run's report (report.md, kept in the run directory) in a viewer."""
