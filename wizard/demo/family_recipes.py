@@ -65,13 +65,20 @@ def _qwen_text(tok) -> dict:
                 rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]})
 
 
+def _merged_patches(processor_cls, image_cls, video_cls, tok, patch: int, pixels: tuple[int, int]):
+    """A processor of the Qwen2-VL kind: ``patch`` px patches over 2 frames, merged 2x2, images
+    resized to between ``pixels`` (fewest, most) pixels."""
+    px = {"patch_size": patch, "temporal_patch_size": 2, "merge_size": 2,
+          "size": {"shortest_edge": pixels[0], "longest_edge": pixels[1]}}
+    return processor_cls(image_processor=image_cls(**px), tokenizer=tok, video_processor=video_cls(**px),
+                         chat_template=tok.chat_template)
+
+
 def _qwen_processor(processor_cls, tok):
     from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
-    px = {"patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
-          "size": {"shortest_edge": QWEN_PIXELS["min_pixels"], "longest_edge": QWEN_PIXELS["max_pixels"]}}
-    return processor_cls(image_processor=Qwen2VLImageProcessor(**px), tokenizer=tok,
-                         video_processor=Qwen2VLVideoProcessor(**px), chat_template=tok.chat_template)
+    return _merged_patches(processor_cls, Qwen2VLImageProcessor, Qwen2VLVideoProcessor, tok, 14,
+                           (QWEN_PIXELS["min_pixels"], QWEN_PIXELS["max_pixels"]))
 
 
 def _qwen_token_ids(tok) -> dict:
@@ -124,11 +131,8 @@ def qwen3_vl(tok):
                        "temporal_patch_size": 2, "num_position_embeddings": 16, "deepstack_visual_indexes": [0]},
         **_qwen_token_ids(tok),
     )
-    px = {"patch_size": 16, "temporal_patch_size": 2, "merge_size": 2,
-          "size": {"shortest_edge": 32 * 32, "longest_edge": 64 * 64}}
-    proc = Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(**px), tokenizer=tok,
-                            video_processor=Qwen3VLVideoProcessor(**px), chat_template=tok.chat_template)
-    return cfg, proc
+    return cfg, _merged_patches(Qwen3VLProcessor, Qwen2VLImageProcessor, Qwen3VLVideoProcessor, tok, 16,
+                                (32 * 32, 64 * 64))
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,11 +167,8 @@ def glm4v(tok):
               image_end_token_id="<|end_of_image|>", video_start_token_id="<|begin_of_video|>",
               video_end_token_id="<|end_of_video|>"),
     )
-    px = {"patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
-          "size": {"shortest_edge": 28 * 28, "longest_edge": 112 * 112}}
-    proc = Glm4vProcessor(image_processor=Glm4vImageProcessor(**px), tokenizer=tok,
-                          video_processor=Glm4vVideoProcessor(**px), chat_template=tok.chat_template)
-    return cfg, proc
+    return cfg, _merged_patches(Glm4vProcessor, Glm4vImageProcessor, Glm4vVideoProcessor, tok, 14,
+                                (28 * 28, 112 * 112))
 
 
 # --------------------------------------------------------------------------------------------
