@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import time
 
 import pytest
 from textual.widgets import Button, Input
@@ -494,3 +495,30 @@ async def test_onboarding_a_second_model_in_the_same_session_leaves_the_first_by
     after = _digests(tmp_path)
     assert {f: d for f, d in after.items() if f in before} == before  # nothing of A's changed
     assert len(sorted((tmp_path / "runs").iterdir())) == 2
+
+
+async def test_quitting_while_the_run_screen_follows_a_run_leaves_the_run_going(zoo, tmp_path):
+    """ctrl+q then y while Run follows a run in its worker: the wizard exits, the engine goes on
+    (the Run step reattaches later), and nothing marks the run cancelled."""
+    from wizard.services.runner import pid_alive, reattach
+
+    app = _app_ready_to_run(zoo, tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        s = await _on_step(pilot, "Run")
+        await pilot.press("ctrl+r")
+        await _until(pilot, lambda: getattr(s, "handle", None) is not None and s.following)
+        pid, run_dir = s.handle.pid, s.handle.run_dir
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        await pilot.press("y")
+        await pilot.pause()
+    assert not app.is_running
+    try:
+        t = time.monotonic()
+        while not (run_dir / "events.jsonl").exists() and time.monotonic() - t < 60:
+            time.sleep(0.2)
+        time.sleep(1.0)
+        assert pid_alive(pid), "quitting the wizard stopped the run"
+        assert '"cancelled"' not in (run_dir / "events.jsonl").read_text()
+    finally:
+        reattach(run_dir).cancel()
