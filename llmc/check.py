@@ -383,6 +383,9 @@ def check_config(cfg: Config) -> list[str]:
         folder_ok = not folder
     if cfg.calib is not None and cfg.calib.path and not Path(cfg.calib.path).exists():
         problems.append(f"calib.path: {cfg.calib.path} does not exist; point it at the calibration set")
+    for i, part in enumerate(cfg.calib.parts or [] if cfg.calib is not None else []):
+        if not Path(part.path).exists():
+            problems.append(f"calib.parts[{i}].path: {part.path} does not exist; point it at the {part.name} data")
     for i, ev in enumerate(cfg.evals):
         if ev.path and not Path(ev.path).exists():
             problems.append(f"eval[{i}].path: {ev.path} does not exist; point it at the evaluation set")

@@ -114,20 +114,14 @@ def evaluate(adapter, ev, progress: Progress, pos: str) -> dict:
     return {"kind": "ppl", **perplexity(adapter, Path(ev.path), ev.seq_len, ev.bs, ev.num_samples, progress=prog)}
 
 
-def check_overlap(cfg: Config, progress: Progress) -> int:
-    """Warn loudly when calibration images also appear in a VQA evaluation set."""
-    if cfg.calib is None or cfg.calib.name != "custom_mm" or not cfg.calib.path:
+def check_overlap(cfg: Config, progress: Progress, samples=None) -> int:
+    """Warn loudly when calibration images (``samples``: those the calibration reads, any part of
+    a mixture) also appear in a VQA evaluation set."""
+    if not samples:
         return 0
-    from PIL import Image
-
-    calib_dir = Path(cfg.calib.path)
-    meta = calib_dir / "samples.json" if calib_dir.is_dir() else calib_dir
-    calib = set()
-    for r in json.loads(meta.read_text()):
-        img = r.get("image")
-        img = img[0] if isinstance(img, list) else img
-        if img:
-            calib.add(hashlib.sha256(Image.open(meta.parent / img).convert("RGB").tobytes()).hexdigest())
+    calib = {hashlib.sha256(s.image.convert("RGB").tobytes()).hexdigest() for s in samples if s.image is not None}
+    if not calib:
+        return 0
     overlap = 0
     for ev in cfg.evals:
         if ev.type != "vqa" or not ev.path:
@@ -253,11 +247,14 @@ def _run(cfg: Config, run_dir: Path, *, device: str | None, progress: Progress, 
         raise ValueError(f"calib: {cfg.quant.method} calibrates on data; add a calib section")
     batches: list = []
     if not data_free:
-        check_overlap(cfg, progress)
+        from .data.calib import calib_samples
+
+        samples = calib_samples(cfg.calib)
+        check_overlap(cfg, progress, samples)
         with progress.phase("calibration_data"):
             from .data import load_calib
 
-            batches = load_calib(cfg.calib, adapter)
+            batches = load_calib(cfg.calib, adapter, samples)
             progress.log(f"{len(batches)} calibration batch(es) from {cfg.calib.name}")
             if too_long := batch_warning(batches, context):
                 warn(too_long)

@@ -112,12 +112,27 @@ class ModelConfig(_Section):
         return "offload" if self.offload else "auto" if self.device_map == "auto" else "single"
 
 
+class CalibPart(_Section):
+    """One part of a ``mixture`` calibration set: image-text pairs from a ``custom_mm`` folder or an
+    MME-format (lmms-eval) data set, or text-only prompts, one per line of a text file."""
+
+    _yaml_path: ClassVar[str] = "calib.parts"
+
+    name: Literal["custom_mm", "mme", "text_lines"]
+    path: PathStr
+    n_samples: Int | None = Field(None, description="how many samples of this part (default: all)")
+
+    _check_positive = _positive_fields("n_samples")
+
+
 class CalibConfig(_Section):
     """``calib``: the calibration data set (read from ``path``, never downloaded)."""
 
     _yaml_path: ClassVar[str] = "calib"
 
-    name: Literal["custom_mm", "custom_txt", "pileval", "wikitext2", "c4", "token_ids"]
+    name: Literal["custom_mm", "custom_txt", "pileval", "wikitext2", "c4", "token_ids", "mixture"]
+    parts: list[CalibPart] | None = Field(
+        None, description="name: mixture only; its parts, interleaved (each rendered by the model's processor)")
     type: Str | None = Field(None, description="llmc's data kind; informational")
     download: Bool = False
     path: PathStr | None = None
@@ -148,6 +163,15 @@ class CalibConfig(_Section):
 
     @model_validator(mode="after")
     def _needs_path(self) -> CalibConfig:
+        if self.name == "mixture":
+            if not self.parts:
+                raise _KeyedError("required for a mixture: a list of parts, each with name (custom_mm, mme or "
+                                  "text_lines), path and n_samples", key=("parts",))
+            if self.path is not None:
+                raise _KeyedError("a mixture reads its parts' paths; remove calib.path", key=("path",))
+            return self
+        if self.parts is not None:
+            raise _KeyedError(f"only used with name: mixture (this set is {self.name!r}); remove it", key=("parts",))
         _require_local_path(self)
         return self
 

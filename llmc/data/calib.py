@@ -111,11 +111,47 @@ def text_windows(texts: list[str], tokenizer, n_samples: int, seq_len: int, seed
     return out if out else [{"input_ids": torch.as_tensor(ids[:, :seq_len])}]
 
 
-def load_calib(cfg, adapter) -> list[dict]:
-    """Calibration batches (model inputs) for ``adapter`` from the ``calib`` config section."""
+def load_mme_pairs(path: Path, n_samples: int | None) -> list[Sample]:
+    """Image-question(-answer) samples from an MME-format (lmms-eval) data set."""
+    from ..eval.mme import load_dataset
+
+    ds = load_dataset(Path(path))
+    n = len(ds) if not n_samples else min(n_samples, len(ds))
+    return [Sample(question=r["question"], image=r["image"].convert("RGB"), answer=r.get("answer"),
+                   meta={"question_id": r.get("question_id")}) for r in ds.select(range(n))]
+
+
+def load_text_lines(path: Path, n_samples: int | None) -> list[Sample]:
+    """Text-only prompts: one per non-empty line of a text set (no image; a VLM reads them as text)."""
+    lines = [line.strip() for t in load_text_corpus(Path(path)) for line in t.splitlines() if line.strip()]
+    return [Sample(question=line) for line in lines[: n_samples or None]]
+
+
+_PARTS = {"custom_mm": lambda p, seed: load_custom_mm(Path(p.path), p.n_samples, seed),
+          "mme": lambda p, seed: load_mme_pairs(Path(p.path), p.n_samples),
+          "text_lines": lambda p, seed: load_text_lines(Path(p.path), p.n_samples)}
+
+
+def calib_samples(cfg) -> list[Sample] | None:
+    """The samples of a sample-based calibration set (``custom_mm``, ``mixture``: its parts
+    interleaved, so every evenly spaced subset holds each part); None for token sets."""
+    if cfg.name == "custom_mm":
+        return load_custom_mm(Path(cfg.path), cfg.n_samples, cfg.seed)
+    if cfg.name != "mixture":
+        return None
+    streams = [_PARTS[p.name](p, cfg.seed or 0) for p in cfg.parts]
+    out: list[Sample] = []
+    for k in range(max(len(s) for s in streams)):
+        out += [s[k] for s in streams if k < len(s)]
+    return out
+
+
+def load_calib(cfg, adapter, samples: list[Sample] | None = None) -> list[dict]:
+    """Calibration batches (model inputs) for ``adapter`` from the ``calib`` config section
+    (``samples``: its :func:`calib_samples`, when already loaded)."""
     name = cfg.name
-    if name == "custom_mm":
-        samples = load_custom_mm(Path(cfg.path), cfg.n_samples, cfg.seed)
+    samples = samples if samples is not None else calib_samples(cfg)
+    if samples is not None:
         # One sample per forward pass (``calib.bs`` is accepted but not needed): no padding
         # tokens ever enter the activation statistics.
         return [adapter.batch_process([s], add_answer=bool(cfg.add_answer)) for s in samples]
@@ -126,7 +162,8 @@ def load_calib(cfg, adapter) -> list[dict]:
     if name == "token_ids":
         return [{"input_ids": row.unsqueeze(0).to(adapter.device)}
                 for row in load_token_ids(Path(cfg.path), cfg.n_samples, cfg.seq_len, adapter)]
-    raise ValueError(f"calib.name: unknown calibration set {name!r}; use custom_mm, token_ids, {', '.join(TEXT_SETS)}")
+    raise ValueError(f"calib.name: unknown calibration set {name!r}; use custom_mm, mixture, token_ids, "
+                     f"{', '.join(TEXT_SETS)}")
 
 
 def load_token_ids(path: Path, n_samples: int | None, seq_len: int | None, adapter=None):
