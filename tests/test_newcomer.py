@@ -522,3 +522,20 @@ async def test_quitting_while_the_run_screen_follows_a_run_leaves_the_run_going(
         assert '"cancelled"' not in (run_dir / "events.jsonl").read_text()
     finally:
         reattach(run_dir).cancel()
+
+
+async def test_a_run_that_cannot_start_says_why_in_one_line_and_run_stays_available(zoo, tmp_path):
+    """The runs folder is a file: the start fails with an OSError in the worker; the status names
+    it in one line, and the Run button is free again (a worker error used to leave it disabled)."""
+    app = _app_ready_to_run(zoo, tmp_path)
+    runs = app.session.runs_dir()
+    runs.parent.mkdir(parents=True, exist_ok=True)
+    runs.write_text("not a folder")
+    async with app.run_test(size=(80, 24)) as pilot:
+        s = await _on_step(pilot, "Run")
+        await pilot.press("ctrl+r")
+        await _until(pilot, lambda: s.query_one("#status").has_class("error"), timeout=60)
+        status = str(s.query_one("#status").render())
+        assert str(runs) in status and "\n" not in status.strip(), status
+        await _until(pilot, lambda: not s.query_one("#run", Button).disabled, timeout=10)
+        assert not s.following

@@ -305,11 +305,14 @@ class RunScreen(StepScreen):
             results = runs.follow_run(handle, r, eta=self.eta, engine_log=True,
                                       detached=lambda: worker.is_cancelled)
             call(self.finish, 0, results)
-        except WizardError as e:
+        except Exception as e:  # noqa: BLE001 - whatever went wrong ends the following in one line
+            from ..services.errors import one_line_error
+
+            err = e if isinstance(e, WizardError) else WizardError(one_line_error(e))
             if handle is None:  # nothing was started
-                call(self._not_started, str(e))
+                call(self._not_started, str(err))
             else:
-                call(self.finish, handle.poll(), None, e)
+                call(self.finish, handle.poll(), None, err)
 
     def _not_started(self, error: str) -> None:
         self.following = False

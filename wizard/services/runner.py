@@ -181,7 +181,7 @@ def list_runs(root: Path, module: str | None = None) -> list[PastRun]:
     (``<module>-<timestamp>`` folders)."""
     out = []
     root = Path(root)
-    if not root.exists():
+    if not root.is_dir():  # none yet, or not a folder (starting a run then says so)
         return out
     for d in sorted(root.iterdir()):
         if module is not None and not d.name.startswith(f"{module}-"):
