@@ -205,8 +205,11 @@ class RunScreen(StepScreen):
             head = next((m for m in lines if m.startswith("calibration set ")), "calibration preview done")
             warned = next((m for m in lines if m.startswith("WARNING: ")), None)
             self.app.call_from_thread(self._dp_done, warned or head, warned is not None, "#calib-preview")
-        except WizardError as e:
-            self.app.call_from_thread(self._dp_done, str(e), True, "#calib-preview")
+        except Exception as e:  # noqa: BLE001 - one line in the status, whatever it was
+            from ..services.errors import one_line_error
+
+            text = str(e) if isinstance(e, WizardError) else one_line_error(e)
+            self.app.call_from_thread(self._dp_done, text, True, "#calib-preview")
 
     def _dp_done(self, text: str, error: bool, button: str = "#dp-run") -> None:
         """A side task of the step ended (data-parallel evaluation, calibration preview)."""
