@@ -198,3 +198,21 @@ def test_a_wrong_language_model_path_names_what_was_looked_for(tmp_path):
     cls.language_model_path = "model.text_model"
     with pytest.raises(ValueError, match=r"language_model_path 'model.text_model' is not in Qwen2VLForConditional"):
         cls(path, "float32", "cpu")
+
+
+def test_what_a_decoder_loop_adds_between_blocks_is_kept_as_its_rows_and_joins_along_the_batch():
+    """Deepstack-style additions touch a few rows: kept sparse, applied and concatenated they equal
+    the dense addition."""
+    from llmc.quant.capture import Added
+
+    g = torch.Generator().manual_seed(0)
+    deltas = []
+    for _ in range(2):
+        d = torch.zeros(1, 6, 8)
+        d[0, 1:3] = torch.randn(2, 8, generator=g)
+        deltas.append(d)
+    parts = [Added.of(d) for d in deltas]
+    assert all(p.rows.shape == (2, 8) for p in parts)
+    out = torch.randn(2, 6, 8, generator=g)
+    assert torch.equal(Added.cat(parts).apply(out), out + torch.cat(deltas))
+    assert Added.of(torch.zeros(1, 6, 8)) is None

@@ -17,6 +17,32 @@ class _Stop(Exception):
 
 
 @dataclass
+class Added:
+    """What a decoder loop added to a block's output before the next block read it, kept as the
+    changed rows only (deepstack features touch the image positions alone): ``mask`` (batch,
+    seq) marks them, ``rows`` holds their additions in the mask's row-major order."""
+
+    mask: torch.Tensor
+    rows: torch.Tensor
+
+    @classmethod
+    def of(cls, delta: torch.Tensor) -> Added | None:
+        mask = delta.detach().ne(0).any(-1)
+        return cls(mask, delta.detach()[mask]) if bool(mask.any()) else None
+
+    def apply(self, out: torch.Tensor) -> torch.Tensor:
+        out = out.clone()
+        mask = self.mask.to(out.device)
+        out[mask] = out[mask] + self.rows.to(out.device, out.dtype)
+        return out
+
+    @staticmethod
+    def cat(parts: list[Added]) -> Added:
+        """The additions of inputs joined along the batch (same sequence length)."""
+        return Added(torch.cat([p.mask for p in parts]), torch.cat([p.rows for p in parts]))
+
+
+@dataclass
 class BlockInput:
     """One calibration batch at a block's input: the hidden states and the block's own positional
     and keyword inputs. ``calls[j]`` holds block ``j``'s ``(args, kwargs)`` for this batch: blocks
@@ -29,7 +55,7 @@ class BlockInput:
     args: tuple
     kwargs: dict
     calls: list[tuple[tuple, dict]] | None = None
-    adds: dict[int, torch.Tensor] | None = None
+    adds: dict[int, Added] | None = None
 
     def for_block(self, j: int, hidden: torch.Tensor) -> BlockInput:
         """``hidden`` as the input of block ``j``, with that block's own arguments."""
@@ -42,7 +68,7 @@ class BlockInput:
         """Block ``j - 1``'s output ``out`` as the input of block ``j``: with what the decoder loop
         adds between them, and block ``j``'s own arguments."""
         add = self.adds.get(j) if self.adds else None
-        return self.for_block(j, out if add is None else out + add.to(out.device, out.dtype))
+        return self.for_block(j, out if add is None else add.apply(out))
 
 
 def _to(obj, device):
@@ -92,15 +118,14 @@ class _Catcher(nn.Module):
         self.passed["out"] = out[0] if isinstance(out, (tuple, list)) else out
         return out
 
-    def _added(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+    def _added(self, hidden_states: torch.Tensor) -> Added | None:
         """What the decoder loop added to the previous block's output before this block (None:
         it handed the very tensor on, or an equal one)."""
         prev = self.passed.get("out")
         if self.index == 0 or prev is None or hidden_states is prev or not torch.is_tensor(prev) \
                 or prev.shape != hidden_states.shape:
             return None
-        delta = (hidden_states - prev).detach()
-        return delta if bool(delta.any()) else None
+        return Added.of(hidden_states - prev)
 
 
 @torch.no_grad()

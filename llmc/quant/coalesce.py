@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from .blockwise import BlockInput, run_block
+from .capture import Added
 
 #: sequences replayed together at most
 MOST = 16
@@ -42,7 +43,7 @@ def _joinable(a: BlockInput, b: BlockInput) -> bool:
 
 def _cat(group: list[BlockInput]) -> BlockInput:
     first = group[0]
-    adds = {j: torch.cat([g.adds[j] for g in group]) for j in first.adds} if first.adds else None
+    adds = {j: Added.cat([g.adds[j] for g in group]) for j in first.adds} if first.adds else None
     return BlockInput(torch.cat([g.hidden for g in group]), first.args, first.kwargs, first.calls, adds)
 
 
