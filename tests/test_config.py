@@ -279,7 +279,7 @@ def test_wrong_type_section(raw):
 def test_literal_did_you_mean(raw):
     raw["calib"]["name"] = "wikitxt2"
     assert error_of(raw) == ("calib.name: 'wikitxt2' is not allowed; did you mean 'wikitext2'? "
-                             "(choose from custom_mm, custom_txt, pileval, wikitext2, c4, token_ids)")
+                             "(choose from custom_mm, custom_txt, pileval, wikitext2, c4, token_ids, mixture)")
 
 
 def test_missing_required_section(raw):
