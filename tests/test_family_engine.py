@@ -216,3 +216,20 @@ def test_what_a_decoder_loop_adds_between_blocks_is_kept_as_its_rows_and_joins_a
     out = torch.randn(2, 6, 8, generator=g)
     assert torch.equal(Added.cat(parts).apply(out), out + torch.cat(deltas))
     assert Added.of(torch.zeros(1, 6, 8)) is None
+
+
+def test_the_answer_tail_from_a_later_block_reproduces_the_model(family, zoo):
+    """What AWQ's output search scores: block 0's output through the tail from block 1 gives the
+    model's own answer (Qwen3-VL's deepstack features enter before block 1: they were dropped)."""
+    from llmc.quant.blockwise import answer_tail, capture_block_inputs, run_block
+
+    adapter = _adapter(family)
+    batches = _batches(adapter, zoo, 2)
+    want = [torch.softmax(t, -1) for t in _final_logits(adapter, batches)]
+    inputs = capture_block_inputs(adapter, batches)
+    if inputs[0].calls is None:
+        pytest.skip("per-block inputs not captured for this family")
+    outs = [run_block(adapter.get_blocks()[0], [bi], "cpu")[0] for bi in inputs]
+    got = [torch.exp(t)[:, -1] for t in answer_tail(adapter, 1, "cpu")(outs, inputs)]
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, atol=1e-5), (g - w).abs().max()

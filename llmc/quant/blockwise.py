@@ -61,7 +61,9 @@ def answer_tail(adapter: BaseModel, first: int, device) -> Callable[[list[torch.
         out = []
         for h, bi in zip(hidden, inputs):
             for j in range(first, len(blocks)):
-                x = bi.for_block(j, h) if j == first else bi.into_block(j, h)
+                # h is block j - 1's output (block 0's input where j is 0): what the decoder
+                # loop adds before block j goes in, for the first block of the tail too
+                x = bi.into_block(j, h)
                 h = run_block(blocks[j], [x], _device_of(blocks[j], device))[0]
             h = last_positions(h)
             for norm in norms:

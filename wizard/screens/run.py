@@ -178,6 +178,9 @@ class RunScreen(StepScreen):
 
     def start_calib_preview(self) -> None:
         """What the model will see of the calibration set (:func:`wizard.runs.calib_preview`) in the log."""
+        if self.following:  # its cancel key would be the run's
+            self.set_status("a run is in progress: preview the calibration set when it has ended", error=True)
+            return
         self.answers.generate.calib_path = self.query_one("#calib", Input).value.strip() or None
         self._take_eval_inputs()
         self.cancel_event.clear()
@@ -395,6 +398,14 @@ class RunScreen(StepScreen):
         self.query_one("#run", Button).disabled = False
         self.query_one("#stop", Button).disabled = True
         run_dir = self.handle.run_dir
+        by_cancel = error is None or error.message == "run cancelled"
+        if data is None and rc is None and not by_cancel:  # following broke; the engine goes on
+            self.query_one("#phase-progress", ProgressBar).add_class("idle")
+            self.query_one("#phase", Static).update("phase: not followed")
+            self.set_status(f"stopped following the run in {run_dir}: {error} — it goes on; Reattach follows it",
+                            error=True)
+            self.refresh_past()
+            return
         cancelled = data is None and (rc is None or rc == 130 or rc < 0)
         self.query_one("#phase-progress", ProgressBar).add_class("idle")  # nothing is in progress any more
         self.query_one("#phase", Static).update(

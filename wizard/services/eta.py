@@ -73,18 +73,20 @@ class Eta:
             self.frac, self.t_report = e.done / e.total, float(e.t or time.time())
 
     def phase_left(self, now: float | None = None) -> float | None:
-        if self.phase is None or self.phase_t0 is None:
+        # one reading of the state: a worker thread may feed events while the UI asks
+        phase, t0, frac, t_report = self.phase, self.phase_t0, self.frac, self.t_report
+        if phase is None or t0 is None:
             return None
         now = time.time() if now is None else now
-        spent = now - self.phase_t0
-        if 0 < self.frac < 1:
+        spent = now - t0
+        if 0 < frac < 1:
             # the pace up to the last report, less what the unit in progress has already taken:
             # the time left shrinks while you watch, it never grows between reports
-            t = self.t_report if self.t_report is not None else now
-            return max((t - self.phase_t0) * (1 - self.frac) / self.frac - (now - t), 0.0)
-        if self.frac >= 1:
+            t = t_report if t_report is not None else now
+            return max((t - t0) * (1 - frac) / frac - (now - t), 0.0)
+        if frac >= 1:
             return 0.0
-        past = self.history.get(self.phase)
+        past = self.history.get(phase)
         return max(past - spent, 0.0) if past is not None else None
 
     def run_left(self, now: float | None = None) -> float | None:
