@@ -123,8 +123,10 @@ def cmd_calib_preview(args) -> int:
         cls = get_model_class(cfg.model.type, [cfg.model.adapters] if cfg.model.adapters else [])
         adapter = cls(cfg.model.path, cfg.model.torch_dtype, args.device or "cpu")
         view = preview_calib(cfg, adapter, args.n)
-    except (ValueError, KeyError, FileNotFoundError, ImportError) as e:
+    except (ValueError, KeyError, FileNotFoundError, ImportError) as e:  # what a config or folder gets wrong
         return _error(" ".join(str(e).split()) or type(e).__name__)
+    except Exception as e:  # noqa: BLE001 - anything else (out of memory, ...) still ends in one line
+        return _error(f"{type(e).__name__}: {' '.join(str(e).split())}")
     print(json.dumps(view.as_dict(), indent=1) if args.json else "\n".join(view.lines()))
     return 0
 

@@ -96,6 +96,8 @@ def preview_calib(cfg, adapter, n: int = 3) -> CalibView:
     if cfg.calib is None:
         raise ValueError("calib: the config has no calibration set (a data-free method); nothing to preview")
     batches = load_calib(cfg.calib, adapter)
+    if not batches:
+        raise ValueError(f"calib: the {cfg.calib.name} set gives no samples; check its path and n_samples")
     inputs = capture_block_inputs(adapter, batches)
     lengths = [int(bi.hidden.shape[1]) for bi in inputs]
     image_ids = _image_ids(adapter.mm_model.config)
