@@ -292,7 +292,7 @@ async def test_run_launches_follows_cancels_and_shows_scores(zoo, tmp_path):
         await pilot.press("ctrl+r")
         assert "not found" in _text(s, "#status")  # error path
         await _press(pilot, "#dp-run")
-        assert "no quantized model yet" in _text(s, "#status")
+        await _until(pilot, lambda: "no quantized model yet" in _text(s, "#status"), 60)  # its worker imports first
         # a full-size run, cancelled while it evaluates
         s.query_one("#calib", Input).value = str(zoo.calib_set)
         await pilot.pause()
