@@ -1,7 +1,7 @@
 """Peak GPU memory of the ways to get U (upper Cholesky factor of H^-1) from an n x n Hessian.
 
 Prints, for the plain way (cholesky -> cholesky_inverse -> cholesky upper, what GPTQ's reference
-code and llm-compressor run) and the engine's (:meth:`llmc.quant.gptq.GPTQ._inverse_cholesky`),
+code and llm-compressor run) and the engine's (:meth:`llmc.quant.gptq.GptqSolver._inverse_cholesky`),
 the peak allocated memory above the input matrix (in n x n matrices), the time, and the largest
 difference of U from the plain way's. ``python bench/factor_memory.py [--n 8192]``
 """
@@ -43,9 +43,9 @@ def plain(held):  # the reference code's way (and llm-compressor's), H freed aft
 
 
 def engine(held):  # llmc.quant.gptq: U = J L^-1 J (one factor, a triangular solve, an in-place reversal)
-    from llmc.quant.gptq import GPTQ
+    from llmc.quant.gptq import GptqSolver
 
-    return GPTQ._inverse_cholesky(held, 0.0)[0]
+    return GptqSolver._inverse_cholesky(held, 0.0)[0]
 
 
 def main():

@@ -34,14 +34,14 @@ def run(out: Path, device: str, cols: int, rows: int) -> None:
     import torch
     from torch import nn
 
-    from llmc.quant.gptq import GPTQ
+    from llmc.quant.gptq import GptqSolver
     from llmc.quant.quantizer import WeightQuantConfig
 
     res = {}
     for name, kw, cfg in SETTINGS:
         torch.manual_seed(0)
         lin = nn.Linear(cols, rows, bias=False).to(device)
-        g = GPTQ(lin)
+        g = GptqSolver(lin)
         g.add_batch((torch.randn(4 * cols, cols) * torch.linspace(0.2, 3, cols)).to(device))
         r = g.quantize_(WeightQuantConfig(**cfg), blocksize=64, **kw)
         res[name] = {"w": lin.weight.detach().cpu().flatten().tolist(), "error": r["error"],

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def case(out: int, n: int, dev: str):
     import torch
 
-    from llmc.quant.gptq import GPTQ
+    from llmc.quant.gptq import GptqSolver
     from llmc.quant.quantizer import IntQuantizer, WeightQuantConfig
 
     g = torch.Generator(device=dev).manual_seed(0)
@@ -31,7 +31,7 @@ def case(out: int, n: int, dev: str):
     H = 2 * x.t() @ x / x.shape[0]
     perm = torch.argsort(torch.diag(H), descending=True)
     H = H[perm][:, perm]
-    U, _ = GPTQ._inverse_cholesky(H, 0.01 * float(torch.diag(H).mean()))
+    U, _ = GptqSolver._inverse_cholesky(H, 0.01 * float(torch.diag(H).mean()))
     q = IntQuantizer(WeightQuantConfig(bit=4, symmetric=True, group_size=128))
     scale, zero = q.params(w)
     return w[:, perm].contiguous(), U, scale.float().contiguous(), zero.float().contiguous(), \

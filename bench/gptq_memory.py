@@ -45,14 +45,14 @@ def measure(path: Path, calib, onepass: bool, mse: bool, block: int) -> None:
     import torch
 
     import llmc.quant.collect as collect
-    from llmc.quant.gptq import GPTQ
+    from llmc.quant.gptq import GptqSolver
 
     cuda = torch.cuda.is_available()  # on a CPU: the calls only, no figures
     rows: list[tuple[str, float, float]] = []
     order: dict[int, int] = {}  # id(block) -> its index: blocks are collected in order
     current = [-1]
     peak_outer = [0]
-    orig_fwd, orig_add, orig_solve = collect._forward_until, GPTQ.add_batch, GPTQ.quantize_layers_
+    orig_fwd, orig_add, orig_solve = collect._forward_until, GptqSolver.add_batch, GptqSolver.quantize_layers_
 
     def timed(label, fn, *a, **k):
         peak_outer[0] = max(peak_outer[0], torch.cuda.max_memory_allocated() if cuda else 0)
@@ -85,11 +85,11 @@ def measure(path: Path, calib, onepass: bool, mse: bool, block: int) -> None:
     def solve(self, layers, *a, **k):
         return timed("solve " + ",".join(n.split(".")[-1] for n in layers), orig_solve, self, layers, *a, **k)
 
-    collect._forward_until, GPTQ.add_batch, GPTQ.quantize_layers_ = fwd, add_batch, solve
+    collect._forward_until, GptqSolver.add_batch, GptqSolver.quantize_layers_ = fwd, add_batch, solve
     try:  # the peak it would print is reset by the timed calls: the largest seen is printed here
         quantize(path, calib, "cuda:0" if cuda else "cpu", onepass, mse, peak=False)
     finally:
-        collect._forward_until, GPTQ.add_batch, GPTQ.quantize_layers_ = orig_fwd, orig_add, orig_solve
+        collect._forward_until, GptqSolver.add_batch, GptqSolver.quantize_layers_ = orig_fwd, orig_add, orig_solve
     peak_outer[0] = max(peak_outer[0], torch.cuda.max_memory_allocated() if cuda else 0)
     print(f"\n{'float-block' if onepass else 'true-sequential'}: peak {peak_outer[0] / MIB:,.0f} MiB "
           f"(load + quantize); block {block}:")

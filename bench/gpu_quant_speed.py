@@ -71,7 +71,7 @@ def graph_check(dev: str) -> str:
 
     import torch
 
-    from llmc.quant.gptq import GPTQ
+    from llmc.quant.gptq import GptqSolver
     from llmc.quant.quantizer import WeightQuantConfig
 
     g = torch.Generator().manual_seed(2)
@@ -82,7 +82,7 @@ def graph_check(dev: str) -> str:
         os.environ["LLMC_GPTQ_GRAPHS"] = flag
         lin = torch.nn.Linear(3072, 1024, bias=False).to(dev)
         lin.weight.data.copy_(w)
-        q = GPTQ(lin)
+        q = GptqSolver(lin)
         q.add_batch(x)
         torch.cuda.synchronize() if dev.startswith("cuda") else None
         t = time.time()

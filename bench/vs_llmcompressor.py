@@ -1,4 +1,5 @@
-"""Our engine against llm-compressor on one GPU: the same model, calibration data and metrics code.
+"""Our engine against llm-compressor and auto-round on one GPU: the same model, calibration data and
+metrics code.
 
 The random-weight Llama of ``bench/gpu_quant_speed.py`` (``--shape 3b``, ``8b`` or ``tiny``) is
 built once, with random token ids as calibration data (``--n-calib`` x ``--seq``) and held-out data
@@ -27,6 +28,10 @@ llm-compressor's GPTQModifier does by default), RTN without data, AWQ with its d
 llm-compressor's the same preset with ``observer: memoryless_mse``. ``-onepass`` (``gptq-onepass``,
 ``gptq-mse-onepass``): ours with ``true_sequential: false`` (every Hessian from the float block, as
 llm-compressor takes them); llm-compressor's run is the same as without it.
+``learned``: the registry's LearnedRound at its defaults (``learned-mse``: ranges from the MSE search;
+``-rtninit``: the rounding starts from round-to-nearest instead of GPTQ's codes), against auto-round's
+``AutoRound`` at its defaults (tool ``autoround``, which runs only this method). ``--formats 4:128,3:128,2:64``
+runs each bits:group pair (symmetric weights; llm-compressor's preset is W4 g128 only).
 llm-compressor: ``oneshot`` with ``GPTQModifier`` / ``QuantizationModifier`` (no data) /
 ``AWQModifier`` followed by ``QuantizationModifier`` (its AWQ is a transform only), each with
 ``targets="Linear", scheme="W4A16", ignore=["lm_head"]``, on a ``datasets.Dataset`` of the same
@@ -38,7 +43,7 @@ token ids, its other settings left at their defaults. Prints one markdown table.
 llm-compressor on a machine without a registry (python 3.12 with torch and transformers): fetch the
 wheels elsewhere into the git-ignored ``bench/wheels-gpu`` (``pip download --no-deps --python-version
 3.12 --only-binary=:all: --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 -d
-bench/wheels-gpu llmcompressor==0.14.0.1 compressed-tensors==0.19.0 auto-round==0.15.1 loguru datasets
+bench/wheels-gpu llmcompressor==0.14.0.1 compressed-tensors==0.19.0 auto-round==0.15.1 py-cpuinfo loguru datasets
 pydantic pydantic-core annotated-types typing-inspection typing-extensions dill multiprocess xxhash``;
 datasets 5.x needs pyarrow >= 24, 4.8.4 >= 21), then there ``pip install --no-index --no-deps --target
 /tmp/site bench/wheels-gpu/*.whl`` and ``PYTHONPATH=/tmp/site``.
@@ -60,8 +65,11 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 from gpu_quant_speed import ROOT, SHAPES, build, tail_logprobs  # noqa: E402  (also puts ROOT on sys.path)
 
-TOOLS = ("ours", "llmcompressor")
-METHODS = ("gptq", "rtn", "awq", "gptq-mse", "rtn-mse", "gptq-onepass", "gptq-mse-onepass")
+TOOLS = ("ours", "llmcompressor", "autoround")
+METHODS = ("gptq", "rtn", "awq", "gptq-mse", "rtn-mse", "gptq-onepass", "gptq-mse-onepass", "learned", "learned-mse",
+           "learned-mse-rtninit")
+#: what each tool runs: auto-round only its own method (SignRound), which ``learned`` compares with
+TOOL_METHODS = {"autoround": ("learned",)}
 TYPES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "gate", "up_proj": "up",
          "down_proj": "down"}
 N_HELD = 32
@@ -107,15 +115,15 @@ def held_out(model, held, blocks: list[int]):
 
 
 # ----------------------------------------------------------------------------- the two tools
-def run_ours(path: Path, method: str, calib, dev: str):
+def run_ours(path: Path, method: str, calib, dev: str, bits: int, group: int):
     from llmc.models.llama import Llama
     from llmc.quant.blockwise import quantize_blockwise
     from llmc.quant.datafree import quantize_without_data
-    from llmc.quant.methods import RTN, Awq, Gptq
+    from llmc.quant.methods import RTN, Awq, Gptq, registry
     from llmc.quant.quantizer import WeightQuantConfig
 
     method, *opts = method.split("-")
-    wcfg = WeightQuantConfig(bit=4, symmetric=True, group_size=GROUP, calib_algo="mse" if "mse" in opts else "minmax")
+    wcfg = WeightQuantConfig(bit=bits, symmetric=True, group_size=group, calib_algo="mse" if "mse" in opts else "minmax")
     t = t0 = time.time()
     adapter = Llama(path, "bfloat16", dev)
     sync()
@@ -127,13 +135,38 @@ def run_ours(path: Path, method: str, calib, dev: str):
     elif method == "gptq":
         quantize_blockwise(adapter, Gptq(wcfg, {"actorder": True, "static_groups": True,
                                                 "true_sequential": "onepass" not in opts}), batches)
+    elif method == "learned":  # the registry's rounding optimizer, at its defaults
+        learned = registry()["LearnedRound"].impl
+        quantize_blockwise(adapter, learned(wcfg, {"init": "rtn"} if "rtninit" in opts else {}), batches)
     else:
         quantize_blockwise(adapter, Awq(wcfg, {}), batches)
     sync()
     return adapter.mm_model, load_s, time.time() - t, time.time() - t0
 
 
-def run_llmcompressor(path: Path, method: str, calib, dev: str):
+def run_autoround(path: Path, method: str, calib, dev: str, bits: int, group: int):
+    """auto-round's ``AutoRound`` (SignRound) at its default settings (200 steps, batches of 8, learned
+    ranges, bf16 autocast), on the same token ids; its quantize() leaves fake-quantized weights."""
+    import torch
+    from auto_round import AutoRound
+    from auto_round.schemes import QuantizationScheme
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t = t0 = time.time()
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.bfloat16, device_map=dev)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    sync()
+    load_s = time.time() - t
+    t = time.time()
+    ar = AutoRound(model, tokenizer, scheme=QuantizationScheme(bits=bits, group_size=group, sym=True),
+                   dataset=[calib[i:i + 1] for i in range(calib.shape[0])], nsamples=calib.shape[0],
+                   seqlen=calib.shape[1], device_map=0 if dev.startswith("cuda") else "cpu")
+    model, _ = ar.quantize()
+    sync()
+    return model, load_s, time.time() - t, time.time() - t0
+
+
+def run_llmcompressor(path: Path, method: str, calib, dev: str, bits: int, group: int):
     import torch
     from compressed_tensors.quantization.lifecycle.forward import forward_quantize
     from datasets import Dataset
@@ -148,6 +181,8 @@ def run_llmcompressor(path: Path, method: str, calib, dev: str):
     sync()
     load_s = time.time() - t
     method, *opts = method.split("-")  # "onepass": what llm-compressor's GPTQ always does
+    if (bits, group) != (4, 128):
+        raise SystemExit("llm-compressor's runs here use its W4A16 preset: --bits 4 --group 128")
     kw = dict(targets="Linear", scheme="W4A16", ignore=["lm_head"])
     if "mse" in opts:  # the same preset with its MSE range search for the weights
         from compressed_tensors.quantization import preset_name_to_scheme
@@ -272,7 +307,7 @@ def stage_ref(work: Path, a) -> None:
     print(f"reference: model {a.shape} {mib:,.0f} MiB bf16, built and run in {time.time() - t:.1f}s", flush=True)
 
 
-def stage_run(work: Path, tool: str, method: str) -> None:
+def stage_run(work: Path, tool: str, method: str, bits: int = 4, group: int = GROUP) -> None:
     import torch
     import transformers
     from transformers import AutoModelForCausalLM
@@ -281,8 +316,8 @@ def stage_run(work: Path, tool: str, method: str) -> None:
     ref = torch.load(work / "ref.pt")
     if dev.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    run = run_ours if tool == "ours" else run_llmcompressor
-    model, load_s, q_s, total_s = run(work / "model", method, ref["calib"], dev)  # imports not timed
+    run = {"ours": run_ours, "llmcompressor": run_llmcompressor, "autoround": run_autoround}[tool]
+    model, load_s, q_s, total_s = run(work / "model", method, ref["calib"], dev, bits, group)  # imports not timed
     peak = torch.cuda.max_memory_allocated() / 2**20 if dev.startswith("cuda") else 0.0
     model.eval()
     logp, hidden = held_out(model, ref["held"].to(dev), sorted(ref["hidden"]))
@@ -295,7 +330,10 @@ def stage_run(work: Path, tool: str, method: str) -> None:
         import compressed_tensors
         import llmcompressor
         versions |= {"llmcompressor": llmcompressor.__version__, "compressed-tensors": compressed_tensors.__version__}
-    res = dict(tool=tool, method=method, load_s=load_s, quantize_s=q_s, total_s=total_s, peak_mib=peak, kl=kl,
+    if tool == "autoround":
+        import auto_round
+        versions |= {"auto-round": auto_round.__version__}
+    res = dict(tool=tool, method=method, bits=bits, group=group, load_s=load_s, quantize_s=q_s, total_s=total_s, peak_mib=peak, kl=kl,
                resid=resid, layer_loss=losses, versions=versions,
                device=torch.cuda.get_device_name(0) if dev.startswith("cuda") else "cpu")
     (work / f"result-{tool}-{method}.json").write_text(json.dumps(res, indent=1))
@@ -306,14 +344,14 @@ def table(results: list[dict], blocks: list[int], depth: int) -> str:
     types = list(TYPES.values())
     names = {b: " = ".join(n for n, v in (("1", 1), ("d/4", depth // 4), ("d/2", depth // 2)) if max(1, v) == b)
              for b in blocks}
-    head = (["method", "tool", "load s", "quantize s", "total s", "peak GPU MiB"] + [f"loss {t}" for t in types]
+    head = (["format", "method", "tool", "load s", "quantize s", "total s", "peak GPU MiB"] + [f"loss {t}" for t in types]
             + [f"resid after {names[b]} ({b})" for b in blocks] + ["held-out KL"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['method']} | {r['tool']} | failed: {r['error']} |")
+            lines.append(f"| | {r['method']} | {r['tool']} | failed: {r['error']} |")
             continue
-        cells = [r["method"], r["tool"], f"{r['load_s']:.1f}", f"{r['quantize_s']:.1f}", f"{r['total_s']:.1f}",
+        cells = [f"W{r.get('bits', 4)} g{r.get('group', GROUP)}", r["method"], r["tool"], f"{r['load_s']:.1f}", f"{r['quantize_s']:.1f}", f"{r['total_s']:.1f}",
                  f"{r['peak_mib']:,.0f}"] + [f"{r['layer_loss'].get(t, float('nan')):.5f}" for t in types]
         cells += [f"{r['resid'][str(b)]:.4f}" for b in blocks] + [f"{r['kl']:.4f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -328,6 +366,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-calib", type=int, default=128)
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--layers", type=int, default=None, help="fewer blocks than the shape has")
+    ap.add_argument("--formats", default="4:128", help="bits:group pairs, e.g. 4:128,3:128,2:64 (symmetric)")
     ap.add_argument("--out", type=Path, default=None, help="folder for the table (.md) and the results (.json)")
     ap.add_argument("--stage", choices=("ref", "run"), default=None, help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
@@ -338,7 +377,8 @@ def main(argv=None) -> int:
         stage_ref(a.work, a)
         return 0
     if a.stage == "run":
-        stage_run(a.work, a.tool, a.method)
+        bits, group = (int(x) for x in a.formats.split(":"))
+        stage_run(a.work, a.tool, a.method, bits, group)
         return 0
 
     work = Path(tempfile.mkdtemp(prefix="vs-llmcompressor-"))
@@ -352,23 +392,28 @@ def main(argv=None) -> int:
     t0 = time.time()
     try:
         subprocess.run(me + ["--stage", "ref"] + dims, env=env, check=True)
-        for method in a.methods.split(","):
-            for tool in a.tools.split(","):
-                if tool not in TOOLS or method not in METHODS:
-                    raise SystemExit(f"unknown tool {tool!r} or method {method!r}")
-                rc = subprocess.run(me + ["--stage", "run", "--tool", tool, "--method", method], env=env).returncode
-                f = work / f"result-{tool}-{method}.json"
-                results.append(json.loads(f.read_text()) if rc == 0 and f.exists()
-                               else {"tool": tool, "method": method, "error": f"exit status {rc}"})
-                md = table(results, blocks, depth)
-                if a.out:  # written after every run, so a cut-off run still leaves what it measured
-                    a.out.mkdir(parents=True, exist_ok=True)
-                    (a.out / "vs_llmcompressor.md").write_text(md + "\n")
-                    (a.out / "vs_llmcompressor.json").write_text(json.dumps(results, indent=1))
+        runs = [(fmt, method, tool) for fmt in a.formats.split(",") for method in a.methods.split(",")
+                for tool in a.tools.split(",")]
+        for fmt, method, tool in runs:
+            if tool not in TOOLS or method not in METHODS:
+                raise SystemExit(f"unknown tool {tool!r} or method {method!r}")
+            if method not in TOOL_METHODS.get(tool, METHODS):
+                continue
+            rc = subprocess.run(me + ["--stage", "run", "--tool", tool, "--method", method, "--formats", fmt],
+                                env=env).returncode
+            f = work / f"result-{tool}-{method}.json"
+            results.append(json.loads(f.read_text()) if rc == 0 and f.exists()
+                           else {"tool": tool, "method": method, "error": f"exit status {rc}"})
+            f.unlink(missing_ok=True)
+            md = table(results, blocks, depth)
+            if a.out:  # written after every run, so a cut-off run still leaves what it measured
+                a.out.mkdir(parents=True, exist_ok=True)
+                (a.out / "vs_llmcompressor.md").write_text(md + "\n")
+                (a.out / "vs_llmcompressor.json").write_text(json.dumps(results, indent=1))
         ok = [r for r in results if "error" not in r]
         versions = {k: v for r in ok for k, v in r["versions"].items()}
         print(f"\n{a.shape} shape, {depth} blocks, {a.n_calib} x {a.seq} calibration, {N_HELD} x {a.seq} held out, "
-              f"W4A16 g{GROUP} symmetric; {ok[0]['device'] if ok else '?'}; "
+              f"symmetric weights ({a.formats}); {ok[0]['device'] if ok else '?'}; "
               + ", ".join(f"{k} {v}" for k, v in versions.items()) + f"; {time.time() - t0:.0f}s in all\n")
         print(table(results, blocks, depth))
     finally:

@@ -35,12 +35,11 @@ class Quantized:
 def quantize(config, run_dir, *, device: str | None = None, overwrite: bool = False) -> Quantized:
     """Run ``config`` (a path, a mapping or a :class:`~llmc.config.Config`) into ``run_dir`` and
     return the quantized model with the results."""
-    from .runner import run
+    from .runner import run_pipeline
 
     cfg = config if isinstance(config, Config) else load_config(config)
-    keep: dict = {}
-    results = run(cfg, Path(run_dir), device=device, overwrite=overwrite, keep=keep)
-    return Quantized(keep["adapter"], results, Path(run_dir))
+    done = run_pipeline(cfg, Path(run_dir), device=device, overwrite=overwrite)
+    return Quantized(done.adapter, done.results, Path(run_dir))
 
 
 __all__ = ["Quantized", "quantize"]

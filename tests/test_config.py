@@ -10,14 +10,14 @@ import yaml
 
 from llmc.config import (
     UNSUPPORTED_LLMC_KEYS,
-    AwqSpecial,
     Config,
     ConfigError,
     EvalConfig,
-    GptqSpecial,
-    RtnSpecial,
     load_config,
 )
+from llmc.quant.methods.awq import AwqOptions
+from llmc.quant.methods.gptq import GptqOptions
+from llmc.quant.methods.rtn import RtnOptions
 
 # An llmc-layout config, written the way llmc's own example configs are (anchors included).
 LLMC_EXAMPLE = """\
@@ -113,7 +113,7 @@ def test_llmc_example_loads_unchanged(example_file):
     assert cfg.calib.type == "img_txt" and cfg.calib.preproc == "vlm_general"
     assert cfg.quant.method == "Awq"
     assert cfg.quant.weight.bit == 4 and cfg.quant.weight.group_size == 128
-    assert isinstance(cfg.quant.special, AwqSpecial)
+    assert isinstance(cfg.quant.special, AwqOptions)
     assert cfg.quant.special.clip_sym is False and cfg.quant.special.n_grid == 20
     assert cfg.quant.act is None and cfg.quant.quant_objects == ["language"]
     assert cfg.save is not None and cfg.save.save_path == "/path/to/save"
@@ -141,7 +141,7 @@ def test_minimal_config_fills_defaults(tmp_path):
     })
     assert cfg.model.path == os.path.expanduser("~/models/llama")
     assert not cfg.model.path.startswith("~")
-    assert cfg.quant.method == "RTN" and isinstance(cfg.quant.special, RtnSpecial)
+    assert cfg.quant.method == "RTN" and isinstance(cfg.quant.special, RtnOptions)
     assert cfg.quant.skip_layers is True and cfg.quant.quant_out is True
     assert cfg.quant.weight.group_size is None and cfg.quant.weight.calib_algo == "minmax"
     assert cfg.calib is None and cfg.save is None and cfg.evals == []
@@ -153,7 +153,7 @@ def test_gptq_defaults_and_case_insensitive_method(raw):
     raw["quant"]["special"] = {"actorder": True}
     cfg = load_config(raw)
     assert cfg.quant.method == "GPTQ"
-    assert cfg.quant.special == GptqSpecial(actorder=True, static_groups=False, percdamp=0.01,
+    assert cfg.quant.special == GptqOptions(actorder=True, static_groups=False, percdamp=0.01,
                                             blocksize=128, true_sequential=True)
 
 

@@ -201,7 +201,8 @@ def test_awq_block_search_never_worse_than_rtn_on_its_loss(which, loss_tokens, z
     will be quantized: after the transform, RTN of the block is no worse than RTN of the
     original block on the search's loss (and strictly better where a scale was chosen)."""
     from llmc.quant.blockwise import BlockContext, capture_block_inputs, run_block
-    from llmc.quant.methods import RTN, Awq, _token_relative_mse
+    from llmc.quant.methods import RTN, Awq
+    from llmc.quant.methods.awq import _token_relative_mse
     from llmc.quant.quantizer import WeightQuantConfig
 
     path = ASSETS / ("tiny-llava" if which == "Llava" else "tiny-vila")
@@ -247,7 +248,8 @@ def test_awq_output_search_fits_the_models_answers(which, zoo, tiny_vila_install
     rest of the model run on the block's output) from the float model's: folding the chosen
     scales and RTN reproduces the loss it saw, and that loss is below RTN's."""
     from llmc.quant.blockwise import BlockContext, answer_tail, capture_block_inputs, run_block
-    from llmc.quant.methods import RTN, Awq, _answer_kl
+    from llmc.quant.methods import RTN, Awq
+    from llmc.quant.methods.awq import _answer_kl
     from llmc.quant.quantizer import WeightQuantConfig
 
     path = ASSETS / ("tiny-llava" if which == "Llava" else "tiny-vila")
@@ -286,7 +288,8 @@ def test_awq_output_search_keeps_a_clip_only_where_it_lowers_the_answer_loss(zoo
     only where they also bring the model's answers closer to the float model's: a rejected clip
     leaves exactly the weights of a run without any clip search."""
     from llmc.quant.blockwise import answer_tail, quantize_blockwise, run_block
-    from llmc.quant.methods import Awq, _answer_kl
+    from llmc.quant.methods import Awq
+    from llmc.quant.methods.awq import _answer_kl
     from llmc.quant.quantizer import WeightQuantConfig
 
     wcfg = WeightQuantConfig(bit=3, group_size=32)
@@ -330,7 +333,7 @@ def test_awq_output_search_keeps_a_clip_only_where_it_lowers_the_answer_loss(zoo
     assert after_block0["kl"] == pytest.approx(min(without, with_clip), rel=1e-3)
     with pytest.raises(ValueError, match="search: output fits the answer at each calibration prompt's last position"):
         Awq(wcfg, {"loss_tokens": "all", "search": "output"})
-    with pytest.raises(ValueError, match="search must be 'block', 'layer' or 'output'"):
+    with pytest.raises(ValueError, match="'auto', 'block', 'layer' or 'output'"):
         Awq(wcfg, {"search": "model"})
 
 
@@ -340,7 +343,8 @@ def test_awq_block_simulation_matches_the_folded_quantized_block(which, zoo, tin
     absorbing the next subset's 1/s), the search's simulated loss equals the real block's:
     scales folded by apply_scales_, then RTN."""
     from llmc.quant.blockwise import BlockContext, capture_block_inputs, run_block
-    from llmc.quant.methods import RTN, Awq, _token_relative_mse
+    from llmc.quant.methods import RTN, Awq
+    from llmc.quant.methods.awq import _token_relative_mse
     from llmc.quant.quantizer import WeightQuantConfig
 
     class OneCandidate(Awq):
@@ -384,7 +388,7 @@ def test_awq_loss_tokens_last_fits_the_answer_position(zoo, tmp_path):
     assert make_method(cfg.quant, txt).loss_tokens == "all"
     answered = CalibConfig(name="custom_mm", path=str(zoo.calib_set), add_answer=True)
     assert make_method(cfg.quant, answered).loss_tokens == "all"
-    with pytest.raises(ValueError, match="loss_tokens must be 'all' or 'last'"):
+    with pytest.raises(ValueError, match="'auto', 'all' or 'last'"):
         Awq(WeightQuantConfig(bit=4, group_size=32), {"loss_tokens": "first"})
     from llmc.data.calib import load_custom_mm
     from llmc.quant.blockwise import quantize_blockwise
@@ -404,7 +408,7 @@ def test_awq_clip_tokens_choose_the_clip_search_rows(zoo):
     assert Awq(wcfg, {"loss_tokens": "last"}).clip_tokens == "last"
     assert Awq(wcfg, {"loss_tokens": "last", "clip_tokens": "all"}).clip_tokens == "all"
     assert Awq(wcfg, {"loss_tokens": "all", "clip_tokens": "last"}).clip_tokens == "last"
-    with pytest.raises(ValueError, match="clip_tokens must be 'same', 'all' or 'last'"):
+    with pytest.raises(ValueError, match="'auto', 'same', 'all' or 'last'"):
         Awq(wcfg, {"clip_tokens": "first"})
 
     def quantized(special):

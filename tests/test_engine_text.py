@@ -197,7 +197,7 @@ def test_gptq_true_sequential_decides_where_each_hessian_comes_from(tmp_path, mo
         monkeypatch.setattr(blockwise, "_subset_order", lambda *a: None)
     from llmc.models.llama import Llama
     from llmc.quant.blockwise import quantize_blockwise
-    from llmc.quant.gptq import GPTQ
+    from llmc.quant.gptq import GptqSolver
     from llmc.quant.methods import Gptq
     from llmc.quant.quantizer import WeightQuantConfig
 
@@ -218,7 +218,7 @@ def test_gptq_true_sequential_decides_where_each_hessian_comes_from(tmp_path, mo
         h.remove()
     expected = {}
     for n, m in linears.items():
-        g = GPTQ(m, n)
+        g = GptqSolver(m, n)
         for x in seen[n]:
             g.add_batch(x)
         g.quantize_(wcfg)
@@ -241,12 +241,12 @@ def test_gptq_holds_only_the_hessians_it_still_needs(tmp_path, monkeypatch, true
     with every Hessian from the float block (true_sequential: false) as in true-sequential mode."""
     from llmc.models.llama import Llama
     from llmc.quant.blockwise import quantize_blockwise
-    from llmc.quant.gptq import GPTQ
+    from llmc.quant.gptq import GptqSolver
     from llmc.quant.methods import Gptq
     from llmc.quant.quantizer import WeightQuantConfig
 
     live, alive_at_solve, alive_at_batch = [], {}, []
-    init, solve, add = GPTQ.__init__, GPTQ.quantize_layers_, GPTQ.add_batch
+    init, solve, add = GptqSolver.__init__, GptqSolver.quantize_layers_, GptqSolver.add_batch
 
     def tracked_add(self, x):
         add(self, x)
@@ -261,9 +261,9 @@ def test_gptq_holds_only_the_hessians_it_still_needs(tmp_path, monkeypatch, true
         alive_at_solve[",".join(sorted(layers))] = len(held)
         return solve(self, layers, *a, **k)
 
-    monkeypatch.setattr(GPTQ, "__init__", tracked_init)
-    monkeypatch.setattr(GPTQ, "quantize_layers_", tracked_solve)
-    monkeypatch.setattr(GPTQ, "add_batch", tracked_add)
+    monkeypatch.setattr(GptqSolver, "__init__", tracked_init)
+    monkeypatch.setattr(GptqSolver, "quantize_layers_", tracked_solve)
+    monkeypatch.setattr(GptqSolver, "add_batch", tracked_add)
     path = _tiny_lm("Llama", tmp_path / "m")
     q = Llama(path, "float32", "cpu")
     ids = torch.randint(0, q.mm_model.config.vocab_size, (4, 48), generator=torch.Generator().manual_seed(0))

@@ -250,7 +250,7 @@ def test_rotation_choice_reaches_the_config(method, tmp_path):
     assert cfg["quant"]["special"]["rotate"] == "hadamard"
     assert load_config(cfg).quant.special.rotate == "hadamard"  # the engine accepts what we render
     a.generate.method = "Awq"
-    with pytest.raises(WizardError, match="rotation is available with RTN and GPTQ"):
+    with pytest.raises(WizardError, match="Awq does not rotate the residual stream — choose RTN, GPTQ, Quarot"):
         render.plan(a, tmp_path / "m", tmp_path / "c")
 
 

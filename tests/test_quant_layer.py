@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from llmc.quant import (
-    GPTQ,
+    GptqSolver,
     IntQuantizer,
     WeightQuantConfig,
     apply_scales_,
@@ -63,7 +63,7 @@ def rtn_weight(w: torch.Tensor, cfg: WeightQuantConfig) -> torch.Tensor:
 
 def gptq_weight(w: torch.Tensor, x: torch.Tensor, cfg: WeightQuantConfig, **kw) -> tuple[torch.Tensor, dict]:
     fc = linear(w)
-    g = GPTQ(fc)
+    g = GptqSolver(fc)
     for chunk in x.split(128):  # several batches: exercises the running average
         g.add_batch(chunk)
     stats = g.quantize_(cfg, **kw)
@@ -223,7 +223,7 @@ def test_rtn_matches_quantizer():
     torch.testing.assert_close(rtn_weight(w, cfg), IntQuantizer(cfg).fake(w), rtol=0, atol=0)
 
 
-# ----------------------------------------------------------------------------------- GPTQ
+# ----------------------------------------------------------------------------------- GptqSolver
 
 
 def _reference_gptq(w: torch.Tensor, x: torch.Tensor, cfg: WeightQuantConfig, percdamp: float) -> torch.Tensor:
@@ -307,7 +307,7 @@ def test_gptq_layers_sharing_one_hessian_equal_each_quantized_alone(kw):
     ws = {n: weight(o, IN, seed=s) for n, o, s in (("q", 64, 1), ("k", 32, 2), ("v", 32, 3))}
     alone = {n: gptq_weight(w, x, cfg, **kw) for n, w in ws.items()}
     layers = {n: linear(w) for n, w in ws.items()}
-    g = GPTQ(layers["q"], "q")
+    g = GptqSolver(layers["q"], "q")
     for chunk in x.split(128):  # as gptq_weight feeds it
         g.add_batch(chunk)
     together = g.quantize_layers_(layers, cfg, **kw)
@@ -316,7 +316,7 @@ def test_gptq_layers_sharing_one_hessian_equal_each_quantized_alone(kw):
         assert together[n]["error"] == alone[n][1]["error"]
     with pytest.raises(RuntimeError, match="already called"):
         g.quantize_layers_(layers, cfg)
-    g2 = GPTQ(layers["q"], "q")
+    g2 = GptqSolver(layers["q"], "q")
     g2.add_batch(x)
     with pytest.raises(ValueError, match="wide"):
         g2.quantize_layers_({"down": linear(weight(8, 2 * IN))}, cfg)
@@ -335,7 +335,7 @@ def test_gptq_dead_columns_dtype_and_lifecycle():
     x = correlated_inputs(256, 64)
     x[:, 5] = 0  # an input that never fires
     fc = linear(weight(32, 64)).to(torch.bfloat16)
-    g = GPTQ(fc)
+    g = GptqSolver(fc)
     g.add_batch(x.to(torch.bfloat16).reshape(4, 64, 64))  # (batch, seq, hidden) is fine
     assert g.nsamples == 256
     g.quantize_(cfg)
@@ -346,9 +346,9 @@ def test_gptq_dead_columns_dtype_and_lifecycle():
     with pytest.raises(RuntimeError, match="already"):
         g.quantize_(cfg)
     with pytest.raises(RuntimeError, match="no calibration data"):
-        GPTQ(linear(weight(8, 64))).quantize_(cfg)
+        GptqSolver(linear(weight(8, 64))).quantize_(cfg)
     with pytest.raises(ValueError, match="input width 32"):
-        GPTQ(linear(weight(8, 64))).add_batch(torch.randn(4, 32))
+        GptqSolver(linear(weight(8, 64))).add_batch(torch.randn(4, 32))
 
 
 # ------------------------------------------------------------------------------------ AWQ
@@ -556,7 +556,7 @@ def test_gptq_with_mse_has_a_lower_loss_than_with_minmax(kw):
     for algo in ("minmax", "mse"):
         lin = nn.Linear(IN, OUT, bias=False)
         lin.weight.data.copy_(base.weight.data)
-        g = GPTQ(lin)
+        g = GptqSolver(lin)
         g.add_batch(calib_x)
         res = g.quantize_(WeightQuantConfig(bit=4, symmetric=False, group_size=64, calib_algo=algo), **kw)
         loss[algo] = (calib_x @ (lin.weight - base.weight).T).pow(2).sum().item()

@@ -25,7 +25,8 @@ from llmc.quant.blockwise import (
     run_block,
 )
 from llmc.quant.quantizer import IntQuantizer, WeightQuantConfig
-from llmc.quant.smoothquant import SmoothQuant, smooth_scales
+from llmc.quant.methods.smoothquant import SmoothQuant
+from llmc.quant.smoothquant import smooth_scales
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "wizard" / "demo" / "assets"

@@ -18,7 +18,10 @@ def plan(s: Session):
         g.name = Path(s.answers.source.weights_dir or s.answers.source.weights_url or "model").name
     _check_layers(s)
     p = render.plan(s.answers, s.models_dir_resolved(), s.configs_dir())
-    if g.method == "Quarot" or (g.rotate and g.method in ("RTN", "GPTQ")):
+    from llmc.quant.methods import spec
+
+    rotation = spec(g.method).rotation
+    if rotation == "always" or (g.rotate and rotation == "optional"):
         _check_rotation(s)
     return p
 

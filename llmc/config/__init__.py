@@ -13,14 +13,14 @@ A config has the sections of the original llmc toolkit (ModelTC/llmc)::
     save:  {save_path, save_trans, save_fake}
 
 Only ``model`` and ``quant`` are required; ``calib`` is required by the methods that
-calibrate on data (Awq, GPTQ). llmc configs load unchanged as long as they only ask for what
+calibrate on data (their spec in :mod:`llmc.quant.methods` says so). llmc configs load unchanged as long as they only ask for what
 this engine implements; every deliberate gap is listed in :data:`UNSUPPORTED_LLMC_KEYS`.
 
 Use :func:`load_config` to read a file (or a mapping). Every problem is reported as a
 :class:`ConfigError` whose message is one line naming the YAML path and the fix, e.g.::
 
     quant.weight.bits: unknown key; did you mean 'bit'?
-    quant.method: unknown method 'Aqw'; did you mean 'Awq'? (choose from RTN, Awq, GPTQ)
+    quant.method: unknown method 'Aqw'; did you mean 'Awq'? (choose from RTN, Awq, GPTQ, ...)
     quant.weight.bit: 9 is out of range; use 2..8
 
 Paths are not checked for existence here (a separate check step does that); ``~`` is expanded.
@@ -28,34 +28,24 @@ Paths are not checked for existence here (a separate check step does that); ``~`
 The package is split by concern: :mod:`.errors` (``ConfigError``, one-line messages),
 :mod:`.compat` (deliberate gaps with respect to llmc), :mod:`.types` (field types, ``${VAR}``
 expansion, bit ranges, method names), :mod:`.sections` (base, model, calib, eval, save),
-:mod:`.quant` (weight/act formats and each method's ``special`` options) and :mod:`.load`
+:mod:`.quant` (weight/act formats; each method's ``special`` options live with the method in
+:mod:`llmc.quant.methods`) and :mod:`.load`
 (the whole :class:`Config` and :func:`load_config`).
 """
 
 from .compat import ACCEPTED_BUT_IGNORED, UNSUPPORTED_LLMC_KEYS
 from .errors import ConfigError
 from .load import Config, load_config
-from .quant import (
-    ActConfig,
-    AwqSpecial,
-    GptqSpecial,
-    QuantConfig,
-    QuarotSpecial,
-    RtnSpecial,
-    SmoothQuantSpecial,
-    WeightConfig,
-)
+from .quant import ActConfig, QuantConfig, WeightConfig
 from .sections import BaseConfig, CalibConfig, EvalConfig, ModelConfig, SaveConfig
-from .types import ACT_BITS, METHODS, WEIGHT_BITS, Bool, Float, Int, PathStr, Str, expand_env
+from .types import ACT_BITS, WEIGHT_BITS, Bool, Float, Int, PathStr, Str, expand_env
 
 __all__ = [
     "ACCEPTED_BUT_IGNORED",
     "ACT_BITS",
-    "METHODS",
     "UNSUPPORTED_LLMC_KEYS",
     "WEIGHT_BITS",
     "ActConfig",
-    "AwqSpecial",
     "BaseConfig",
     "Bool",
     "CalibConfig",
@@ -63,15 +53,11 @@ __all__ = [
     "ConfigError",
     "EvalConfig",
     "Float",
-    "GptqSpecial",
     "Int",
     "ModelConfig",
     "PathStr",
     "QuantConfig",
-    "QuarotSpecial",
-    "RtnSpecial",
     "SaveConfig",
-    "SmoothQuantSpecial",
     "Str",
     "WeightConfig",
     "expand_env",

@@ -9,8 +9,8 @@ from __future__ import annotations
 UNSUPPORTED_LLMC_KEYS: dict[str, str] = {
     "quant.quant_type": "only integer quantization (int-quant) is implemented, not float "
                         "formats such as fp8.",
-    "quant.method": "only RTN, Awq, GPTQ, SmoothQuant and Quarot are implemented, not llmc's "
-                    "other algorithms such as OmniQuant.",
+    "quant.method": "this engine implements the methods of its registry (llmc.quant.methods), not "
+                    "every llmc algorithm.",
     "quant.quant_objects: vision": "only the language model can be quantized for now, not the "
                                    "vision tower.",
     "eval.inference_per_block: True": "block-by-block evaluation is not implemented, the whole "

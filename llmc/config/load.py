@@ -12,11 +12,9 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from ..yamlload import BoundedLoader
 from .errors import ConfigError, _KeyedError, _show, _to_config_error
-from .quant import AwqSpecial, GptqSpecial, QuantConfig
+from .quant import QuantConfig
 from .compat import ACCEPTED_BUT_IGNORED, UNSUPPORTED_LLMC_KEYS
 from .sections import BaseConfig, CalibConfig, EvalConfig, ModelConfig, RunConfig, SaveConfig, _Section
-
-_NEEDS_CALIB = frozenset({"Awq", "GPTQ", "SmoothQuant"})
 
 
 class Config(_Section):
@@ -44,7 +42,10 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
-        if self.quant.method in _NEEDS_CALIB and self.calib is None:
+        from llmc.quant.methods import registry, spec
+
+        method = spec(self.quant.method)
+        if method.needs_data and self.calib is None:
             raise _KeyedError(f"required for {self.quant.method}, which calibrates on data; "
                               "add a calib section with name and path", key=("calib",))
         if self.calib is not None and self.calib.seed is None:
@@ -60,25 +61,21 @@ class Config(_Section):
                         raise _KeyedError("a checkpoint cannot hold the online Hadamard before down_proj "
                                           "(quant.special.online_rotate); set it to false or remove "
                                           "quant.special.online_rotate", key=("save", k))
-        if isinstance(special, AwqSpecial) and self.quant.weight.calib_algo == "mse":
-            raise _KeyedError("AWQ searches each group's clip on the layer's outputs (quant.special.weight_clip); "
-                              "mse applies to RTN, GPTQ, SmoothQuant and Quarot: set calib_algo: minmax or remove it",
-                              key=("quant", "weight", "calib_algo"))
-        if isinstance(special, AwqSpecial) and special.search == "output":
-            from llmc.quant.blockwise import OUTPUT_NO_OFFLOAD
-            from llmc.quant.methods import OUTPUT_NEEDS_LAST, default_loss_tokens
-
-            if (special.loss_tokens if special.loss_tokens != "auto" else default_loss_tokens(self.calib)) != "last":
-                raise _KeyedError(OUTPUT_NEEDS_LAST, key=("quant", "special", "search"))
-            if self.model.offload:
-                raise _KeyedError(OUTPUT_NO_OFFLOAD, key=("quant", "special", "search"))
+        if not method.range_search and self.quant.weight.calib_algo == "mse":
+            others = ", ".join(s.name for s in registry().values() if s.range_search)
+            raise _KeyedError(f"{method.name} searches each group's range itself (quant.special.{method.own_ranges}); "
+                              f"mse applies to {others}: "
+                              "set calib_algo: minmax or remove it", key=("quant", "weight", "calib_algo"))
+        special.check(self)
         if self.save is not None:
             self._check_exports()
         return self
 
     def _check_exports(self) -> None:
         from llmc.export.model import FORMATS, ExportError, check_format
-        from llmc.quant.methods import weight_config
+        from llmc.quant.methods import spec, weight_config
+
+        method = spec(self.quant.method)
 
         for fmt in FORMATS:
             if not getattr(self.save, f"save_{fmt}"):
@@ -87,11 +84,9 @@ class Config(_Section):
             if self.quant.act is not None and not self.quant.skip_layers:
                 raise _KeyedError("activations are quantized in the decoder blocks only, so a W8A8 export "
                                   "keeps the head in float; set quant.skip_layers: true", key=key)
-            special = self.quant.special
-            if isinstance(special, GptqSpecial) and special.actorder and not special.static_groups \
-                    and self.quant.weight.granularity == "per_group":
-                raise _KeyedError("GPTQ act-order groups cannot be stored in this format; "
-                                  "set quant.special.static_groups: true", key=key)
+            problem = method.export_problem and method.export_problem(self.quant.special, self.quant, fmt)
+            if problem:
+                raise _KeyedError(problem, key=key)
             try:
                 check_format(fmt, weight_config(self.quant), self.quant.act)
             except ExportError as exc:

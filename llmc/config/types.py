@@ -51,11 +51,6 @@ PathStr = Annotated[Str, BeforeValidator(_as_path_str)]
 WEIGHT_BITS = (2, 8)
 ACT_BITS = (2, 16)
 
-Method = Literal["RTN", "Awq", "GPTQ", "SmoothQuant", "Quarot"]
-#: Quantization methods in their canonical spelling.
-METHODS: tuple[str, ...] = get_args(Method)
-_METHODS_BY_LOWER = {m.lower(): m for m in METHODS}
-
 EvalPos = Literal["pretrain", "transformed", "fake_quant"]
 EvalType = Literal["vqa", "ppl"]
 # llmc's eval types and their names here.

@@ -1,22 +1,24 @@
-"""Weight-only integer quantization of Linear layers: RTN, GPTQ and AWQ.
+"""Weight-only integer quantization of Linear layers: RTN, GPTQ and AWQ arithmetic.
 
 All algorithms produce *fake-quantized* weights (quantize then dequantize, stored back in the
-layer's dtype) so that a quantized model can be evaluated with its ordinary forward pass.
+layer's dtype) so that a quantized model can be evaluated with its ordinary forward pass. The
+methods that drive them block by block are :mod:`llmc.quant.methods`. Names below load on first
+use, so that the method registry (which the config reads) does not import torch.
 """
 
-from llmc.quant.awq import apply_scales_, awq_quantize_, search_clip_, search_scales
-from llmc.quant.gptq import GPTQ
-from llmc.quant.quantizer import IntQuantizer, WeightQuantConfig, check_group_size
-from llmc.quant.rtn import rtn_
+import importlib
 
-__all__ = [
-    "GPTQ",
-    "IntQuantizer",
-    "WeightQuantConfig",
-    "apply_scales_",
-    "awq_quantize_",
-    "check_group_size",
-    "rtn_",
-    "search_clip_",
-    "search_scales",
-]
+_EXPORTS = {
+    "apply_scales_": "awq", "awq_quantize_": "awq", "search_clip_": "awq", "search_scales": "awq",
+    "GptqSolver": "gptq", "IntQuantizer": "quantizer", "WeightQuantConfig": "quantizer",
+    "check_group_size": "quantizer", "rtn_": "rtn",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

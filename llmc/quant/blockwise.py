@@ -30,6 +30,7 @@ from ..models.base import BaseModel
 from ..models.structure import Subset
 from .capture import BlockInput, _is_cache, _to, capture_block_inputs  # noqa: F401  (re-exported)
 from .collect import LayerStats, _forward_until, _subset_order, collect_inputs, last_positions  # noqa: F401
+from .methods.base import Method  # noqa: F401  (re-exported: what this pipeline drives)
 from .quantizer import WeightQuantConfig, check_group_size, tf32
 
 
@@ -92,48 +93,6 @@ def relative_error(x: torch.Tensor, w_ref: torch.Tensor, w_new: torch.Tensor) ->
         return (x @ (w_new.float() - w_ref.float()).t()).norm() / (x @ w_ref.float().t()).norm().clamp_min(1e-12)
 
 
-class Method:
-    """A blockwise weight quantization method."""
-
-    name = "base"
-    #: rows the method fits on: ``"all"`` tokens, or the ``"last"`` of each calibration sequence
-    loss_tokens = "all"
-    #: rows its layer-level fits (the layer inputs it is given, e.g. AWQ's clip search) read
-    clip_tokens = "all"
-    #: whether it fits on the model's answers: the pipeline then gives each block's context the
-    #: float model's next-token log-probabilities and a function computing them from the block's output
-    output_loss = False
-    #: input rows sampled per layer (what the per-layer error, and fits that read rows, see)
-    sample_rows = 4096
-    #: whether equal-length calibration sequences may be replayed together (a group is kept only
-    #: when the first block gives the same output both ways)
-    coalesce = False
-    #: whether each subset's inputs are collected after the subsets before it were quantized
-    #: (``False``: every subset's from the float block; see :func:`llmc.quant.collect._subset_order`)
-    true_sequential = True
-
-    def __init__(self, wcfg: WeightQuantConfig, special: dict | None = None):
-        self.wcfg = wcfg
-        self.special = dict(special or {})
-        #: ``layer -> (scale, zero)`` (CPU, float32, (out, n_groups)) of every quantized layer,
-        #: ``None`` where the stored weight has no such layout: what exports pack the codes with.
-        self.qparams: dict[nn.Module, tuple[torch.Tensor, torch.Tensor] | None] = {}
-
-    def record(self, layer: nn.Module, scale: torch.Tensor | None, zero: torch.Tensor | None) -> None:
-        """Remember the quantization parameters ``layer``'s fake-quantized weight was made with."""
-        self.qparams[layer] = None if scale is None else (scale.detach().float().cpu(), zero.detach().float().cpu())
-
-    def transform_block(self, ctx: BlockContext) -> None:
-        """Float equivalence transforms of the block (default: none)."""
-
-    def stream(self, layers: dict[str, nn.Linear]):
-        """Optional ``on_batch`` accumulator for :func:`collect_inputs` and its state."""
-        return None, None
-
-    def quantize_subset(self, ctx: BlockContext, subset: Subset, stats: dict[str, LayerStats], state) -> None:
-        raise NotImplementedError
-
-
 @dataclass
 class BlockContext:
     index: int
@@ -146,6 +105,9 @@ class BlockContext:
     tail: Callable[[list[torch.Tensor], list[BlockInput]], list[torch.Tensor]] | None = None
     #: (``output_loss`` methods) the float model's last-position log-probabilities, one per input
     float_answers: list[torch.Tensor] | None = None
+    #: (``float_targets`` methods) the float model's own outputs of this block, one per input: the
+    #: float block run on the float model's inputs (``inputs`` carry the quantized blocks' outputs)
+    targets: list[torch.Tensor] | None = None
 
 
 @dataclass
@@ -246,6 +208,8 @@ def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], 
         # kept in CPU memory: the blocks may sit on several cards
         float_answers = [a.cpu() for a in answer_tail(adapter, 0, device)([bi.hidden for bi in inputs], inputs)]
     blocks = adapter.get_blocks()
+    # the float model's inputs of each block, next to the quantized model's (float_targets methods)
+    fp_inputs = list(inputs) if method.float_targets else None
     reports = []
     for i, block in enumerate(blocks):
         if cancelled and cancelled():
@@ -257,8 +221,10 @@ def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], 
             placement.pin(block)  # stays on the device for all of its quantization
         ref_at = _reference_inputs(inputs) if quant_out else list(range(len(inputs)))
         fp_out = dict(zip(ref_at, run_block(block, [inputs[k] for k in ref_at], device)))
+        targets = run_block(block, fp_inputs, device) if fp_inputs is not None else None
         ctx = BlockContext(i, adapter.block_name(i), block, inputs, adapter.get_subsets_in_block(block), device,
-                           answer_tail(adapter, i + 1, device) if method.output_loss else None, float_answers)
+                           answer_tail(adapter, i + 1, device) if method.output_loss else None, float_answers,
+                           targets)
         method.transform_block(ctx)
         if stash:
             stash(i, block)
@@ -285,6 +251,10 @@ def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], 
         errors = {n: errors[n] for sub in ctx.subsets for n in sub.layers}  # the block's order
         block_error, last_error = _advance(block, inputs, fp_out, device, i + 1 if i + 1 < len(blocks) else None,
                                            quant_out)
+        if targets is not None:
+            fp_inputs = [bi.into_block(i + 1, t) for bi, t in zip(fp_inputs, targets)] if i + 1 < len(blocks) \
+                else None
+        del targets, ctx
         rep = BlockReport(i, time.time() - t0, block_error, _floats(errors), last_error)
         reports.append(rep)
         if offload:

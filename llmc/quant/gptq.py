@@ -140,12 +140,12 @@ def _mm_fp32_out(x: Tensor) -> bool:
     return _FP32_OUT[x.dtype]
 
 
-class GPTQ:
+class GptqSolver:
     """Accumulate a Linear layer's input Hessian, then GPTQ-quantize its weight in place.
 
     Usage::
 
-        g = GPTQ(layer)
+        g = GptqSolver(layer)
         for x in calibration_inputs:     # (..., in_features), e.g. captured with a forward hook
             g.add_batch(x)
         stats = g.quantize_(cfg)

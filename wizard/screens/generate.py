@@ -9,6 +9,9 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Button, Input, Label, Log, Select, Static
 
+from llmc.quant.methods import names as method_names
+from llmc.quant.methods import suggested as suggested_method
+
 from ..services.answers import group_size_from_text
 from ..services.errors import WizardError
 from ..widgets.shown import ShownLog
@@ -50,8 +53,8 @@ class GenerateScreen(StepScreen):
             yield Label("Name ")
             yield Input(placeholder="my-vlm", id="name")
         with Horizontal(classes="row"):
-            yield Select([(m, m) for m in ("RTN", "Awq", "GPTQ", "SmoothQuant", "Quarot")], id="method",
-                         allow_blank=False, value="Awq")
+            yield Select([(m, m) for m in method_names()], id="method", allow_blank=False,
+                         value=suggested_method())
             yield Label(" bits ")
             yield Input(id="bit", type="integer", classes="narrow", placeholder="bits")
             yield Label(" group ")
@@ -93,15 +96,18 @@ class GenerateScreen(StepScreen):
         self.query_one("#hessians", Select).value = "sequential" if g.true_sequential else "float"
         self._show_method_options()
         if not self.query_one("#ranges", Select).display and g.calib_algo != "minmax":  # from an answers file
-            self.set_status("AWQ searches its own clip: the answers' calib_algo: mse does not apply; "
+            self.set_status(f"{g.method} searches its own ranges: the answers' calib_algo: mse does not apply; "
                             "min-max ranges are used (choose another method for the MSE search)")
         self.plan = None
 
     def _show_method_options(self) -> None:
-        """Offer only what the chosen method uses: AWQ searches its own clip, only GPTQ has Hessians."""
-        method = self.query_one("#method", Select).value
-        self.query_one("#ranges", Select).display = method != "Awq"
-        self.query_one("#hessians", Select).display = method == "GPTQ"
+        """Offer only what the chosen method uses (its capabilities in llmc's registry): a range
+        search where the method does not search its own, the Hessians' inputs where it has Hessians."""
+        from llmc.quant.methods import spec
+
+        method = spec(self.query_one("#method", Select).value)
+        self.query_one("#ranges", Select).display = method.range_search
+        self.query_one("#hessians", Select).display = method.hessians
 
     def on_select_changed(self, event: Select.Changed) -> None:
         if event.select.id == "method":

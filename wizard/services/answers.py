@@ -20,6 +20,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from llmc.config import ACT_BITS, WEIGHT_BITS
 from llmc.secrets import MASK, TOKEN_ENV_VARS, redact, scrub, strip_userinfo  # noqa: F401
@@ -135,13 +136,20 @@ class Inspect(_Section):
         return "llava-lineage" if v == "demo-vila" else v  # answers written before tiny_vila followed VILA 1.5
 
 
+def _suggested_method() -> str:
+    from llmc.quant.methods import suggested
+
+    return suggested()
+
+
 class Generate(_Section):
     """The adapter and the llmc config to generate."""
 
     name: str | None = None  #: adapter / model type name
     class_name: str | None = None
     out_dir: str | None = None
-    method: Literal["RTN", "Awq", "GPTQ", "SmoothQuant", "Quarot"] = "Awq"
+    #: a method of llmc's registry (any case; stored in its registered spelling)
+    method: str = Field(default_factory=_suggested_method)
     bit: int = Field(4, ge=WEIGHT_BITS[0], le=WEIGHT_BITS[1])  #: the engine's own range
     #: weights per scale; None: one scale per output channel (no groups). The only form a group size
     #: takes in the wizard; 0 and -1 (older answers files, the engine's old marker) read as None
@@ -186,11 +194,15 @@ class Generate(_Section):
     @classmethod
     def _method_case(cls, v: Any) -> Any:
         # accept "awq", "gptq", "rtn": the canonical spelling is what llmc's registry uses
-        if isinstance(v, str):
-            for canon in _literal_choices(cls.model_fields["method"].annotation):
-                if v.strip().lower() == canon.lower():
-                    return canon
-        return v
+        from llmc.quant.methods import canonical, names
+
+        if not isinstance(v, str):
+            return v
+        canon = canonical(v)
+        if canon is None:
+            raise PydanticCustomError("literal_error", "unknown method; choose from {choices}",
+                                      {"choices": ", ".join(names())})
+        return canon
 
 
 class Run(_Section):
@@ -295,6 +307,10 @@ def _explain(err: dict, path: Path) -> WizardError:
         model = _model_at(loc)
         field = model.model_fields.get(str(loc[-1])) if model else None
         choices = _literal_choices(field.annotation) if field else []
+        if not choices and str(loc[-1]) == "method":  # the engine's registry holds the methods
+            from llmc.quant.methods import names
+
+            choices = list(names())
         close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
         if close:
             fix = f"did you mean '{close[0]}'?"

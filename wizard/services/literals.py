@@ -63,6 +63,14 @@ def to_yaml_scalar(value) -> YamlScalar:
     return YamlScalar(text)
 
 
+def to_yaml_key(value) -> YamlScalar:
+    """A mapping key written bare: a Python identifier only (option names of the engine)."""
+    if not isinstance(value, str) or not value.isidentifier() or value in ("true", "false", "null", "yes", "no",
+                                                                             "on", "off", "y", "n"):
+        raise jinja2.TemplateError(f"{value!r} is not a plain YAML key")
+    return YamlScalar(value)
+
+
 def finalize_only(allowed: tuple[type, ...]):
     def finalize(value):
         if isinstance(value, bool) or value is None:

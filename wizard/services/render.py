@@ -39,7 +39,7 @@ from llmc.secrets import scrub
 
 from .errors import WizardError
 from .literals import Identifier, PyLiteral, YamlScalar, check_declaration, finalize_only  # noqa: F401
-from .literals import to_identifier, to_literal, to_yaml_scalar
+from .literals import to_identifier, to_literal, to_yaml_key, to_yaml_scalar
 
 TEMPLATE_VERSION = "8"
 HEADER_RE = re.compile(r"^# llmc-wizard: generated; template (\S+) v(\S+); body-sha256 ([0-9a-f]{64})\s*$")
@@ -110,7 +110,7 @@ def environment(kind: str) -> jinja2.Environment:
     allowed = (PyLiteral, Identifier) if kind == "py" else (YamlScalar,)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, autoescape=False, finalize=finalize_only(allowed))
-    env.filters.update(py=to_literal, ident=to_identifier, yamlq=to_yaml_scalar)
+    env.filters.update(py=to_literal, ident=to_identifier, yamlq=to_yaml_scalar, yamlkey=to_yaml_key)
     return env
 
 
@@ -287,9 +287,13 @@ def plan(answers, models_dir: Path, configs_dir: Path) -> RenderPlan:
         raise WizardError("generate.name is empty", "give the model a name, e.g. my-vlm")
     if not ins.projector_last_layers:
         raise WizardError("no projector last layer chosen", "pick one in the Inspect step")
-    if g.rotate and g.method in ("Awq", "SmoothQuant"):
-        raise WizardError(f"rotation is available with RTN and GPTQ, not {g.method}",
-                          "choose RTN, GPTQ or Quarot, or no rotation")
+    from llmc.quant.methods import registry, spec
+
+    method = spec(g.method)
+    if g.rotate and method.rotation == "never":
+        rotating = [m.name for m in registry().values() if m.rotation != "never"]
+        raise WizardError(f"{method.name} does not rotate the residual stream",
+                          f"choose {', '.join(rotating)}, or no rotation")
     models_dir = check_models_dir(models_dir)
     configs_dir = Path(configs_dir)
     mod = module_name(g.name)
@@ -319,14 +323,14 @@ def plan(answers, models_dir: Path, configs_dir: Path) -> RenderPlan:
         raise WizardError(f"the generated declaration is not plain data: {e}", "report this as a bug") from None
     config_path = configs_dir / f"{mod}_{g.method.lower()}.yml"
     refuse_foreign(config_path)
-    symmetric = g.symmetric if g.symmetric is not None else (g.export == "vllm" or g.method == "SmoothQuant")
+    symmetric = g.symmetric if g.symmetric is not None else (g.export == "vllm" or method.symmetric)
     config = render_text("config.yml.j2", dict(
         model_type=cls, weights=str(weights), adapters=str(models_dir), calib_path=str(g.calib_path or ""),
         eval_path=str(g.eval_path or ""), n_calib=g.n_calib, eval_samples=g.eval_samples, method=g.method,
         bit=g.bit, group_size=g.group_size, symmetric=symmetric, act_bit=g.act_bit, export=g.export,
         placement=g.placement, save_path=str(Path(g.out_dir or "runs") / f"{mod}-{g.method.lower()}"),
-        rotate=g.rotate if g.method in ("RTN", "GPTQ", "Quarot") else None, calib_algo=g.calib_algo,
-        true_sequential=g.true_sequential))
+        calib_algo=g.calib_algo,
+        special=method.generated_special(rotate=g.rotate, true_sequential=g.true_sequential)))
     _check_config(config)
     hooks = models_dir / "hooks" / f"{mod}.py" if custom else None
     return RenderPlan(adapter_path, adapter, config_path, config, mod, cls, cls, answers_path, hooks_path=hooks)

@@ -1,27 +1,76 @@
-"""RTN, AWQ and GPTQ as blockwise :class:`~llmc.quant.blockwise.Method` s."""
+"""AWQ: activation-aware scales folded into the preceding op, then a clip search and RTN."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import ClassVar, Literal
 
-import torch
+from pydantic import Field
 
-from . import awq
-from .blockwise import BlockContext, LayerStats, Method, collect_inputs, last_positions, run_block
-from .gptq import GPTQ
-from .quantizer import IntQuantizer, WeightQuantConfig
-from .rtn import rtn_
-from .smoothquant import SmoothQuant
+from llmc.config.errors import _KeyedError
+from llmc.config.types import Bool, Int, _positive_fields
+
+from .base import Method, MethodOptions, MethodSpec, RunFacts, no_grad, torch
+
+#: AWQ ``search: auto`` picks the answer-level search up to this depth: its cost grows with the
+#: square of the depth (block i runs the L - i blocks after it for every candidate; measured
+#: 3.6x the block search's time at 8 blocks, 7.8x at 16: bench/awq_search_cost.py)
+AUTO_OUTPUT_MAX_BLOCKS = 8
 
 
-class RTN(Method):
-    name = "RTN"
-    coalesce = True
+class AwqOptions(MethodOptions):
+    """AWQ: activation-aware scaling (``trans``) and weight clipping."""
 
-    def quantize_subset(self, ctx, subset, stats, state) -> None:
-        for n, layer in subset.layers.items():
-            self.record(layer, *rtn_(layer, self.wcfg, f"{ctx.name}.{n}"))
+    _method: ClassVar[str] = "Awq"
+
+    trans: Bool = True
+    trans_version: Literal["v1", "v2"] = Field(
+        "v2", description="scale candidates: v1 mean|x|^r; v2 mean|x|^r / mean|W|^(1-r) (group-normalised W)")
+    weight_clip: Bool = True
+    clip_sym: Bool | None = Field(None, description="defaults to quant.weight.symmetric")
+    n_grid: Int = 20
+    search: Literal["auto", "block", "layer", "output"] = Field(
+        "auto", description="scale-search loss: the block's output, the layers' outputs, or the model's answers "
+        "(KL from the float model's at each prompt's last position; also gates the clip); auto: output where "
+        "it is affordable and applies (at most 8 blocks, loss_tokens last, no offload), block otherwise")
+    loss_tokens: Literal["auto", "all", "last"] = Field(
+        "auto", description="positions the block scale search (and by default the clip search) fit: every token, or the last one "
+        "of each calibration sequence (where a VQA prompt is answered); auto: last for custom_mm "
+        "calibration without answers, all otherwise")
+    clip_tokens: Literal["auto", "same", "all", "last"] = Field(
+        "auto", description="positions the clip search fits; same: those of loss_tokens; auto: all under "
+        "search: output, same otherwise")
+
+    _check_positive = _positive_fields("n_grid")
+
+    def complete(self, quant) -> None:
+        if self.clip_sym is None:
+            self.clip_sym = quant.weight.symmetric
+
+    def check(self, config) -> None:
+        if self.search == "output":
+            from llmc.quant.blockwise import OUTPUT_NO_OFFLOAD
+
+            from . import default_loss_tokens
+
+            if (self.loss_tokens if self.loss_tokens != "auto" else default_loss_tokens(config.calib)) != "last":
+                raise _KeyedError(OUTPUT_NEEDS_LAST, key=("quant", "special", "search"))
+            if config.model.offload:
+                raise _KeyedError(OUTPUT_NO_OFFLOAD, key=("quant", "special", "search"))
+
+    def resolve(self, facts: RunFacts) -> AwqOptions:
+        from . import default_loss_tokens
+
+        o = self.model_copy()
+        if o.loss_tokens == "auto":
+            o.loss_tokens = default_loss_tokens(facts.calib)
+        if o.search == "auto":
+            fits = facts.n_blocks is not None and facts.n_blocks <= AUTO_OUTPUT_MAX_BLOCKS
+            o.search = "output" if fits and o.loss_tokens == "last" and facts.placement != "offload" else "block"
+        if o.clip_tokens == "auto":
+            o.clip_tokens = "all" if o.search == "output" else "same"
+        return o
 
 
 #: why ``search: output`` needs ``loss_tokens: last`` (and how to get it)
@@ -47,6 +96,7 @@ class Awq(Method):
     search's ratios are then kept for a subset only where they lower that loss too.
     """
 
+    Options = AwqOptions
     name = "Awq"
     search_inputs = 64  # calibration sequences used by the block-output search
     # equal-length sequences replay together: the search then takes whole batches of about
@@ -54,18 +104,14 @@ class Awq(Method):
     # forwards instead of search_inputs launch-bound ones
     coalesce = True
 
-    def __init__(self, wcfg: WeightQuantConfig, special: dict | None = None):
-        super().__init__(wcfg, special)
-        self.loss_tokens = self.special.get("loss_tokens") or "all"
-        if self.loss_tokens not in ("all", "last"):
-            raise ValueError(f"loss_tokens must be 'all' or 'last', got {self.loss_tokens!r}")
-        clip = self.special.get("clip_tokens") or "same"
-        self.clip_tokens = self.loss_tokens if clip == "same" else clip
-        if self.clip_tokens not in ("all", "last"):
-            raise ValueError(f"clip_tokens must be 'same', 'all' or 'last', got {clip!r}")
-        self.search = self.special.get("search") or "block"
-        if self.search not in ("block", "layer", "output"):
-            raise ValueError(f"search must be 'block', 'layer' or 'output', got {self.search!r}")
+    def __init__(self, wcfg, options=None):
+        super().__init__(wcfg, options)
+        o = self.opts
+        # ``auto`` values are decided by AwqOptions.resolve; a method built without it (tests,
+        # benches) takes the classic choices
+        self.loss_tokens = "all" if o.loss_tokens == "auto" else o.loss_tokens
+        self.clip_tokens = self.loss_tokens if o.clip_tokens in ("same", "auto") else o.clip_tokens
+        self.search = "block" if o.search == "auto" else o.search
         self.output_loss = self.search == "output"
         if self.output_loss and self.loss_tokens != "last":
             raise ValueError(f"search: {OUTPUT_NEEDS_LAST}")
@@ -74,10 +120,20 @@ class Awq(Method):
         #: (``search: output``) (block index, "layer[,layer]") -> (clip kept, answer loss without, with the clip)
         self.clip_verdicts: dict[tuple[int, str], tuple[bool, float, float]] = {}
 
+    def describe(self) -> str:
+        return f"AWQ search: {self.search}, loss tokens {self.loss_tokens}, clip tokens {self.clip_tokens}"
+
+    def block_events(self, block: int) -> list[tuple[str, dict]]:
+        return [("clip_verdict", dict(block=i, layers=layers, kept=kept, answer_kl=without, answer_kl_clipped=with_clip))
+                for (i, layers), (kept, without, with_clip) in self.clip_verdicts.items() if i == block]
+
     def transform_block(self, ctx: BlockContext) -> None:
-        if not self.special.get("trans", True):
+        from llmc.quant import awq
+        from llmc.quant.collect import collect_inputs
+
+        if not self.opts.trans:
             return
-        n_grid = int(self.special.get("n_grid", 20))
+        n_grid = self.opts.n_grid
         subsets = [s for s in ctx.subsets if s.prev_op is not None]
         if not subsets:
             return
@@ -89,7 +145,7 @@ class Awq(Method):
             chosen = [awq.search_scales(x.to(ctx.device), list(sub.layers.values()), self.wcfg, n_grid=n_grid)[0]
                       for x, sub in zip(xs, subsets)]
         else:
-            v2 = self.special.get("trans_version", "v2") == "v2"
+            v2 = self.opts.trans_version == "v2"
             chosen, self.search_loss[ctx.index] = self._search_on_block(
                 ctx, subsets, [x.abs().mean(0) for x in xs], n_grid, v2)
         for sub, scales in zip(subsets, chosen):
@@ -106,9 +162,12 @@ class Awq(Method):
                 s = (x_mean.pow(r) / (w_mean.to(x_mean.device).pow(1 - r) + 1e-4)).clamp(min=1e-4)
             yield s / (s.max() * s.min()).sqrt()
 
-    @torch.no_grad()
+    @no_grad
     def _search_on_block(self, ctx: BlockContext, subsets, x_means: list, n_grid: int,
                          v2: bool) -> tuple[list[torch.Tensor], float]:
+        from llmc.quant.blockwise import last_positions, run_block
+        from llmc.quant.quantizer import IntQuantizer
+
         inputs, answers = self._search_set(ctx)
         ref = run_block(ctx.block, inputs, ctx.device) if answers is None else None
         last = self.loss_tokens == "last"
@@ -159,27 +218,33 @@ class Awq(Method):
         answers = ctx.float_answers[::step][:k] if self.output_loss else None
         return inputs, answers
 
-    def quantize_subset(self, ctx, subset, stats: dict[str, LayerStats], state) -> None:
+    def quantize_subset(self, ctx, subset, stats, state) -> None:
+        from llmc.quant import awq
+        from llmc.quant.quantizer import WeightQuantConfig
+
         clip_cfg = self.wcfg
-        if self.special.get("clip_sym") is not None and self.special["clip_sym"] != self.wcfg.symmetric:
-            clip_cfg = WeightQuantConfig(self.wcfg.bit, bool(self.special["clip_sym"]), self.wcfg.granularity,
+        if self.opts.clip_sym is not None and self.opts.clip_sym != self.wcfg.symmetric:
+            clip_cfg = WeightQuantConfig(self.wcfg.bit, self.opts.clip_sym, self.wcfg.granularity,
                                          self.wcfg.group_size)
         clips = {}
         for n, layer in subset.layers.items():
             # like AutoAWQ, no clip search for q/k: their errors are amplified by the softmax
-            if self.special.get("weight_clip", True) and not n.endswith(("q_proj", "k_proj")):
+            if self.opts.weight_clip and not n.endswith(("q_proj", "k_proj")):
                 clips[n] = awq.search_clip_(layer, stats[n].x.to(ctx.device), clip_cfg,
-                                            n_grid=int(self.special.get("n_grid", 20)), name=f"{ctx.name}.{n}")
+                                            n_grid=self.opts.n_grid, name=f"{ctx.name}.{n}")
         if clips and self.output_loss and not self._clip_lowers_answer_loss(ctx, subset, clips):
             clips = {}
         for n, layer in subset.layers.items():
             self.record(layer, *awq.awq_quantize_(layer, self.wcfg, clips.get(n), name=f"{ctx.name}.{n}"))
 
-    @torch.no_grad()
+    @no_grad
     def _clip_lowers_answer_loss(self, ctx: BlockContext, subset, clips: dict) -> bool:
         """Whether the subset quantized with ``clips`` answers closer to the float model than
         without them (the clip search minimises each group's output error, which can bias the
         model's answers all the same)."""
+        from llmc.quant.blockwise import run_block
+        from llmc.quant.quantizer import IntQuantizer
+
         inputs, answers = self._search_set(ctx)
         q = IntQuantizer(self.wcfg)
         losses: list[float] = []
@@ -193,48 +258,7 @@ class Awq(Method):
         return kept
 
 
-class Gptq(Method):
-    name = "GPTQ"
-    coalesce = True
-    sample_rows = 1024  # only the per-layer error reads them: the Hessian streams every row
-
-    def __init__(self, wcfg: WeightQuantConfig, special: dict | None = None):
-        super().__init__(wcfg, special)
-        self.true_sequential = bool(self.special.get("true_sequential", True))
-
-    def stream(self, layers):
-        state = {n: GPTQ(m, n) for n, m in layers.items()}
-
-        def on_batch(name, x):
-            state[name].add_batch(x)
-
-        return on_batch, state
-
-    def quantize_subset(self, ctx, subset, stats, state) -> None:
-        # layers that read one tensor (q/k/v) share its Hessian, factored once (collect_inputs
-        # streamed it under the first one's name only)
-        groups: dict[str, dict] = {}
-        for n, layer in subset.layers.items():
-            groups.setdefault(stats[n].same_as or n, {})[n] = layer
-        for lead, layers in groups.items():
-            results = state[lead].quantize_layers_(
-                layers, self.wcfg, blocksize=int(self.special.get("blocksize", 128)),
-                percdamp=float(self.special.get("percdamp", 0.01)), actorder=bool(self.special.get("actorder", False)),
-                static_groups=bool(self.special.get("static_groups", False)))
-            for n, res in results.items():
-                self.record(layers[n], res["scale"], res["zero"])
-                # GPTQ's own objective, summed over the layer (the events carry it per layer)
-                self.losses[(ctx.index, n)] = res["error"]
-
-    @property
-    def losses(self) -> dict[tuple[int, str], float]:
-        """``{(block, layer): GPTQ loss}`` of every layer quantized so far."""
-        if not hasattr(self, "_losses"):
-            self._losses = {}
-        return self._losses
-
-
-def _group_normalized_weight_mean(weights: list[torch.Tensor], wcfg: WeightQuantConfig) -> torch.Tensor:
+def _group_normalized_weight_mean(weights: list, wcfg) -> torch.Tensor:
     """Mean over output rows of |W| normalised by each quantization group's max (AWQ v2)."""
     w = torch.cat([w.detach().float() for w in weights])
     gw = wcfg.group_width(w.shape[1])
@@ -273,49 +297,6 @@ def _token_relative_mse(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((err / ref.float().pow(2).sum(-1).clamp_min(1e-12)).mean())
 
 
-class Quarot(RTN):
-    """QuaRot: the runner rotates the model first (``special.rotate``); weights then get RTN."""
-
-    name = "Quarot"
-
-
-METHODS = {"RTN": RTN, "Awq": Awq, "GPTQ": Gptq, "SmoothQuant": SmoothQuant, "Quarot": Quarot}
-
-
-def weight_config(qcfg) -> WeightQuantConfig:
-    w = qcfg.weight
-    return WeightQuantConfig(bit=w.bit, symmetric=w.symmetric, granularity=w.granularity, group_size=w.group_size,
-                             calib_algo=getattr(w, "calib_algo", "minmax"))
-
-
-#: AWQ ``search: auto`` picks the answer-level search up to this depth: its cost grows with the
-#: square of the depth (block i runs the L - i blocks after it for every candidate; measured
-#: 3.6x the block search's time at 8 blocks, 7.8x at 16: bench/awq_search_cost.py)
-AUTO_OUTPUT_MAX_BLOCKS = 8
-
-
-def make_method(qcfg, calib=None, n_blocks: int | None = None, placement: str = "single") -> Method:
-    """The configured method. ``calib`` (the config's calib section) resolves ``loss_tokens: auto``;
-    the model's depth ``n_blocks`` and ``placement`` resolve AWQ's ``search: auto`` (without a depth:
-    ``block``) and ``clip_tokens: auto``. The resolved values are in ``method.special``."""
-    special = qcfg.special.model_dump() if hasattr(qcfg.special, "model_dump") else dict(qcfg.special or {})
-    if special.get("loss_tokens") == "auto":
-        special["loss_tokens"] = default_loss_tokens(calib)
-    if special.get("search") == "auto":
-        fits = n_blocks is not None and n_blocks <= AUTO_OUTPUT_MAX_BLOCKS
-        special["search"] = "output" if fits and special["loss_tokens"] == "last" and placement != "offload" \
-            else "block"
-    if special.get("clip_tokens") == "auto":
-        special["clip_tokens"] = "all" if special.get("search") == "output" else "same"
-    return METHODS[qcfg.method](weight_config(qcfg), special)
-
-
-def default_loss_tokens(calib) -> str:
-    """``"last"`` for VQA prompts without answers (``custom_mm``, ``add_answer: false``): each
-    sequence's last position is where the model answers; ``"all"`` for text and answered samples."""
-    if calib is not None and getattr(calib, "name", None) == "custom_mm" and not getattr(calib, "add_answer", False):
-        return "last"
-    return "all"
-
-
-__all__ = ["RTN", "Awq", "Gptq", "METHODS", "make_method", "weight_config"]
+SPEC = MethodSpec(name="Awq", impl=Awq, order=20, suggested=True, needs_data=True, own_ranges="weight_clip",
+                  preset={"trans": True, "weight_clip": True},
+                  summary="activation-aware scales and a clip search, then round to nearest")
