@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=list(MODELS))
     ap.add_argument("--bits", nargs="+", type=int, default=[4, 3, 2])
-    ap.add_argument("--methods", nargs="+", default=["RTN", "Awq", "GPTQ"])
+    ap.add_argument("--methods", nargs="+", default=["RTN", "Awq", "GPTQ"], help="any of the registry (llmc.quant.methods)")
     ap.add_argument("--n-calib", type=int, default=64)
     ap.add_argument("--calib-offset", type=int, default=0, help="skip this many calibration samples first")
     ap.add_argument("--awq-loss-tokens", choices=["all", "last"], default=SPECIAL["Awq"]["loss_tokens"])
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
                 t = time.time()
                 wcfg = WeightQuantConfig(bit=bit, symmetric=False, granularity="per_group", group_size=args.group_size)
                 awq = {"loss_tokens": args.awq_loss_tokens, "clip_tokens": args.awq_clip_tokens, "search": args.awq_search}
-                special = dict(SPECIAL[method], **(awq if method == "Awq" else {}))
+                special = dict(SPECIAL.get(method, {}), **(awq if method == "Awq" else {}))
                 quantize_blockwise(m, METHODS[method](wcfg, special), calib, device=args.device)
                 dt = time.time() - t
                 s = evaluate_mme(m.answer, data, batch_size=64).scores

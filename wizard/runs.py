@@ -83,12 +83,14 @@ def describe_event(e) -> str | None:
 
 
 def follow_run(h, r: Reporter = Reporter(), poll_s: float = 0.2, history: dict[str, float] | None = None,
-               eta: Eta | None = None, engine_log: bool = False, detached=lambda: False) -> dict:
+               eta: Eta | None = None, engine_log: bool = False, detached=lambda: False,
+               log_table: bool = True) -> dict:
     """Wait for a launched run, handing each engine event to ``r.event`` and reporting it (each
     phase's end with the time left, from ``eta`` or ``history``:
     :func:`wizard.services.eta.phase_history`); ``engine_log``: the engine's own log lines go to
     ``r.log`` instead of those summaries. Cancel (``r.cancelled``) stops the run's process tree;
-    ``detached()`` true stops following and leaves the run going (the TUI quitting). Returns the
+    ``detached()`` true stops following and leaves the run going (the TUI quitting); ``log_table``:
+    the score table goes to ``r.log`` too (the TUI shows it in a table of its own). Returns the
     results of the complete run, or raises WizardError. The TUI's Run screen runs this in a
     worker thread; ``llmc-wizard run`` in the foreground."""
     from llmc.events import Block, Phase
@@ -130,7 +132,8 @@ def follow_run(h, r: Reporter = Reporter(), poll_s: float = 0.2, history: dict[s
         raise
     drain()
     results = read_results(h.run_dir, rc)
-    r.log(format_table(results, results["label"]))
+    if log_table:
+        r.log(format_table(results, results["label"]))
     return results
 
 
