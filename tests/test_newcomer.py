@@ -539,3 +539,28 @@ async def test_a_run_that_cannot_start_says_why_in_one_line_and_run_stays_availa
         assert str(runs) in status and "\n" not in status.strip(), status
         await _until(pilot, lambda: not s.query_one("#run", Button).disabled, timeout=10)
         assert not s.following
+
+
+def test_a_run_whose_answers_cannot_be_saved_is_still_handed_over(zoo, tmp_path, monkeypatch):
+    """The engine is launched before the answers are saved: a failing save (a full disk, a
+    read-only file) leaves a warning and the handle of the run that goes on, not an error that
+    says nothing started while the engine runs."""
+    from wizard.reporter import Reporter
+    from wizard.runs import start_run
+    from wizard.services.errors import WizardError
+
+    sess = _generated_gptq(zoo, tmp_path)
+
+    def failing_save():
+        raise WizardError(f"cannot write answers file {tmp_path / 'answers.yml'}: No space left on device", "free some")
+
+    monkeypatch.setattr(sess, "save", failing_save)
+    said: list[str] = []
+    handle = start_run(sess, Reporter(log=said.append))
+    try:
+        assert handle.poll() is None  # the engine runs
+        assert any(line.startswith("warning: the run started, but its directory is not in the answers")
+                   and "No space left on device" in line for line in said)
+        assert sess.answers.run.run_dir == str(handle.run_dir)
+    finally:
+        handle.cancel()

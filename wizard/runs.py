@@ -28,7 +28,11 @@ def start_run(s: Session, r: Reporter = Reporter()):
             r.log(f"run: {stored} already holds a run; this one goes to {run_dir}")
     h = runner.launch(p.config_path, run_dir, device=s.device or s.answers.run.device, env=s.engine_env())
     s.answers.run.run_dir = str(run_dir)
-    s.save()
+    try:
+        s.save()
+    except WizardError as e:  # the engine runs already: say so, and hand it over to be followed
+        r.log(f"warning: the run started, but its directory is not in the answers ({e}); "
+              "the Run step's list of past runs shows it")
     r.log(f"run: {run_dir} (pid {h.pid})")
     r.child_started(h.pid)
     return h
