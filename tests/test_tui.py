@@ -409,6 +409,24 @@ async def test_run_shows_the_data_parallel_command_for_several_gpus(tmp_path):
         assert "--model-type MyVlm" in text and "--data /data/mme" in text
 
 
+async def test_a_side_task_ending_while_a_run_starts_leaves_the_runs_cancel(tmp_path):
+    """A data-parallel evaluation or calibration preview that ends while a run is being started
+    (no handle yet) leaves Stop enabled: the run starting needs it. Without a run it is disabled."""
+    app = _app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        app.goto("Run")
+        await pilot.pause()
+        s = app.screen
+        stop = s.query_one("#stop", Button)
+        s.following, s.handle = True, None  # what _follow sets while start_run has not returned yet
+        stop.disabled = False
+        s._dp_done("data-parallel evaluation over 1 process(es): total 600.00", False)
+        assert not stop.disabled
+        s.following = False
+        s._dp_done("calibration preview done", False, "#calib-preview")
+        assert stop.disabled
+
+
 async def test_install_into_the_models_own_environment_goes_on_in_it_by_keys(zoo, tmp_path):
     """enter on Install builds the model's environment for real; the app then comes back on the next
     step with that environment's Python. A later ctrl+n from Install (already built) does the same."""

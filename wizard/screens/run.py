@@ -308,7 +308,7 @@ class RunScreen(StepScreen):
             else:
                 call(self._following, handle, [])
             self.eta.history = runs.history(self.session, exclude=Path(handle.run_dir))
-            results = runs.follow_run(handle, r, eta=self.eta, engine_log=True, log_table=False,
+            results = runs.follow_run(handle, r, eta=self.eta, engine_log=True,
                                       detached=lambda: worker.is_cancelled)
             call(self.finish, 0, results)
         except Exception as e:  # noqa: BLE001 - whatever went wrong ends the following in one line
