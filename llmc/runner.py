@@ -281,8 +281,6 @@ class Pipeline:
     def calibrate(self) -> None:
         """The calibration batches (none for a method that rounds without data and a config
         without a calib section)."""
-        from .context import batch_warning
-
         cfg, progress = self.cfg, self.progress
         if cfg.calib is None:
             if self.spec.needs_data:  # the config schema refuses this; a Config built around it does not
@@ -296,8 +294,7 @@ class Pipeline:
         with progress.phase("calibration_data"):
             self.batches = load_calib(cfg.calib, self.adapter, samples)
             progress.log(f"{len(self.batches)} calibration batch(es) from {cfg.calib.name}")
-            if too_long := batch_warning(self.batches, self.context):
-                self.warn(too_long)
+            # (sequences past the context are warned of once the first block reads them: quantize)
 
     def rotate(self) -> None:
         """QuaRot's rotation of the residual stream, where the method's options ask for it."""
@@ -341,7 +338,7 @@ class Pipeline:
             else:
                 quantize_blockwise(adapter, method, self.batches, device=self.device, quant_out=cfg.quant.quant_out,
                                    placement=self.placement, on_block=self._on_block, stash=stash,
-                                   cancelled=self.cancelled, on_note=self.warn)
+                                   cancelled=self.cancelled, on_note=self.warn, context=self.context)
             if not cfg.quant.skip_layers:
                 from .quant.rtn import rtn_
 

@@ -163,3 +163,31 @@ async def test_the_run_step_previews_the_calibration_set(zoo, tmp_path):
         status = str(screen.query_one("#status").render())
         assert status.startswith("calibration set custom_mm: 4 sample(s)"), status
         assert any("<image>×16" in line for line in screen.query_one("#log").lines)
+
+
+def test_a_run_warns_of_sequences_the_forward_makes_longer_than_the_context(zoo, tiny_vila_installed, tmp_path):
+    """tiny-vila's input ids fit a context that the 16 image rows its forward inserts overflow: the
+    run warns as the first block reads them (the input ids alone said nothing)."""
+    import shutil
+
+    from llmc.data.preview import preview_calib
+    from llmc.events import Warned, load_events
+    from llmc.runner import run
+
+    cfg = load_config(_config("Vila", ASSETS / "tiny-vila", zoo.calib_set, n=2))
+    view = preview_calib(cfg, get_model_class("Vila")(ASSETS / "tiny-vila", "float32", "cpu"), n=2)
+    lengths = [s.length for s in view.samples]
+    context = min(lengths) - 4  # past every expanded length, above every input-id count (length - 15)
+    assert max(lengths) - 15 < context
+    model = tmp_path / "tiny-vila"
+    shutil.copytree(ASSETS / "tiny-vila", model)
+    llm = json.loads((model / "llm" / "config.json").read_text())
+    llm["max_position_embeddings"] = context
+    (model / "llm" / "config.json").write_text(json.dumps(llm))
+    top = json.loads((model / "config.json").read_text())  # the language model's config, as VILA keeps a copy
+    top["llm_cfg"]["max_position_embeddings"] = context
+    (model / "config.json").write_text(json.dumps(top))
+    run(load_config(_config("Vila", model, zoo.calib_set, n=2)), tmp_path / "out", device="cpu")
+    warned = [e.message for e in load_events(tmp_path / "out" / "events.jsonl") if isinstance(e, Warned)]
+    assert any(f"2 of 2 calibration sequences are longer than the model's context of {context}" in m
+               and f"longest {max(lengths)}" in m for m in warned), warned

@@ -178,13 +178,22 @@ def quantize_blockwise(adapter: BaseModel, method: Method, batches: list[dict], 
                        on_block: Callable[[BlockReport, int], None] | None = None,
                        stash: Callable[[int, nn.Module], None] | None = None,
                        cancelled: Callable[[], bool] | None = None,
-                       on_note: Callable[[str], None] | None = None) -> list[BlockReport]:
+                       on_note: Callable[[str], None] | None = None,
+                       context: int | None = None) -> list[BlockReport]:
     """Quantize every decoder block of ``adapter`` in place (fake-quant weights); ``on_note``
-    receives what the run should say (e.g. a fallback of the input capture)."""
+    receives what the run should say (e.g. a fallback of the input capture, or calibration
+    sequences longer than the model's ``context`` as the first block reads them: with the image
+    tokens a forward expands, which the input ids do not show)."""
     device = torch.device(device or adapter.device)
     offload = placement is not None and placement.offload
     check_layers(adapter, method.wcfg)
     inputs = capture_block_inputs(adapter, batches, on_note)
+    if context and on_note is not None:
+        from ..context import lengths_warning
+
+        too_long = lengths_warning([bi.hidden.shape[1] for bi in inputs for _ in range(bi.hidden.shape[0])], context)
+        if too_long:
+            on_note(too_long)
     last = [k for k in ("loss_tokens", "clip_tokens") if getattr(method, k) == "last"]
     if last and any(bi.hidden.shape[0] > 1 for bi in inputs):
         raise ValueError(f"{last[0]}: last fits each sequence's last position, which needs one unpadded "
