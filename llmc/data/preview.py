@@ -10,9 +10,6 @@ from __future__ import annotations
 import statistics
 from dataclasses import asdict, dataclass, field
 
-#: the placeholder id the LLaVA lineage puts in ``input_ids`` for each image
-LINEAGE_IMAGE_INDEX = -200
-
 
 @dataclass
 class SampleView:
@@ -45,16 +42,6 @@ class CalibView:
         if self.warning:
             out.append(f"WARNING: {self.warning}")
         return out
-
-
-def _image_ids(config) -> set[int]:
-    ids = {LINEAGE_IMAGE_INDEX}
-    for c in (config, getattr(config, "text_config", None)):
-        for key in ("image_token_id", "image_token_index"):
-            v = getattr(c, key, None)
-            if isinstance(v, int):
-                ids.add(v)
-    return ids
 
 
 def _render(tokenizer, ids: list[int], image_ids: set[int]) -> str:
@@ -100,7 +87,7 @@ def preview_calib(cfg, adapter, n: int = 3) -> CalibView:
         raise ValueError(f"calib: the {cfg.calib.name} set gives no samples; check its path and n_samples")
     inputs = capture_block_inputs(adapter, batches)
     lengths = [int(bi.hidden.shape[1]) for bi in inputs]
-    image_ids = _image_ids(adapter.mm_model.config)
+    image_ids = adapter.image_token_ids()
     views = []
     for k, (b, length) in enumerate(zip(batches[:n], lengths)):
         ids = [int(t) for t in b["input_ids"][0]]

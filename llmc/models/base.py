@@ -111,6 +111,18 @@ class BaseModel(abc.ABC):
         self.mm_model.eval()
         self.declared_injection_layers()  # a declared layer that is missing fails here, not mid-run
 
+    def image_token_ids(self) -> set[int]:
+        """The ids that stand for image positions in this model's input ids (its config's
+        ``image_token_id`` / ``image_token_index``; research code with its own constant overrides)."""
+        ids = set()
+        config = self.mm_model.config
+        for c in (config, getattr(config, "text_config", None)):
+            for key in ("image_token_id", "image_token_index"):
+                v = getattr(c, key, None)
+                if isinstance(v, int) and not isinstance(v, bool):
+                    ids.add(v)
+        return ids
+
     # --- abstract hooks --------------------------------------------------------------------
     @abc.abstractmethod
     def build_model(self) -> None:

@@ -155,6 +155,10 @@ class LlavaLineage(BaseModel):
         tokenizer, model, image_processor = out[0], out[1], out[2]
         return tokenizer, model.to(self.device), image_processor
 
+    def image_token_ids(self) -> set[int]:
+        """The code's own ``IMAGE_TOKEN_INDEX`` (a negative id its forward replaces by image rows)."""
+        return super().image_token_ids() | {int(self._code("constants").IMAGE_TOKEN_INDEX)}
+
     def build_inputs(self, samples: Sequence[Sample], add_answer: bool = False) -> dict:
         """The model's ``forward`` keyword inputs for a batch of :class:`~llmc.models.base.Sample`
         (question, PIL image or ``None``, answer): each prompt from the conversation template
