@@ -217,7 +217,7 @@ class RunScreen(StepScreen):
     def _dp_done(self, text: str, error: bool, button: str = "#dp-run") -> None:
         """A side task of the step ended (data-parallel evaluation, calibration preview)."""
         self.query_one(button, Button).disabled = False
-        if self.handle is None or self.handle.poll() is not None:
+        if not self.following:  # a run being started or followed keeps its cancel
             self.query_one("#stop", Button).disabled = True
         self.set_status(text, error=error)
 
@@ -308,7 +308,7 @@ class RunScreen(StepScreen):
             else:
                 call(self._following, handle, [])
             self.eta.history = runs.history(self.session, exclude=Path(handle.run_dir))
-            results = runs.follow_run(handle, r, eta=self.eta, engine_log=True,
+            results = runs.follow_run(handle, r, eta=self.eta, engine_log=True, log_table=False,
                                       detached=lambda: worker.is_cancelled)
             call(self.finish, 0, results)
         except Exception as e:  # noqa: BLE001 - whatever went wrong ends the following in one line
