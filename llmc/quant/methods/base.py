@@ -142,11 +142,6 @@ class Method:
         #: ``None`` where the stored weight has no such layout: what exports pack the codes with.
         self.qparams: dict = {}
 
-    @property
-    def special(self) -> dict:
-        """The options as a mapping (what the run's effective config shows)."""
-        return self.opts.model_dump()
-
     def record(self, layer: nn.Module, scale, zero) -> None:
         """Remember the quantization parameters ``layer``'s fake-quantized weight was made with."""
         self.qparams[layer] = None if scale is None else (scale.detach().float().cpu(), zero.detach().float().cpu())

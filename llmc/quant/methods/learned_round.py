@@ -172,18 +172,24 @@ class LearnedRound(Method):
             p.requires_grad_(False)
         checks = {max(1, o.iters * k // 4) for k in (1, 2, 3)} | {o.iters}  # steps after which the set's loss is read
 
+        def quantized_weights() -> dict:
+            """Every Linear's fake-quantized weight under the current offsets and ranges."""
+            return {f"{n}.weight": lr.weight()[0].to(lr.dtype) for n, lr in learned.items()}
+
+        def piece_loss(weights: dict, piece: tuple[int, int, int]):
+            """The squared error of the block's output on one slice of inputs, times its rows."""
+            k, r0, r1 = piece
+            bi = ctx.inputs[k]
+            out = _block_out(functional_call(block, weights, (bi.hidden[r0:r1].to(dev), *_to(bi.args, dev)),
+                                             _to(bi.kwargs, dev), strict=False))
+            return (out.float() - targets[k][r0:r1].to(out.device).float()).pow(2).mean() * (r1 - r0)
+
         def set_loss() -> float:
             """The loss over every calibration input (no gradient): what the kept offsets minimise."""
             with torch.no_grad():
-                weights = {f"{n}.weight": lr.weight()[0].to(lr.dtype) for n, lr in learned.items()}
-                total, rows = 0.0, 0
-                for k, r0, r1 in pieces:
-                    bi = ctx.inputs[k]
-                    out = _block_out(functional_call(block, weights, (bi.hidden[r0:r1].to(dev), *_to(bi.args, dev)),
-                                                     _to(bi.kwargs, dev), strict=False))
-                    total += float((out.float() - targets[k][r0:r1].to(out.device).float()).pow(2).mean()) * (r1 - r0)
-                    rows += r1 - r0
-                return total / max(rows, 1)
+                weights = quantized_weights()
+                total = sum(float(piece_loss(weights, p)) for p in pieces)
+                return total / max(sum(r1 - r0 for _, r0, r1 in pieces), 1)
 
         first = best_loss = set_loss()
         best = {n: lr.snapshot() for n, lr in learned.items()}
@@ -192,20 +198,13 @@ class LearnedRound(Method):
                 at = 0
                 for step in range(o.iters):
                     rows = 0
-                    weights = None
+                    weights = quantized_weights()  # one quantized weight per layer per step
                     while rows < o.batch_size:
-                        k, r0, r1 = pieces[order[at % len(order)]]
+                        piece = pieces[order[at % len(order)]]
                         at += 1
-                        if weights is None:  # one quantized weight per layer per step
-                            weights = {f"{n}.weight": lr.weight()[0].to(lr.dtype) for n, lr in learned.items()}
-                        bi = ctx.inputs[k]
-                        x = bi.hidden[r0:r1].to(dev)
-                        out = _block_out(functional_call(block, weights, (x, *_to(bi.args, dev)), _to(bi.kwargs, dev),
-                                                         strict=False))
-                        t = targets[k][r0:r1].to(out.device)
-                        loss = (out.float() - t.float()).pow(2).mean() * (r1 - r0)
-                        loss.backward(retain_graph=rows + (r1 - r0) < o.batch_size)
-                        rows += r1 - r0
+                        n_rows = piece[2] - piece[1]
+                        piece_loss(weights, piece).backward(retain_graph=rows + n_rows < o.batch_size)
+                        rows += n_rows
                     lr_t = lr0 * (1 - step / o.iters)
                     with torch.no_grad():
                         if adam is not None:
